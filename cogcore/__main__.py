@@ -1,0 +1,5 @@
+"""`python -m cogcore` is the `cogcore` command."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,36 @@
+"""RMSNorm and LayerNorm over the last axis (SPEC Section 4).
+
+    rmsnorm(x)   = x / sqrt(mean(x^2) + eps) * w                   (Zhang & Sennrich, 2019, Eq. 4)
+    layernorm(x) = (x - mean(x)) / sqrt(var(x) + eps) * w + b       (Ba et al., 2016; biased variance)
+"""
+
+import numpy as np
+
+from ..dtypes import f32
+
+
+def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """x [..., D] float32, w [D] -> [..., D]."""
+    ms = np.mean(x * x, axis=-1, keepdims=True)                    # [..., 1]
+    return x / np.sqrt(ms + np.float32(eps)) * f32(w)
+
+
+def layernorm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    """x [..., D] float32, w, b [D] -> [..., D]."""
+    mu = np.mean(x, axis=-1, keepdims=True)                        # [..., 1]
+    var = np.mean((x - mu) ** 2, axis=-1, keepdims=True)           # [..., 1]
+    return (x - mu) / np.sqrt(var + np.float32(eps)) * f32(w) + f32(b)
+
+
+class Norm:
+    """The norm named by `norm_type`, with its weights `{prefix}.weight` (and `.bias`)."""
+
+    def __init__(self, weights, prefix: str, norm_type: str, eps: float, ops):
+        self.w = weights.take(f"{prefix}.weight", (weights.D,))
+        self.b = weights.take(f"{prefix}.bias", (weights.D,)) if norm_type == "layernorm" else None
+        self.eps, self.ops = eps, ops
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.b is None:
+            return self.ops.rmsnorm(x, self.w, self.eps)
+        return self.ops.layernorm(x, self.w, self.b, self.eps)

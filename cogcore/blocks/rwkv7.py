@@ -1,0 +1,125 @@
+"""Recurrent memory: the RWKV-7 "Goose" time mix (SPEC 4.4; Peng et al., 2025,
+"RWKV-7 Goose with Expressive Dynamic State Evolution", Section 4, Eqs. 3-19), as in
+the reference inference code (`rwkv` package, RWKV_x070; BlinkDL/RWKV-LM RWKV-v7).
+
+Per token, with x the normed input and x_prev the previous token's (zeros at first):
+
+    xx = x_prev - x;    x* = x + xx * x_*                       token shift (Eq. 3)
+    r, k, v = receptance(xr), key(xk), value(xv)
+    w = exp(-exp(-0.5) * sigmoid(w0 + tanh(xw w1) w2))           decay in (0.545, 1) (Eq. 11)
+    a = sigmoid(a0 + (xa a1) a2)                                 in-context learning rate (Eq. 6)
+    g = sigmoid(xg g1) g2                                        output gate
+    kk = l2_normalize(k * k_k) per head;  k = k * (1 + (a - 1) * k_a)
+    v = v + (v_first - v) * sigmoid(v0 + (xv v1) v2)             value residual (not in the first layer)
+    S = S diag(w) + (S (-kk)) (kk * a)^T + v k^T                 per head, S [N, N] value x key (Eq. 13)
+    y = S r;  y = group_norm(y) * ln_x.w + ln_x.b + (sum(r * k * r_k) per head) * v;  out = output(y * g)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..cache import RecurrentState
+from ..dtypes import f32
+
+DECAY_SCALE = np.float32(np.exp(-0.5))   # 0.606531 in the reference
+GROUP_NORM_EPS = np.float32(64e-5)
+L2_EPS = np.float32(1e-12)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def token_shift(x: np.ndarray, x_prev: np.ndarray) -> np.ndarray:
+    """x [T, D], x_prev [D] (the token before the chunk) -> the previous token of each row [T, D]."""
+    return np.concatenate([x_prev[None, :], x[:-1]], axis=0)
+
+
+def wkv7(r, w, k, v, kk, a, S):
+    """The RWKV-7 state recurrence, one token at a time (Eq. 13).
+
+    r, w, k, v, kk, a [T, Hr, N]; S [Hr, N, N] float32, S[h, i, j] pairs value i with key j.
+    Returns y [T, Hr, N] and the final state (S is updated in place).
+    """
+    y = np.empty_like(r)
+    for t in range(len(r)):
+        sa = S @ -kk[t][:, :, None]                                 # [Hr, N, 1]  S (-kk)
+        S *= w[t][:, None, :]                                       # decay along the key axis
+        S += sa @ (kk[t] * a[t])[:, None, :] + v[t][:, :, None] @ k[t][:, None, :]
+        y[t] = (S @ r[t][:, :, None])[:, :, 0]
+    return y, S
+
+
+def group_norm(y: np.ndarray, w: np.ndarray, b: np.ndarray, eps: np.float32) -> np.ndarray:
+    """y [T, Hr, N]: normalise each head's N channels (biased variance), then scale per channel."""
+    mu = y.mean(axis=-1, keepdims=True)
+    var = ((y - mu) ** 2).mean(axis=-1, keepdims=True)
+    T, Hr, N = y.shape
+    return ((y - mu) / np.sqrt(var + eps)).reshape(T, Hr * N) * f32(w) + f32(b)
+
+
+class RecurrentMixer:
+    """`recurrent`: RWKV-7 time mixing with a constant-size state per head."""
+
+    def __init__(self, weights, prefix: str, cfg, ops, first: bool):
+        D, N = cfg.hidden_size, cfg.rwkv_head_size
+        self.Hr, self.N, self.first = D // N, N, first
+        p = f"{prefix}.rwkv"
+
+        def vec(name):
+            return weights.take(f"{p}.{name}", (D,))
+
+        self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g = (
+            vec(n) for n in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g"))
+        self.w0, self.a0, self.v0, self.k_k, self.k_a = (vec(n) for n in ("w0", "a0", "v0", "k_k", "k_a"))
+        lora = {}
+        for name, rank in (("w", cfg.rwkv_decay_rank), ("a", cfg.rwkv_a_rank),
+                           ("v", cfg.rwkv_v_rank), ("g", cfg.rwkv_gate_rank)):
+            lora[name] = (weights.take(f"{p}.{name}1", (D, rank)), weights.take(f"{p}.{name}2", (rank, D)))
+        self.lora = lora
+        self.r_k = weights.take(f"{p}.r_k", (self.Hr, N))
+        self.W_r, self.W_k, self.W_v, self.W_o = (
+            weights.take(f"{p}.{n}.weight", (D, D)) for n in ("receptance", "key", "value", "output"))
+        self.ln_w, self.ln_b = vec("ln_x.weight"), vec("ln_x.bias")
+        self.ops = ops
+
+    def new_state(self) -> RecurrentState:
+        return RecurrentState(self.Hr * self.N, self.Hr, self.N)
+
+    def _lora(self, x: np.ndarray, name: str, inner=None) -> np.ndarray:
+        """x @ A (through `inner`, if given) @ B, the reference's plain low-rank matrices."""
+        A, B = self.lora[name]
+        h = x @ f32(A)
+        return (inner(h) if inner else h) @ f32(B)
+
+    def __call__(self, x: np.ndarray, st: RecurrentState, ctx) -> np.ndarray:
+        """x [T, D] normed input -> [T, D]; advances x_prev and S; sets or reads ctx.v_first."""
+        ops, T, Hr, N = self.ops, len(x), self.Hr, self.N
+        xx = token_shift(x, st.x_prev) - x                               # [T, D]
+        st.x_prev = x[-1].copy()
+        xr, xw, xk, xv, xa, xg = (x + xx * f32(m) for m in
+                                  (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
+
+        r = ops.linear(xr, self.W_r)                                     # [T, D]
+        k = ops.linear(xk, self.W_k)
+        v = ops.linear(xv, self.W_v)
+        w = np.exp(-DECAY_SCALE * sigmoid(f32(self.w0) + self._lora(xw, "w", np.tanh)))
+        a = sigmoid(f32(self.a0) + self._lora(xa, "a"))
+        g = self._lora(xg, "g", sigmoid)
+
+        kk = (k * f32(self.k_k)).reshape(T, Hr, N)
+        kk = kk / np.maximum(np.linalg.norm(kk, axis=-1, keepdims=True), L2_EPS)
+        k = k * (1 + (a - 1) * f32(self.k_a))
+        if self.first:
+            ctx.v_first = v
+        else:
+            v = v + (ctx.v_first - v) * sigmoid(f32(self.v0) + self._lora(xv, "v"))
+
+        heads = (T, Hr, N)
+        y, st.S = ops.wkv7(r.reshape(heads), w.reshape(heads), k.reshape(heads), v.reshape(heads),
+                           kk, a.reshape(heads), st.S)
+        y = group_norm(y, self.ln_w, self.ln_b, GROUP_NORM_EPS)          # [T, D]
+        bonus = (r * k * f32(self.r_k).reshape(-1)).reshape(heads).sum(-1, keepdims=True)  # [T, Hr, 1]
+        y = y + (bonus * v.reshape(heads)).reshape(T, -1)
+        return ops.linear(y * g, self.W_o)

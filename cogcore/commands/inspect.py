@@ -1,0 +1,44 @@
+"""Show a model directory: its config, parameter counts (total and active per token), and tensors."""
+
+import json
+import os
+
+import numpy as np
+
+from ..config import Config
+from ..dtypes import tag
+from ..model import parameter_counts
+from ..tensorfile import read_model_tensors
+
+
+def add_arguments(p):
+    p.add_argument("model_dir", metavar="DIR", help="model directory")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+
+
+def run(args):
+    cfg = Config.from_file(os.path.join(args.model_dir, "config.json"))
+    tensors, origin = read_model_tensors(args.model_dir)
+    counts = parameter_counts(cfg)
+    on_disk = sum(a.nbytes for a in tensors.values())
+    rows = [(name, tag(a), list(a.shape), int(np.prod(a.shape)), os.path.basename(origin[name]))
+            for name, a in tensors.items()]
+    if args.json:
+        print(json.dumps({"config": cfg.to_dict(), "parameters": counts, "bytes": on_disk,
+                          "tensors": [dict(zip(("name", "dtype", "shape", "numel", "file"), r))
+                                      for r in rows]}, indent=2))
+        return
+    print(f"# {args.model_dir}\n\n## config")
+    for key, value in cfg.to_dict().items():
+        print(f"  {key:34s} {json.dumps(value)}")
+    print("\n## parameters")
+    print(f"  total                              {counts['total']:>15,}")
+    print(f"  active per token                   {counts['active']:>15,}   "
+          f"(routed experts: {cfg.num_experts_per_tok} of {cfg.num_experts})" if cfg.num_experts else
+          f"  active per token                   {counts['active']:>15,}")
+    print(f"  active per token, no embeddings    {counts['active_non_embedding']:>15,}")
+    print(f"  weights on disk                    {on_disk:>15,} bytes")
+    print(f"\n## tensors ({len(rows)})")
+    width = max(len(r[0]) for r in rows)
+    for name, dtype, shape, numel, file in rows:
+        print(f"  {name:{width}s}  {dtype:4s}  {str(shape):18s} {numel:>13,}  {file}")

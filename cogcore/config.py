@@ -1,0 +1,287 @@
+"""config.json: parsing, validation and the named shapes (SPEC Sections 2 and 8).
+
+A `Config` is immutable and always valid: every constructor path goes through
+`Config.from_dict`, which checks types, ranges and the cross-key rules of the spec
+and names the offending key in its error.
+
+Keys that no layer of the model uses may be absent. Keys that every model needs
+but whose value is conventional get the defaults of `GENERAL_DEFAULTS` (written
+down in docs/format.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any
+
+from .errors import ConfigError
+
+MIXER_TYPES = ("full_attention", "sliding_attention", "sparse_attention", "recurrent")
+ATTENTION_TYPES = ("full_attention", "sliding_attention", "sparse_attention")
+MLP_TYPES = ("moe", "dense", "channel_mix")
+NORM_TYPES = ("rmsnorm", "layernorm")
+
+GENERAL_DEFAULTS: dict[str, Any] = {
+    "model_type": "cogcore",
+    "norm_type": "rmsnorm",
+    "norm_eps": 1e-5,
+    "embedding_norm": False,
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "max_position_embeddings": 131072,
+    "norm_topk_prob": True,
+    "num_shared_experts": 0,
+    "shared_expert_intermediate_size": 0,
+}
+
+# Keys needed only when some layer uses them: {key: (kind, predicate on config dict)}.
+_ATTN = ("num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta")
+_SLIDING = ("sliding_window",)
+_NSA = ("nsa_compress_block", "nsa_compress_stride", "nsa_compress_hidden",
+        "nsa_select_block", "nsa_select_count", "nsa_window")
+_RWKV = ("rwkv_head_size", "rwkv_decay_rank", "rwkv_a_rank", "rwkv_v_rank", "rwkv_gate_rank")
+_MOE = ("num_experts", "num_experts_per_tok", "moe_intermediate_size")
+_DENSE = ("intermediate_size",)
+
+_FLOAT_KEYS = {"norm_eps", "rope_theta"}
+_BOOL_KEYS = {"embedding_norm", "tie_word_embeddings", "norm_topk_prob"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The validated hyper-parameters of one model. Field names are config.json keys."""
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    layer_types: tuple[str, ...]
+    mlp_types: tuple[str, ...]
+    model_type: str = "cogcore"
+    norm_type: str = "rmsnorm"
+    norm_eps: float = 1e-5
+    embedding_norm: bool = False
+    tie_word_embeddings: bool = False
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+    max_position_embeddings: int = 131072
+    # attention (any attention layer)
+    num_attention_heads: int | None = None
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    rope_theta: float | None = None
+    sliding_window: int | None = None
+    # sparse attention (NSA)
+    nsa_compress_block: int | None = None
+    nsa_compress_stride: int | None = None
+    nsa_compress_hidden: int | None = None
+    nsa_select_block: int | None = None
+    nsa_select_count: int | None = None
+    nsa_window: int | None = None
+    # recurrent (RWKV-7)
+    rwkv_head_size: int | None = None
+    rwkv_decay_rank: int | None = None
+    rwkv_a_rank: int | None = None
+    rwkv_v_rank: int | None = None
+    rwkv_gate_rank: int | None = None
+    # mixture of experts
+    num_experts: int | None = None
+    num_experts_per_tok: int | None = None
+    moe_intermediate_size: int | None = None
+    norm_topk_prob: bool = True
+    num_shared_experts: int = 0
+    shared_expert_intermediate_size: int = 0
+    # dense FFN and channel mix
+    intermediate_size: int | None = None
+
+    # ---- derived shapes -------------------------------------------------
+    @property
+    def rwkv_heads(self) -> int:
+        """Hr = D / N, the number of recurrent heads."""
+        return self.hidden_size // self.rwkv_head_size
+
+    @property
+    def first_recurrent_layer(self) -> int | None:
+        """The layer whose value vector is the `v_first` of the value residual (SPEC 4.4)."""
+        return next((i for i, t in enumerate(self.layer_types) if t == "recurrent"), None)
+
+    # ---- parsing ---------------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "Config":
+        """Validate `raw` (a parsed config.json) and build a Config. `source` names the file in errors."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: expected a JSON object, found {type(raw).__name__}")
+
+        def fail(key: str, expected: str, found: Any) -> None:
+            raise ConfigError(f"{source}: key '{key}': expected {expected}, found {found!r}")
+
+        values = dict(GENERAL_DEFAULTS)
+        values.update({k: v for k, v in raw.items() if k in _FIELD_NAMES})
+
+        for key in ("vocab_size", "hidden_size", "num_hidden_layers", "layer_types", "mlp_types"):
+            if key not in raw:
+                fail(key, "a value (the key is required)", "nothing")
+        if values["model_type"] != "cogcore":
+            fail("model_type", "'cogcore'", values["model_type"])
+
+        n_layers = values["num_hidden_layers"]
+        if not _is_int(n_layers) or n_layers < 1:
+            fail("num_hidden_layers", "an integer >= 1", n_layers)
+        for key, allowed in (("layer_types", MIXER_TYPES), ("mlp_types", MLP_TYPES)):
+            lst = values[key]
+            if not isinstance(lst, list) or len(lst) != n_layers:
+                fail(key, f"a list of num_hidden_layers={n_layers} entries", lst)
+            for i, t in enumerate(lst):
+                if t not in allowed:
+                    fail(f"{key}[{i}]", f"one of {', '.join(allowed)}", t)
+            values[key] = tuple(lst)
+        if values["norm_type"] not in NORM_TYPES:
+            fail("norm_type", f"one of {', '.join(NORM_TYPES)}", values["norm_type"])
+
+        layers, mlps = set(values["layer_types"]), set(values["mlp_types"])
+        needed = ["vocab_size", "hidden_size", "bos_token_id", "eos_token_id",
+                  "max_position_embeddings", "norm_eps"]
+        if layers & set(ATTENTION_TYPES):
+            needed += _ATTN
+        if "sliding_attention" in layers:
+            needed += _SLIDING
+        if "sparse_attention" in layers:
+            needed += _NSA
+        if "recurrent" in layers:
+            needed += _RWKV
+        if "moe" in mlps:
+            needed += _MOE + ("num_shared_experts",)
+            if values["num_shared_experts"]:
+                needed += ("shared_expert_intermediate_size",)
+        if mlps & {"dense", "channel_mix"}:
+            needed += _DENSE
+
+        for key in needed:
+            v = values.get(key)
+            if v is None:
+                fail(key, f"a value (required by layer_types/mlp_types)", "nothing")
+            if key in _FLOAT_KEYS:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                    fail(key, "a finite number > 0", v)
+                values[key] = float(v)
+            elif key in ("bos_token_id", "eos_token_id", "num_shared_experts"):
+                if not _is_int(v) or v < 0:
+                    fail(key, "an integer >= 0", v)
+            elif not _is_int(v) or v < 1:
+                fail(key, "an integer >= 1", v)
+        for key in _BOOL_KEYS:
+            if not isinstance(values[key], bool):
+                fail(key, "true or false", values[key])
+        # Keys the layers do not use are dropped, so that two configs of the same
+        # model compare equal whatever spare keys their files carried.
+        for key in _ATTN + _SLIDING + _NSA + _RWKV + _MOE + _DENSE:
+            if key not in needed:
+                values[key] = None
+
+        v = values
+        if v["eos_token_id"] >= v["vocab_size"]:
+            fail("eos_token_id", f"< vocab_size={v['vocab_size']}", v["eos_token_id"])
+        if v["bos_token_id"] >= v["vocab_size"]:
+            fail("bos_token_id", f"< vocab_size={v['vocab_size']}", v["bos_token_id"])
+        if v["num_attention_heads"] is not None:
+            if v["num_attention_heads"] % v["num_key_value_heads"]:
+                fail("num_key_value_heads",
+                     f"a divisor of num_attention_heads={v['num_attention_heads']}",
+                     v["num_key_value_heads"])
+            if v["head_dim"] % 2:
+                fail("head_dim", "an even integer (RoPE rotates pairs)", v["head_dim"])
+        if v["rwkv_head_size"] is not None and v["hidden_size"] % v["rwkv_head_size"]:
+            fail("rwkv_head_size", f"a divisor of hidden_size={v['hidden_size']}", v["rwkv_head_size"])
+        if v["nsa_compress_block"] is not None:
+            s = v["nsa_compress_stride"]
+            if v["nsa_compress_block"] % s:
+                fail("nsa_compress_block", f"a multiple of nsa_compress_stride={s}", v["nsa_compress_block"])
+            if v["nsa_select_block"] % s:
+                fail("nsa_select_block", f"a multiple of nsa_compress_stride={s}", v["nsa_select_block"])
+            if v["nsa_select_count"] < 3:
+                fail("nsa_select_count", "an integer >= 3 (block 0 and two local blocks are forced)",
+                     v["nsa_select_count"])
+        if v["num_experts"] is not None:
+            if not 1 <= v["num_experts_per_tok"] <= v["num_experts"]:
+                fail("num_experts_per_tok", f"between 1 and num_experts={v['num_experts']}",
+                     v["num_experts_per_tok"])
+            if v["num_shared_experts"] not in (0, 1):
+                fail("num_shared_experts", "0 or 1 (SPEC v1)", v["num_shared_experts"])
+            if v["num_shared_experts"] == 1 and v["shared_expert_intermediate_size"] < 1:
+                fail("shared_expert_intermediate_size", "an integer >= 1 when num_shared_experts is 1",
+                     v["shared_expert_intermediate_size"])
+        return cls(**v)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "Config":
+        path = os.fspath(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: expected valid JSON, found a parse error: {e}") from None
+        return cls.from_dict(raw, source=path)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config.json form: every key that is set, lists as lists."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def replace(self, **changes: Any) -> "Config":
+        """A validated copy with some keys changed."""
+        return Config.from_dict({**self.to_dict(), **changes})
+
+
+_FIELD_NAMES = {f.name for f in dataclasses.fields(Config)}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _alternating(n: int) -> list[str]:
+    return ["recurrent" if i % 2 == 0 else "sparse_attention" for i in range(n)]
+
+
+# SPEC Section 8. Keys the spec leaves open (ranks, compression MLP width,
+# RWKV head size) follow the spec's example config and the RWKV-7 reference.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "vocab_size": 256, "hidden_size": 64, "num_hidden_layers": 4,
+        "layer_types": _alternating(4), "mlp_types": ["moe"] * 4,
+        "max_position_embeddings": 4096,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "rope_theta": 10000.0,
+        "nsa_compress_block": 8, "nsa_compress_stride": 4, "nsa_compress_hidden": 32,
+        "nsa_select_block": 16, "nsa_select_count": 4, "nsa_window": 16,
+        "rwkv_head_size": 16, "rwkv_decay_rank": 8, "rwkv_a_rank": 8, "rwkv_v_rank": 8,
+        "rwkv_gate_rank": 16,
+        "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+    },
+    "4b": {
+        "vocab_size": 32000, "hidden_size": 2048, "num_hidden_layers": 24,
+        "layer_types": _alternating(24), "mlp_types": ["moe"] * 24,
+        "num_attention_heads": 16, "num_key_value_heads": 4, "head_dim": 128, "rope_theta": 10000.0,
+        "nsa_compress_block": 32, "nsa_compress_stride": 16, "nsa_compress_hidden": 256,
+        "nsa_select_block": 64, "nsa_select_count": 16, "nsa_window": 512,
+        "rwkv_head_size": 64, "rwkv_decay_rank": 64, "rwkv_a_rank": 64, "rwkv_v_rank": 32,
+        "rwkv_gate_rank": 128,
+        "num_experts": 32, "num_experts_per_tok": 2, "moe_intermediate_size": 768,
+    },
+}
+
+
+def preset(name: str, **overrides: Any) -> Config:
+    """The Config of a named shape, optionally with some keys changed."""
+    if name not in PRESETS:
+        raise ConfigError(f"preset '{name}': expected one of {', '.join(PRESETS)}, found no such preset")
+    return Config.from_dict({**PRESETS[name], **overrides}, source=f"preset '{name}'")

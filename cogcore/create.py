@@ -1,0 +1,78 @@
+"""Randomly initialised models of any shape (`cogcore init`), for tests and benchmarks.
+
+The scales keep activations of order one through depth, so that a random model's
+router, selection and recurrence all do something: Linear weights [out, in] ~
+N(0, 1/in), the RWKV low-rank matrices likewise by their input width, norms at 1,
+biases at 0, and the RWKV-7 vectors in the ranges the reference initialises them to.
+Every tensor has its own seeded generator, so a tensor's values do not depend on
+which others are made, and big models can be written one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import numpy as np
+
+from .config import Config
+from .dtypes import STORAGE_DTYPES, to_storage
+from .errors import ConfigError
+from .model import tensor_shapes
+from .tensorfile import write_json, write_safetensors
+
+DTYPE_TAGS = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
+def init_tensor(name: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """A float32 random value for the tensor `name` (the rule depends on the name's last part)."""
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "bias":
+        return np.zeros(shape, np.float32)
+    if leaf == "weight" and len(shape) == 1:                        # norm scales, ln_x included
+        return np.ones(shape, np.float32)
+    if leaf.startswith("x_"):                                       # token-shift mixes in [0, 1]
+        return rng.uniform(0, 1, shape).astype(np.float32)
+    if leaf == "w0":                                                # decay logits
+        return rng.uniform(-3, 2, shape).astype(np.float32)
+    if leaf in ("a0", "v0"):
+        return rng.normal(0, 0.5, shape).astype(np.float32)
+    if leaf == "k_k":
+        return rng.uniform(0.7, 1.0, shape).astype(np.float32)
+    if leaf == "k_a":
+        return rng.uniform(0.5, 1.0, shape).astype(np.float32)
+    if leaf in ("r_k", "pos"):
+        return rng.normal(0, 0.1, shape).astype(np.float32)
+    if name == "model.embed_tokens.weight":
+        return rng.standard_normal(shape, np.float32)
+    if leaf[-1:] in "12" and leaf[:-1] in ("w", "a", "v", "g"):     # x @ w1 @ w2: fan-in is shape[0]
+        fan_in = shape[0]
+    else:                                                           # [.., out, in]: fan-in is last
+        fan_in = shape[-1]
+    return (rng.standard_normal(shape, np.float32) / np.float32(np.sqrt(fan_in))).astype(np.float32)
+
+
+def random_weights(config: Config, seed: int = 0, dtype: str = "float32") -> dict[str, np.ndarray]:
+    """All tensors of a random model, in memory (small shapes only)."""
+    tag = _dtype_tag(dtype)
+    return {name: to_storage(init_tensor(name, shape, seed), tag)
+            for name, shape in tensor_shapes(config).items()}
+
+
+def init_model(out_dir: str | os.PathLike, config: Config, dtype: str = "float32", seed: int = 0,
+               progress=None) -> None:
+    """Write config.json and model.safetensors of a random model, one tensor at a time."""
+    tag = _dtype_tag(dtype)
+    os.makedirs(out_dir, exist_ok=True)
+    lazy = {name: (tag, shape, lambda n=name, s=shape: to_storage(init_tensor(n, s, seed), tag))
+            for name, shape in tensor_shapes(config).items()}
+    write_safetensors(os.path.join(out_dir, "model.safetensors"), lazy,
+                      metadata={"format": "cogcore", "init_seed": str(seed)}, progress=progress)
+    write_json(os.path.join(out_dir, "config.json"), config.to_dict())
+
+
+def _dtype_tag(dtype: str) -> str:
+    if dtype not in DTYPE_TAGS:
+        raise ConfigError(f"dtype: expected one of {', '.join(DTYPE_TAGS)}, found {dtype!r}")
+    return DTYPE_TAGS[dtype]

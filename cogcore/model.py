@@ -1,0 +1,216 @@
+"""The whole model (SPEC Section 4) and `cogcore.load`.
+
+    x = embed_tokens[tokens]                       # [T, D]
+    if embedding_norm: x = Norm(x; embed_norm)
+    for each layer i:
+        h = x + Mixer_i(Norm(x; input_layernorm_i))
+        x = h + FFN_i(Norm(h; post_attention_layernorm_i))
+    logits = Norm(x; norm) @ lm_head.T             # [T, V]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from .blocks import ReferenceOps
+from .blocks.attention import AttentionMixer
+from .blocks.ffn import ChannelMix, DenseFFN
+from .blocks.moe import MoE
+from .blocks.norm import Norm
+from .blocks.rwkv7 import RecurrentMixer
+from .blocks.sparse_attention import SparseAttentionMixer
+from .cache import Cache
+from .config import Config
+from .errors import CogcoreError, InputError
+from .tensorfile import read_model_tensors
+from .weights import Weights
+
+BACKENDS = ("numba", "numpy")
+
+
+@dataclasses.dataclass
+class Pass:
+    """What one forward call carries from layer to layer, and what it records for inspection."""
+
+    positions: np.ndarray                     # [T] absolute positions of the chunk
+    layer: int = 0                            # the layer running now
+    v_first: np.ndarray | None = None         # [T, D] values of the first recurrent layer
+    expert_counts: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)    # layer -> [E]
+    selected_blocks: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)  # layer -> [T, Hkv, n]
+
+
+@dataclasses.dataclass
+class Layer:
+    input_norm: Norm
+    mixer: object
+    post_norm: Norm
+    ffn: object
+
+
+def make_ops(backend: str):
+    if backend == "numpy":
+        return ReferenceOps()
+    if backend == "numba":
+        from kernels import NumbaOps   # imported on demand: compiling is not free
+        return NumbaOps()
+    raise InputError(f"backend: expected one of {', '.join(BACKENDS)}, found {backend!r}")
+
+
+class Model:
+    """A cogcore model: weights bound to blocks, and the forward pass over a cache."""
+
+    def __init__(self, config: Config, weights: Weights, backend: str = "numba", path: str | None = None):
+        self.config, self.backend, self.path = config, backend, path
+        self.ops = ops = make_ops(backend)
+        cfg, D, V = config, config.hidden_size, config.vocab_size
+        weights.D = D
+
+        def norm(prefix):
+            return Norm(weights, prefix, cfg.norm_type, cfg.norm_eps, ops)
+
+        self.embed_tokens = weights.take("model.embed_tokens.weight", (V, D))
+        self.embed_norm = norm("model.embed_norm") if cfg.embedding_norm else None
+        self.layers = []
+        for i, (mixer_type, mlp_type) in enumerate(zip(cfg.layer_types, cfg.mlp_types)):
+            p = f"model.layers.{i}"
+            if mixer_type == "recurrent":
+                mixer = RecurrentMixer(weights, p, cfg, ops, first=(i == cfg.first_recurrent_layer))
+            elif mixer_type == "sparse_attention":
+                mixer = SparseAttentionMixer(weights, p, cfg, ops)
+            else:
+                mixer = AttentionMixer(weights, p, cfg, ops, mixer_type)
+            ffn = {"moe": MoE, "dense": DenseFFN, "channel_mix": ChannelMix}[mlp_type](weights, p, cfg, ops)
+            self.layers.append(Layer(norm(f"{p}.input_layernorm"), mixer,
+                                     norm(f"{p}.post_attention_layernorm"), ffn))
+        self.norm = norm("model.norm")
+        self.lm_head = (self.embed_tokens if cfg.tie_word_embeddings
+                        else weights.take("lm_head.weight", (V, D)))
+        self.last_pass: Pass | None = None
+        self._tokenizer = None
+
+    # ---- caches and the forward pass -------------------------------------
+    def new_cache(self) -> Cache:
+        """An empty cache: position 0 comes next."""
+        return Cache([(layer.mixer.new_state(), layer.ffn.new_state()) for layer in self.layers])
+
+    def check_tokens(self, token_ids, start: int = 0) -> np.ndarray:
+        """Token ids as an int64 array [T], or an InputError saying what is wrong with them."""
+        ids = np.asarray(token_ids)
+        if ids.ndim != 1:
+            raise InputError(f"token_ids: expected a 1-D sequence of ints, found shape {list(ids.shape)}")
+        if ids.size == 0:
+            raise InputError("token_ids: expected at least one token, found an empty sequence")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise InputError(f"token_ids: expected integers, found dtype {ids.dtype}")
+        V = self.config.vocab_size
+        bad = np.flatnonzero((ids < 0) | (ids >= V))
+        if bad.size:
+            raise InputError(f"token_ids[{bad[0]}]: expected a token id in 0..{V - 1} (vocab_size={V}), "
+                             f"found {ids[bad[0]]}")
+        limit = self.config.max_position_embeddings
+        if start + ids.size > limit:
+            raise InputError(f"token_ids: {start} cached + {ids.size} new positions exceed "
+                             f"max_position_embeddings={limit}")
+        return ids.astype(np.int64)
+
+    def forward(self, token_ids, cache: Cache | None = None) -> np.ndarray:
+        """Logits [T, V] float32 for token ids [T]; with a cache, the tokens continue it.
+
+        Without a cache the tokens start at position 0 on a fresh one. Feeding a
+        sequence whole or in any split gives the same logits (SPEC Section 5).
+        """
+        cache = cache if cache is not None else self.new_cache()
+        ids = self.check_tokens(token_ids, cache.length)
+        ops = self.ops
+        ctx = Pass(positions=np.arange(cache.length, cache.length + len(ids)))
+
+        x = ops.embed(self.embed_tokens, ids)                           # [T, D]
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        for i, (layer, (mixer_state, ffn_state)) in enumerate(zip(self.layers, cache.layers)):
+            ctx.layer = i
+            h = x + layer.mixer(layer.input_norm(x), mixer_state, ctx)
+            x = h + layer.ffn(layer.post_norm(h), ffn_state, ctx)
+        logits = ops.linear(self.norm(x), self.lm_head)                 # [T, V]
+        cache.length += len(ids)
+        self.last_pass = ctx
+        return logits
+
+    __call__ = forward
+
+    # ---- text -------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        """The sentencepiece tokenizer of the model directory, loaded on first use."""
+        if self._tokenizer is None:
+            from .tokenizer import Tokenizer
+            self._tokenizer = Tokenizer.from_model_dir(self.path, self.config)
+        return self._tokenizer
+
+    def generate(self, prompt: str, **options) -> str:
+        """The continuation of `prompt` (prompt excluded); options as `cogcore.generate.generate`."""
+        from .generate import generate
+        return generate(self, prompt, **options)
+
+
+def load(path: str | os.PathLike, backend: str = "numba", strict: bool = True) -> Model:
+    """Load a model directory (SPEC Section 1): config.json plus memory-mapped safetensors weights.
+
+    backend: "numba" (compiled kernels, default) or "numpy" (the reference).
+    strict: tensors the config does not use are an error (False: ignore them).
+    """
+    path = os.fspath(path)
+    if backend not in BACKENDS:
+        raise InputError(f"backend: expected one of {', '.join(BACKENDS)}, found {backend!r}")
+    if not os.path.isdir(path):
+        raise CogcoreError(f"{path}: expected a model directory (config.json + safetensors), "
+                           f"found {'a file' if os.path.exists(path) else 'nothing'}")
+    config = Config.from_file(os.path.join(path, "config.json"))
+    tensors, origin = read_model_tensors(path)
+    weights = Weights(tensors, origin, source=path)
+    model = Model(config, weights, backend, path)
+    if strict:
+        weights.check_all_used()
+    return model
+
+
+def tensor_shapes(config: Config) -> dict[str, tuple[int, ...]]:
+    """Every tensor the config needs, with its shape, in model order (the blocks are the source)."""
+    recorder = _ShapeRecorder()
+    Model(config, recorder, backend="numpy")
+    return recorder.shapes
+
+
+class _ShapeRecorder(Weights):
+    """Hands out zero-stride placeholders of any shape and records what was asked for."""
+
+    def __init__(self):
+        super().__init__({})
+        self.shapes: dict[str, tuple[int, ...]] = {}
+
+    def take(self, name, shape):
+        self.shapes[name] = tuple(shape)
+        return np.broadcast_to(np.float32(0), shape)
+
+
+def parameter_counts(config: Config) -> dict[str, int]:
+    """Parameters in total, and active per token: everything but the experts a token does not use.
+
+    `active` counts the whole embedding table and lm_head (as Mixtral's figures do);
+    `active_non_embedding` leaves both out.
+    """
+    shapes = tensor_shapes(config)
+    total = sum(int(np.prod(s)) for s in shapes.values())
+    idle = 0
+    for i, mlp in enumerate(config.mlp_types):
+        if mlp == "moe":
+            per_expert = sum(int(np.prod(shapes[f"model.layers.{i}.mlp.experts.{p}"][1:]))
+                             for p in ("gate_proj", "up_proj", "down_proj"))
+            idle += (config.num_experts - config.num_experts_per_tok) * per_expert
+    embedding = int(np.prod(shapes["model.embed_tokens.weight"]))
+    embedding += int(np.prod(shapes.get("lm_head.weight", (0,))))
+    return {"total": total, "active": total - idle, "active_non_embedding": total - idle - embedding,
+            "embedding": embedding}
