@@ -66,10 +66,9 @@ class Model:
         self.config, self.backend, self.path = config, backend, path
         self.ops = ops = make_ops(backend)
         cfg, D, V = config, config.hidden_size, config.vocab_size
-        weights.D = D
 
         def norm(prefix):
-            return Norm(weights, prefix, cfg.norm_type, cfg.norm_eps, ops)
+            return Norm(weights, prefix, D, cfg.norm_type, cfg.norm_eps, ops)
 
         self.embed_tokens = weights.take("model.embed_tokens.weight", (V, D))
         self.embed_norm = norm("model.embed_norm") if cfg.embedding_norm else None

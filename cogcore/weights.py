@@ -14,11 +14,10 @@ from .errors import WeightsError
 
 class Weights:
     def __init__(self, tensors: dict[str, np.ndarray], origin: dict[str, str] | None = None,
-                 source: str = "<memory>", hidden_size: int = 0):
+                 source: str = "<memory>"):
         self.tensors = tensors
         self.origin = origin or {}
         self.source = source          # the model directory, for tensors found nowhere
-        self.D = hidden_size
         self.used: set[str] = set()
 
     def where(self, name: str) -> str:

@@ -25,9 +25,9 @@ def layernorm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.nda
 class Norm:
     """The norm named by `norm_type`, with its weights `{prefix}.weight` (and `.bias`)."""
 
-    def __init__(self, weights, prefix: str, norm_type: str, eps: float, ops):
-        self.w = weights.take(f"{prefix}.weight", (weights.D,))
-        self.b = weights.take(f"{prefix}.bias", (weights.D,)) if norm_type == "layernorm" else None
+    def __init__(self, weights, prefix: str, dim: int, norm_type: str, eps: float, ops):
+        self.w = weights.take(f"{prefix}.weight", (dim,))
+        self.b = weights.take(f"{prefix}.bias", (dim,)) if norm_type == "layernorm" else None
         self.eps, self.ops = eps, ops
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

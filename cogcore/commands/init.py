@@ -26,13 +26,16 @@ def run(args):
     dtype = args.dtype or ("bfloat16" if args.preset == "4b" else "float32")
     counts = parameter_counts(cfg)
     print(f"cogcore init: preset {args.preset}, {counts['total']:,} parameters, {dtype}, seed {args.seed}")
-    start = time.perf_counter()
+    start = last = time.perf_counter()
 
-    def progress(done, total):
-        if sys.stderr.isatty() or total > 1 << 30:
-            print(f"\r  {done / 2**20:,.0f} / {total / 2**20:,.0f} MiB  "
-                  f"({time.perf_counter() - start:.0f} s)", end="", file=sys.stderr, flush=True)
+    def progress(done, total):   # at most once a second: big models take minutes
+        nonlocal last
+        now = time.perf_counter()
+        if now - last >= 1.0 or done == total:
+            last = now
+            end = "\r" if sys.stderr.isatty() and done < total else "\n"
+            print(f"  {done / 2**20:,.0f} / {total / 2**20:,.0f} MiB  ({now - start:.0f} s)",
+                  end=end, file=sys.stderr, flush=True)
 
     init_model(args.out_dir, cfg, dtype=dtype, seed=args.seed, progress=progress)
-    print(file=sys.stderr)
     print(f"wrote {args.out_dir}/config.json and model.safetensors in {time.perf_counter() - start:.1f} s")
