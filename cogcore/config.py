@@ -223,7 +223,7 @@ class Config:
                 raw = json.load(f)
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise ConfigError(f"{path}: expected valid JSON, found a parse error: {e}") from None
         return cls.from_dict(raw, source=path)
 

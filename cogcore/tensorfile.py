@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from .dtypes import STORAGE_DTYPES, tag
+from .dtypes import STORAGE_DTYPES, TAG_OF, tag
 from .errors import WeightsError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
@@ -50,7 +50,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
 
     try:
         header = json.loads(header_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise WeightsError(f"{path}: header is not valid UTF-8 JSON ({e})") from None
     if not isinstance(header, dict):
         raise WeightsError(f"{path}: header must be a JSON object, found {type(header).__name__}")
@@ -118,6 +118,9 @@ def write_safetensors(path: str | os.PathLike,
     layout, offset = [], 0
     for name, item in tensors.items():
         if isinstance(item, np.ndarray):
+            if item.dtype.newbyteorder("<") not in TAG_OF:
+                raise WeightsError(f"{path}: tensor '{name}': expected dtype float32, float16 or uint16 "
+                                   f"(bfloat16 bits), found {item.dtype}")
             dtype_tag, shape, make = tag(item), item.shape, (lambda a=item: a)
         else:
             dtype_tag, shape, make = item
@@ -137,7 +140,7 @@ def write_safetensors(path: str | os.PathLike,
             f.write(len(header_bytes).to_bytes(8, "little"))
             f.write(header_bytes)
             for name, dtype_tag, shape, make, begin, end in layout:
-                array = np.ascontiguousarray(make(), dtype=STORAGE_DTYPES[dtype_tag])
+                array = np.asarray(make(), dtype=STORAGE_DTYPES[dtype_tag])   # tobytes() is C order
                 if array.shape != shape:
                     raise WeightsError(f"{path}: tensor '{name}': expected shape {list(shape)}, "
                                        f"found {list(array.shape)}")
@@ -167,7 +170,7 @@ def read_model_tensors(model_dir: str | os.PathLike) -> tuple[dict[str, np.ndarr
     try:
         with open(index_path, encoding="utf-8") as f:
             index = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise WeightsError(f"{index_path}: expected valid JSON, found a parse error: {e}") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):

@@ -1,10 +1,94 @@
-"""(not yet implemented: generate)"""
+"""Continue a prompt with the model, printing the text as it is generated.
+
+The continuation streams to stdout; at the end the prompt and generation speeds
+(tokens per second) go to stderr. Generation stops at EOS, at a newline (unless
+--multiline), at a --stop string, or after --max-new-tokens. Sampling options left
+out come from the model's generation_config.json, else greedy decoding.
+"""
+
+import sys
+
+from ..cli import add_model_argument, load_model
+
+
+def add_sampling_arguments(p):
+    """The sampling options shared by `generate` and `chat` (None: generation_config.json or default)."""
+    g = p.add_argument_group("sampling")
+    g.add_argument("-n", "--max-new-tokens", type=int, default=None, metavar="N",
+                   help="most tokens to generate (default 64)")
+    g.add_argument("-t", "--temperature", type=float, default=None, metavar="T",
+                   help="0 = greedy (default), otherwise sample from softmax(logits / T)")
+    g.add_argument("--top-k", type=int, default=None, metavar="K", help="keep the K most likely tokens (0 = off)")
+    g.add_argument("--top-p", type=float, default=None, metavar="P",
+                   help="keep the smallest set of tokens with mass >= P, in (0, 1] (1 = off)")
+    g.add_argument("--min-p", type=float, default=None, metavar="M",
+                   help="keep tokens with probability >= M * the top one (0 = off)")
+    g.add_argument("--repetition-penalty", type=float, default=None, metavar="R",
+                   help="CTRL-style penalty on tokens already seen (1 = off)")
+    g.add_argument("--seed", type=int, default=None, help="random seed (default 0; -1 = unseeded)")
+    g.add_argument("--stop", action="append", default=None, metavar="STR",
+                   help="also stop when the text contains STR (repeatable; escapes like \\n are read)")
+    g.add_argument("--multiline", action="store_true", help="do not stop at a newline")
+    g.add_argument("--prefill-chunk", type=int, default=None, metavar="N",
+                   help="feed the prompt N tokens at a time (default 256)")
+    g.add_argument("--stats", action="store_true",
+                   help="also print tokens per expert for each MoE layer to stderr")
+
+
+def sampling_options(args) -> dict:
+    """The keyword options of cogcore.generate.stream from parsed arguments."""
+    stop = None
+    if args.stop or args.multiline:
+        stop = [] if args.multiline else ["\n"]
+        stop += [_unescape(s) for s in args.stop or ()]
+    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                seed=args.seed, stop=stop, prefill_chunk=args.prefill_chunk)
+
+
+def _unescape(s: str) -> str:
+    """Read the escapes \\n, \\t, \\r and \\\\ in a --stop value (other text stays as it is)."""
+    out, i = [], 0
+    while i < len(s):
+        if s[i] == "\\" and i + 1 < len(s) and s[i + 1] in "ntr\\":
+            out.append({"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}[s[i + 1]])
+            i += 2
+        else:
+            out.append(s[i])
+            i += 1
+    return "".join(out)
+
+
+def print_stats(result, file=None):
+    """Tokens routed to each expert, per MoE layer, over the whole generation (to stderr)."""
+    file = file or sys.stderr   # looked up now, not at import: tests and callers may swap it
+    stats = result.stats
+    for layer, counts in sorted(stats.expert_counts.items()):
+        print(f"layer {layer} tokens per expert: {' '.join(str(int(c)) for c in counts)}", file=file)
+    for layer, kept in sorted(stats.selected_blocks.items()):
+        last = kept[-1] if len(kept) else []
+        shown = "; ".join(" ".join(str(b) for b in row if b >= 0) for row in last)
+        print(f"layer {layer} blocks selected by the last query (per kv head): {shown}", file=file)
 
 
 def add_arguments(p):
-    pass
+    add_model_argument(p)
+    p.add_argument("prompt", metavar="PROMPT", help="the text to continue ('-' reads it from stdin)")
+    add_sampling_arguments(p)
 
 
 def run(args):
-    from ..errors import CogcoreError
-    raise CogcoreError("'generate' is not implemented yet")
+    from ..generate import stream
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    model = load_model(args)
+    s = stream(model, prompt, stats=args.stats, **sampling_options(args))
+    for piece in s:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    result = s.result
+    print(result.speed_line(), file=sys.stderr)
+    if args.stats:
+        print_stats(result)
+    return 0

@@ -1,0 +1,368 @@
+"""Text generation over a cache: prefill in chunks, then one token at a time (docs/generation.md).
+
+    text = generate(model, "12+345=", max_new_tokens=8)           # the continuation only
+    for piece in stream(model, "Once", temperature=0.8, seed=1):  # text pieces as they decode
+        print(piece, end="", flush=True)
+    s = stream(model, "Once", stats=True); text = "".join(s); s.result   # GenerationResult
+    chat = Conversation(model); "".join(chat.send("hello")); "".join(chat.send("more"))
+
+The prompt is encoded as `[bos] + sp.encode(prompt)` (no BOS when it continues a
+non-empty cache) and fed in chunks of `prefill_chunk` tokens. Each new token is
+drawn by `cogcore.sampling` from the last logits. Generation ends at an EOS token
+(not part of the text), when the text contains a stop string (default "\\n"; the
+text before it is returned, the stop string is not), after `max_new_tokens`, or
+when the cache reaches `max_position_embeddings`.
+
+The cache then holds the prompt and every generated token except the last one
+drawn (`GenerationResult.pending_ids`), which nothing has read yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .errors import CogcoreError, InputError
+from .sampling import check_options, sample_next
+
+GENERATION_CONFIG = "generation_config.json"
+DEFAULT_STOP = ("\n",)
+FINISH_REASONS = ("eos", "stop", "length", "context")
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationOptions:
+    """How to generate. Built by `resolve_options`: explicit arguments > generation_config.json > these."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0          # 0: greedy
+    top_k: int = 0                    # 0: off
+    top_p: float = 1.0                # 1: off
+    min_p: float = 0.0                # 0: off
+    repetition_penalty: float = 1.0   # 1: off
+    seed: int | None = 0              # None: fresh entropy, not reproducible
+    stop: tuple[str, ...] = DEFAULT_STOP
+    eos_token_id: tuple[int, ...] | None = None   # None: the model's eos_token_id
+    prefill_chunk: int = 256
+
+    def check(self) -> "GenerationOptions":
+        check_options(self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty)
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 0:
+            raise InputError(f"max_new_tokens: expected an integer >= 0, found {self.max_new_tokens!r}")
+        if not _is_int(self.prefill_chunk) or self.prefill_chunk < 1:
+            raise InputError(f"prefill_chunk: expected an integer >= 1, found {self.prefill_chunk!r}")
+        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
+            raise InputError(f"seed: expected an integer >= 0 or None, found {self.seed!r}")
+        for s in self.stop:
+            if not isinstance(s, str) or not s:
+                raise InputError(f"stop: expected non-empty strings, found {s!r}")
+        return self
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+_OPTION_NAMES = {f.name for f in dataclasses.fields(GenerationOptions)}
+
+
+def generation_defaults(model_dir: str | os.PathLike | None) -> dict:
+    """The options that the model directory's generation_config.json suggests (may be empty).
+
+    Read keys: max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty,
+    do_sample (false means greedy whatever temperature says), eos_token_id (int or
+    list), stop_strings (str or list), seed.
+    """
+    if model_dir is None:
+        return {}
+    path = os.path.join(os.fspath(model_dir), GENERATION_CONFIG)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CogcoreError(f"{path}: expected valid JSON, found a parse error: {e}") from None
+    if not isinstance(raw, dict):
+        raise CogcoreError(f"{path}: expected a JSON object, found {type(raw).__name__}")
+    out = {k: raw[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "min_p",
+                               "repetition_penalty", "seed") if raw.get(k) is not None}
+    if raw.get("do_sample") is False:
+        out["temperature"] = 0.0
+    if raw.get("eos_token_id") is not None:
+        out["eos_token_id"] = raw["eos_token_id"]
+    if raw.get("stop_strings") is not None:
+        out["stop"] = raw["stop_strings"]
+    return out
+
+
+def resolve_options(model, **overrides) -> GenerationOptions:
+    """GenerationOptions for `model`: arguments that are not None > generation_config.json > defaults."""
+    unknown = set(overrides) - _OPTION_NAMES
+    if unknown:
+        raise InputError(f"generate: unknown option(s) {', '.join(sorted(unknown))}; "
+                         f"expected some of {', '.join(sorted(_OPTION_NAMES))}")
+    values = generation_defaults(getattr(model, "path", None))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "stop" in values:
+        stop = values["stop"]
+        values["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
+    if "eos_token_id" in values:
+        eos = values["eos_token_id"]
+        values["eos_token_id"] = (eos,) if _is_int(eos) else tuple(eos)
+    if values.get("seed") == -1:
+        values["seed"] = None
+    return GenerationOptions(**values).check()
+
+
+@dataclasses.dataclass
+class GenerationStats:
+    """Router and selection records of every position a generation fed through the model.
+
+    expert_counts:       layer -> [E] int64, tokens routed to each expert (each token
+                         counts once per expert among its top-k), summed over all positions
+    token_expert_counts: layer -> [calls, E], the same per forward call (the prefill chunks,
+                         then one row per generated token)
+    selected_blocks:     sparse layer -> [P, Hkv, n] int64, the selection blocks each
+                         position's query kept per kv head (ascending, -1 pads)
+    positions:           [P] the absolute positions those rows belong to
+    """
+
+    expert_counts: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
+    token_expert_counts: dict[int, list] = dataclasses.field(default_factory=dict)
+    selected_blocks: dict[int, list] = dataclasses.field(default_factory=dict)
+    positions: list = dataclasses.field(default_factory=list)
+
+    def add(self, ctx) -> None:
+        """Record one forward call's `model.last_pass`."""
+        self.positions.append(np.asarray(ctx.positions))
+        for layer, counts in ctx.expert_counts.items():
+            counts = np.asarray(counts, np.int64)
+            self.expert_counts[layer] = self.expert_counts.get(layer, 0) + counts
+            self.token_expert_counts.setdefault(layer, []).append(counts)
+        for layer, kept in ctx.selected_blocks.items():
+            self.selected_blocks.setdefault(layer, []).append(np.asarray(kept))
+
+    def finish(self) -> "GenerationStats":
+        """Lists of per-call arrays -> stacked arrays."""
+        if isinstance(self.positions, list):
+            self.positions = (np.concatenate(self.positions) if self.positions
+                              else np.zeros(0, np.int64))
+            self.token_expert_counts = {k: np.stack(v) for k, v in self.token_expert_counts.items()}
+            self.selected_blocks = {k: np.concatenate(v) for k, v in self.selected_blocks.items()}
+        return self
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    """Everything about one generation, available once its stream is exhausted."""
+
+    text: str                          # the continuation (no EOS, no stop string)
+    prompt_ids: list[int]              # what was fed before generating (BOS included)
+    token_ids: list[int]               # every token drawn, the final EOS or stop token included
+    finish_reason: str                 # "eos", "stop", "length" (max_new_tokens) or "context" (cache full)
+    prompt_seconds: float              # prefill time
+    generate_seconds: float            # drawing tokens and feeding them back
+    cache: object                      # the cache (prompt + token_ids[:-1])
+    stats: GenerationStats | None = None
+
+    @property
+    def pending_ids(self) -> list[int]:
+        """Tokens drawn but not yet fed to the cache (the last one, if any)."""
+        return self.token_ids[-1:]
+
+    @property
+    def prompt_tokens_per_second(self) -> float:
+        return len(self.prompt_ids) / self.prompt_seconds if self.prompt_seconds > 0 else float("inf")
+
+    @property
+    def tokens_per_second(self) -> float:
+        n = len(self.token_ids)
+        return n / self.generate_seconds if self.generate_seconds > 0 else (float("inf") if n else 0.0)
+
+    def speed_line(self) -> str:
+        return (f"prompt: {len(self.prompt_ids)} tokens in {self.prompt_seconds:.3f} s "
+                f"({self.prompt_tokens_per_second:.1f} tokens/s); generated: {len(self.token_ids)} tokens "
+                f"in {self.generate_seconds:.3f} s ({self.tokens_per_second:.1f} tokens/s); "
+                f"finish: {self.finish_reason}")
+
+
+def encode_prompt(model, prompt, bos: bool = True) -> list[int]:
+    """`[bos] + sp.encode(prompt)` for text; a sequence of ints is taken as token ids as they are."""
+    if isinstance(prompt, str):
+        if not prompt:
+            raise InputError("prompt: expected some text, found an empty string")
+        return model.tokenizer.encode(prompt, bos=bos)
+    try:
+        ids = [int(i) for i in np.asarray(prompt).reshape(-1)] if prompt is not None else []
+    except (TypeError, ValueError):
+        raise InputError(f"prompt: expected a str or a sequence of token ids, found {prompt!r:.60}") from None
+    if not ids:
+        raise InputError("prompt: expected some text or token ids, found nothing")
+    return ids
+
+
+class Stream:
+    """An iterator of text pieces as they decode; `.result` (a GenerationResult) once it is done.
+
+    Nothing runs until the first `next()`. Reading `.result` early runs the rest.
+    """
+
+    def __init__(self, model, prompt, *, cache=None, bos: bool | None = None, stats: bool = False,
+                 prefix_ids: Sequence[int] = (), **options):
+        self.model = model
+        self.options = resolve_options(model, **options)
+        self.cache = cache if cache is not None else model.new_cache()
+        bos = (self.cache.length == 0) if bos is None else bos
+        self.prompt_ids = [int(i) for i in prefix_ids] + encode_prompt(model, prompt, bos)
+        limit = model.config.max_position_embeddings
+        if self.cache.length + len(self.prompt_ids) > limit:
+            held = f"{self.cache.length} cached + " if self.cache.length else ""
+            raise InputError(f"prompt: {held}{len(self.prompt_ids)} tokens exceed "
+                             f"max_position_embeddings={limit}")
+        eos = self.options.eos_token_id
+        self.eos_ids = frozenset(eos if eos is not None else (model.config.eos_token_id,))
+        if self.options.max_new_tokens:
+            self.decoder = model.tokenizer.stream_decoder()   # text out needs the tokenizer: fail early
+        self.stats = GenerationStats() if stats else None
+        self._result: GenerationResult | None = None
+        self._steps = self._run()
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._steps)
+
+    @property
+    def result(self) -> GenerationResult:
+        for _ in self._steps:
+            pass
+        return self._result
+
+    def _forward(self, ids) -> np.ndarray:
+        logits = self.model.forward(np.asarray(ids, np.int64), cache=self.cache)
+        if self.stats is not None:
+            self.stats.add(self.model.last_pass)
+        return logits[-1]
+
+    def _run(self) -> Iterator[str]:
+        opt, model, cache = self.options, self.model, self.cache
+        start = time.perf_counter()
+        ids, chunk = self.prompt_ids, opt.prefill_chunk
+        for a in range(0, len(ids), chunk):
+            logits = self._forward(ids[a:a + chunk])
+        prefilled = time.perf_counter()
+
+        rng = np.random.default_rng(opt.seed)
+        context = list(ids)                              # what the repetition penalty looks at
+        drawn: list[int] = []
+        text, emitted, reason = "", 0, "length"
+        limit = model.config.max_position_embeddings
+        for step in range(opt.max_new_tokens):
+            tok = sample_next(logits, rng, context, opt.temperature, opt.top_k, opt.top_p, opt.min_p,
+                              opt.repetition_penalty)
+            drawn.append(tok)
+            if tok in self.eos_ids:
+                reason = "eos"
+                break
+            context.append(tok)
+            text += self.decoder.push(tok)
+            hit = _find_stop(text, opt.stop, emitted)
+            if hit is not None:
+                text, reason = text[:hit], "stop"
+                break
+            safe = len(text) - _held_back(text, opt.stop, emitted)
+            if safe > emitted:
+                piece, emitted = text[emitted:safe], safe
+                yield piece
+            if step + 1 == opt.max_new_tokens:
+                break
+            if cache.length + 1 > limit:
+                reason = "context"
+                break
+            logits = self._forward([tok])
+        if reason != "stop" and opt.max_new_tokens:
+            text += self.decoder.flush()
+        done = time.perf_counter()
+        self._result = GenerationResult(
+            text=text, prompt_ids=list(ids), token_ids=drawn, finish_reason=reason,
+            prompt_seconds=prefilled - start, generate_seconds=done - prefilled, cache=cache,
+            stats=self.stats.finish() if self.stats is not None else None)
+        if len(text) > emitted:
+            yield text[emitted:]
+
+
+def _find_stop(text: str, stops: Sequence[str], start: int) -> int | None:
+    """Index of the earliest stop string in text[start:] (occurrences never begin before `start`)."""
+    hits = [i for i in (text.find(s, start) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _held_back(text: str, stops: Sequence[str], emitted: int) -> int:
+    """Length of the longest tail of text[emitted:] that could still grow into a stop string."""
+    best = 0
+    room = len(text) - emitted
+    for s in stops:
+        for k in range(min(len(s) - 1, room), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+def stream(model, prompt, **options) -> Stream:
+    """Text pieces of the continuation as they decode (a `Stream`; `.result` when done).
+
+    Options: max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed,
+    stop (str or list; replaces the default "\\n"), eos_token_id, prefill_chunk, and
+    cache (continue it), bos (default: only on an empty cache), stats (collect GenerationStats).
+    """
+    return Stream(model, prompt, **options)
+
+
+def generate(model, prompt, **options) -> str:
+    """The continuation of `prompt`, prompt excluded (SPEC Section 6). Options as `stream`."""
+    return stream(model, prompt, **options).result.text
+
+
+def complete(model, prompt, **options) -> GenerationResult:
+    """Like `generate` but returns the whole GenerationResult (ids, timings, stats, cache)."""
+    return stream(model, prompt, **options).result
+
+
+class Conversation:
+    """A chat that keeps one cache across turns.
+
+    Turn i feeds `pending + [bos] + sp.encode(text)`: the last drawn token of the
+    turn before (fed now), an EOS to close that turn if it did not end with one,
+    then the new text. Every turn thus looks like a packed training document:
+    `[bos] prompt answer [eos] [bos] prompt answer [eos] ...`.
+    """
+
+    def __init__(self, model, stats: bool = False, **options):
+        self.model, self.stats, self.options = model, stats, options
+        resolve_options(model, **options)        # bad options fail now, not at the first turn
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache = self.model.new_cache()
+        self.last: Stream | None = None
+
+    def send(self, text: str, **overrides) -> Stream:
+        """The reply to `text`, as a Stream of pieces (the previous reply is finished first)."""
+        prefix: list[int] = []
+        if self.last is not None:
+            result = self.last.result
+            prefix = result.pending_ids
+            eos = self.model.config.eos_token_id
+            if not prefix or prefix[-1] not in self.last.eos_ids:
+                prefix = prefix + [eos]
+        self.last = Stream(self.model, text, cache=self.cache, bos=True, stats=self.stats,
+                           prefix_ids=prefix, **{**self.options, **overrides})
+        return self.last
