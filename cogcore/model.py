@@ -129,11 +129,15 @@ class Model:
         x = ops.embed(self.embed_tokens, ids)                           # [T, D]
         if self.embed_norm is not None:
             x = self.embed_norm(x)
+        xn = self.layers[0].input_norm(x)                                # Norm(x; input_layernorm_0)
         for i, (layer, (mixer_state, ffn_state)) in enumerate(zip(self.layers, cache.layers)):
             ctx.layer = i
-            h = x + layer.mixer(layer.input_norm(x), mixer_state, ctx)
-            x = h + layer.ffn(layer.post_norm(h), ffn_state, ctx)
-        logits = ops.linear(self.norm(x), self.lm_head)                 # [T, V]
+            # h = x + Mixer(Norm(x)), x = h + FFN(Norm(h)); each residual add is fused with the
+            # norm that reads its result next (this layer's post norm, the next layer's input norm)
+            h, hn = layer.post_norm.residual(x, layer.mixer(xn, mixer_state, ctx))
+            next_norm = self.layers[i + 1].input_norm if i + 1 < len(self.layers) else self.norm
+            x, xn = next_norm.residual(h, layer.ffn(hn, ffn_state, ctx))
+        logits = ops.linear(xn, self.lm_head)                           # Norm(x; norm) @ lm_head.T [T, V]
         cache.length += len(ids)
         self.last_pass = ctx
         return logits

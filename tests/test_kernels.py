@@ -191,6 +191,19 @@ def test_model_logits_match_reference(dtype, norm):
         assert np.array_equal(counts, nb.last_pass.expert_counts[layer])
 
 
+def test_parallel_variants_match_reference(monkeypatch):
+    """Every kernel also has a multi-threaded variant, used above PARALLEL_MIN_WORK: force it."""
+    monkeypatch.setattr(klinear, "PARALLEL_MIN_WORK", 0)
+    cfg = mixed_config()
+    ref, tensors = build_model(cfg, seed=3, dtype="bfloat16", backend="numpy")
+    nb, _ = build_model(cfg, backend="numba", tensors=tensors)
+    ids = np.random.default_rng(2).integers(0, cfg["vocab_size"], 23)
+    close(nb.forward(ids), ref.forward(ids), 1e-4)
+    cache_nb, cache_ref = nb.new_cache(), ref.new_cache()
+    for t in ids[:4]:
+        close(nb.forward([t], cache_nb), ref.forward([t], cache_ref), 1e-4)
+
+
 def test_numba_chunked_decoding_matches_whole():
     cfg = mixed_config()
     model, _ = build_model(cfg, seed=2, dtype="bfloat16", backend="numba")

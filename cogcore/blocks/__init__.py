@@ -35,5 +35,15 @@ class ReferenceOps:
     nsa_attention = staticmethod(sparse_attention.nsa_attention)
     wkv7 = staticmethod(rwkv7.wkv7)
 
+    def add_rmsnorm(self, x, y, w, eps):
+        """The residual add fused with the norm after it: (h, rmsnorm(h)) with h = x + y."""
+        h = x + y
+        return h, self.rmsnorm(h, w, eps)
+
+    def add_layernorm(self, x, y, w, b, eps):
+        """(h, layernorm(h)) with h = x + y."""
+        h = x + y
+        return h, self.layernorm(h, w, b, eps)
+
     def moe(self, x, router, gate_proj, up_proj, down_proj, k, norm_topk):
         return moe.moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk, self.linear)

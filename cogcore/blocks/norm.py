@@ -34,3 +34,9 @@ class Norm:
         if self.b is None:
             return self.ops.rmsnorm(x, self.w, self.eps)
         return self.ops.layernorm(x, self.w, self.b, self.eps)
+
+    def residual(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(h, Norm(h)) with h = x + y: a residual add and the norm that reads it, as one op."""
+        if self.b is None:
+            return self.ops.add_rmsnorm(x, y, self.w, self.eps)
+        return self.ops.add_layernorm(x, y, self.w, self.b, self.eps)

@@ -1,0 +1,386 @@
+"""`cogcore bench`: kernel and model speed, numba against numpy, against this machine's limits.
+
+Every figure is a median of repeated timings taken in one run, next to the machine
+limits measured in the same run, so that ratios stay meaningful on a noisy,
+shared machine:
+
+- read bandwidth: the best of a Numba parallel sum and a BLAS sgemv over an array
+  larger than the last-level cache (decode of a big model is bound by reading weights);
+- sgemm FLOP/s: a square float32 matmul (prefill is bound by matmul FLOPs).
+
+Sections (`--only`): limits, kernels, model, sparse. Compilation is done (or loaded
+from Numba's cache) before anything is timed and reported on its own line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+from .config import Config, preset
+
+SECTIONS = ("limits", "kernels", "model", "sparse")
+
+
+def bench_config(layers: int = 8, width: int = 1024, experts: int = 32, expert_width: int = 512,
+                 vocab: int = 32000) -> Config:
+    """The issue's decode target: an 8-layer, 1024-wide recurrent / sparse-attention hybrid,
+    32 experts of 512, top-2; heads of 128 as in the 4b preset (8 query, 2 kv)."""
+    return preset("4b", hidden_size=width, num_hidden_layers=layers,
+                  layer_types=["recurrent" if i % 2 == 0 else "sparse_attention" for i in range(layers)],
+                  mlp_types=["moe"] * layers, num_attention_heads=width // 128, num_key_value_heads=2,
+                  head_dim=128, num_experts=experts, moe_intermediate_size=expert_width, vocab_size=vocab)
+
+
+def bytes_per_token(config: Config, weights: dict[str, np.ndarray]) -> int:
+    """Bytes of weights a decode step reads: all of them, except the unchosen experts and all but
+    one row of the embedding table (lm_head is read whole)."""
+    k, E = config.num_experts_per_tok, config.num_experts
+    total = 0
+    for name, a in weights.items():
+        if name == "model.embed_tokens.weight":
+            total += a.nbytes // a.shape[0] + (a.nbytes if config.tie_word_embeddings else 0)
+        elif ".mlp.experts." in name:
+            total += a.nbytes * k // E
+        else:
+            total += a.nbytes
+    return total
+
+
+# ---- timing -------------------------------------------------------------------------------------
+
+def timeit(fn: Callable[[], object], reps: int, min_time: float = 0.0, mean: bool = False) -> float:
+    """Median (or mean) seconds of `reps` calls (after one untimed call), more calls while under min_time."""
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < reps or (time.perf_counter() - start < min_time and len(times) < 50 * reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.mean(times) if mean else np.median(times))
+
+
+@dataclasses.dataclass
+class Row:
+    section: str
+    name: str
+    numba: float | None = None       # seconds
+    numpy: float | None = None       # seconds
+    note: str = ""
+
+    @property
+    def speedup(self) -> float | None:
+        return self.numpy / self.numba if self.numba and self.numpy else None
+
+
+class Report:
+    def __init__(self, out=sys.stdout, progress=sys.stderr):
+        self.rows: list[Row] = []
+        self.facts: dict[str, float | str] = {}
+        self.out, self.progress = out, progress
+
+    def step(self, msg: str) -> None:
+        if self.progress is not None:
+            print(f"  .. {msg}", file=self.progress, flush=True)
+
+    def line(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        fmt = lambda s: f"{s * 1e3:10.3f}" if s is not None else f"{'-':>10}"
+        sp = f"{row.speedup:7.1f}x" if row.speedup else f"{'':8}"
+        self.line(f"  {row.name:<44}{fmt(row.numba)}{fmt(row.numpy)} {sp}  {row.note}")
+        return row
+
+    def header(self, title: str) -> None:
+        self.line()
+        self.line(f"## {title}")
+        self.line(f"  {'':<44}{'numba ms':>10}{'numpy ms':>10} {'speedup':>8}  vs. limit")
+
+
+# ---- machine limits -----------------------------------------------------------------------------
+
+def _psum():
+    from numba import njit, prange
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def psum(a):
+        n = a.size
+        nc = 256
+        cs = (n + nc - 1) // nc
+        out = np.zeros(nc, np.float32)
+        for c in prange(nc):
+            acc = np.zeros(16, np.float32)
+            lo, hi = c * cs, min(n, (c + 1) * cs)
+            for i in range(lo, hi - 15, 16):
+                for j in range(16):
+                    acc[j] += a[i + j]
+            out[c] = acc.sum()
+        return out.sum()
+    return psum
+
+
+def machine_limits(rep: Report, quick: bool) -> dict[str, float]:
+    """Read bandwidth (bytes/s) and sgemm FLOP/s, measured now."""
+    n = (512 if quick else 1024) * 2**20 // 4
+    rep.step(f"read bandwidth over {n * 4 / 2**20:.0f} MiB")
+    a = np.ones(n, np.float32)
+    psum = _psum()
+    psum(a[:4096])
+    t_sum = timeit(lambda: psum(a), 3 if quick else 5)
+    W, x = a.reshape(-1, 1024), np.ones(1024, np.float32)
+    t_gemv = timeit(lambda: W @ x, 3 if quick else 5)
+    t_npsum = timeit(lambda: a.sum(), 3)
+    del a, W
+    bw = max(n * 4 / t_sum, n * 4 / t_gemv)
+    m = 1024 if quick else 2048
+    rep.step(f"sgemm {m}^3")
+    A = np.random.default_rng(0).standard_normal((m, m), np.float32)
+    t_mm = timeit(lambda: A @ A, 3 if quick else 5)
+    flops = 2 * m**3 / t_mm
+    rep.line(f"  read bandwidth: {bw / 1e9:.1f} GB/s  (numba parallel sum {n * 4 / t_sum / 1e9:.1f}, "
+             f"BLAS sgemv {n * 4 / t_gemv / 1e9:.1f}, numpy sum {n * 4 / t_npsum / 1e9:.1f} GB/s)")
+    rep.line(f"  sgemm: {flops / 1e9:.1f} GFLOP/s  ({m}x{m}x{m} float32)")
+    rep.facts.update(bandwidth_GBps=bw / 1e9, sgemm_GFLOPs=flops / 1e9)
+    return {"bandwidth": bw, "flops": flops}
+
+
+# ---- kernels ------------------------------------------------------------------------------------
+
+def kernel_rows(rep: Report, lim: dict, quick: bool) -> None:
+    from kernels import NumbaOps
+    from kernels import sampling as ksampling
+
+    from . import sampling
+    from .blocks import ReferenceOps
+    from .blocks.sparse_attention import NSAShape
+    from .dtypes import to_storage
+
+    nb, ref = NumbaOps(), ReferenceOps()
+    rng = np.random.default_rng(0)
+    reps = 5 if quick else 11
+    bw, fl = lim["bandwidth"], lim["flops"]
+
+    def row(name, f_nb, f_ref, note_fn=None, ref_reps=None):
+        rep.step(name)
+        t_nb = timeit(f_nb, reps, 0.2)
+        t_ref = timeit(f_ref, ref_reps or reps, 0.2) if f_ref is not None else None
+        rep.add(Row("kernels", name, t_nb, t_ref, note_fn(t_nb) if note_fn else ""))
+
+    D, F, E = 1024, 512, 32
+    W = rng.standard_normal((4096, D), np.float32) / 32
+    x1, xp = rng.standard_normal((1, D), np.float32), rng.standard_normal((512, D), np.float32)
+    for tag in ("F32", "BF16", "F16"):
+        Ws = to_storage(W, tag)
+        row(f"linear decode 1x{D} @ 4096x{D} {tag}", lambda: nb.linear(x1, Ws), lambda: ref.linear(x1, Ws),
+            lambda t: f"{Ws.nbytes / t / 1e9:.0f} GB/s (in cache)")
+    for tag in ("F32", "BF16"):
+        Ws = to_storage(W, tag)
+        row(f"linear prefill 512x{D} @ 4096x{D} {tag}", lambda: nb.linear(xp, Ws), lambda: ref.linear(xp, Ws),
+            lambda t: f"{2 * 512 * W.size / t / fl:.0%} of sgemm")
+    w = np.ones(D, np.float32)
+    for T in (1, 2048):
+        h = rng.standard_normal((T, D), np.float32)
+        row(f"residual add + rmsnorm {T}x{D}", lambda: nb.add_rmsnorm(h, h, w, 1e-5),
+            lambda: ref.add_rmsnorm(h, h, w, 1e-5))
+    for T in (1, 2048):
+        q = rng.standard_normal((T, 8, 128), np.float32)
+        pos = np.arange(T) + 100
+        row(f"rope {T}x8x128", lambda: nb.rope(q, pos, 1e4), lambda: ref.rope(q, pos, 1e4))
+    S = 4096
+    K, V = rng.standard_normal((S, 2, 128), np.float32), rng.standard_normal((S, 2, 128), np.float32)
+    q = rng.standard_normal((1, 8, 128), np.float32)
+    row(f"attention decode, context {S}", lambda: nb.attention(q, K, V, np.array([S - 1]), np.arange(S)),
+        lambda: ref.attention(q, K, V, np.array([S - 1]), np.arange(S)),
+        lambda t: f"{2 * K.nbytes / t / 1e9:.0f} GB/s of K, V (in cache)")
+    shape = NSAShape(32, 16, 64, 16, 512)
+    B = (S - 32) // 16 + 1
+    kc, vc = rng.standard_normal((B, 2, 128), np.float32), rng.standard_normal((B, 2, 128), np.float32)
+    row(f"nsa_attention decode, context {S}", lambda: nb.nsa_attention(q, K, V, kc, vc, np.array([S - 1]), shape),
+        lambda: ref.nsa_attention(q, K, V, kc, vc, np.array([S - 1]), shape))
+    Tq = 256 if quick else 1024
+    qp = rng.standard_normal((Tq, 8, 128), np.float32)
+    row(f"nsa_attention prefill {Tq} queries", lambda: nb.nsa_attention(qp, K[:Tq], V[:Tq], kc, vc, np.arange(Tq), shape),
+        lambda: ref.nsa_attention(qp, K[:Tq], V[:Tq], kc, vc, np.arange(Tq), shape), ref_reps=1)
+    row(f"attention prefill {Tq} queries (full, causal)",
+        lambda: nb.attention(qp, K[:Tq], V[:Tq], np.arange(Tq), np.arange(Tq)),
+        lambda: ref.attention(qp, K[:Tq], V[:Tq], np.arange(Tq), np.arange(Tq)), ref_reps=3)
+    for T in (1, 64):
+        r = rng.standard_normal((T, 16, 64), np.float32) / 8
+        wd = rng.uniform(0.5, 1, (T, 16, 64)).astype(np.float32)
+        kk = r / np.linalg.norm(r, axis=-1, keepdims=True)
+        S0 = np.zeros((16, 64, 64), np.float32)
+        row(f"wkv7 {T} token(s), 16 heads of 64", lambda: nb.wkv7(r, wd, r, r, kk, wd, S0.copy()),
+            lambda: ref.wkv7(r, wd, r, r, kk, wd, S0.copy()))
+    router = rng.standard_normal((E, D), np.float32)
+    G, U, Dn = (rng.standard_normal(s, np.float32) / 32 for s in ((E, F, D), (E, F, D), (E, D, F)))
+    for tag in ("F32", "BF16"):
+        Gs, Us, Ds, Rs = (to_storage(a, tag) for a in (G, U, Dn, router))
+        per_tok = 2 * 3 * F * D * Gs.itemsize + Rs.nbytes
+        row(f"moe decode top-2 of {E}x{F} {tag}", lambda: nb.moe(x1, Rs, Gs, Us, Ds, 2, True),
+            lambda: ref.moe(x1, Rs, Gs, Us, Ds, 2, True), lambda t: f"{per_tok / t / 1e9:.0f} GB/s (experts in cache)")
+        row(f"moe prefill 512 tokens {tag}", lambda: nb.moe(xp, Rs, Gs, Us, Ds, 2, True),
+            lambda: ref.moe(xp, Rs, Gs, Us, Ds, 2, True),
+            lambda t: f"{2 * 512 * 2 * 3 * F * D / t / fl:.0%} of sgemm")
+    logits = rng.standard_normal(32000).astype(np.float32) * 3
+    for k, p in ((40, 1.0), (0, 0.9)):
+        row(f"sampler filter V=32000 top_k={k} top_p={p}", lambda: ksampling.filter_probs(logits, 0.8, k, p, 0.0),
+            lambda: sampling.token_probabilities(logits, 0.8, k, p, 0.0))
+
+
+# ---- whole model --------------------------------------------------------------------------------
+
+def model_rows(rep: Report, lim: dict, quick: bool, dtype: str, prefill_len: int) -> None:
+    from .create import random_weights
+    from .model import Model
+    from .weights import Weights
+
+    cfg = bench_config()
+    rep.step(f"random {dtype} weights of the 8-layer bench model")
+    t0 = time.perf_counter()
+    tensors = random_weights(cfg, seed=0, dtype=dtype)
+    rep.step(f"  made in {time.perf_counter() - t0:.1f} s")
+    bpt = bytes_per_token(cfg, tensors)
+    params_pt = sum(a.size for a in tensors.values()) * bpt / sum(a.nbytes for a in tensors.values())
+    bound = bpt / lim["bandwidth"]
+    rep.line(f"  model: 8 layers x 1024, recurrent/sparse_attention, 32 experts x 512 top-2, vocab 32000, "
+             f"{dtype}; {sum(a.nbytes for a in tensors.values()) / 2**20:,.0f} MiB of weights, "
+             f"{bpt / 2**20:.1f} MiB read per decoded token -> bound {bound * 1e3:.2f} ms/token")
+    models = {b: Model(cfg, Weights(tensors), backend=b) for b in ("numba", "numpy")}
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(0, cfg.vocab_size, 64)
+    dec = {}
+    reps = 5 if quick else 15
+    for b, m in models.items():
+        rep.step(f"decode at context 64, {b}")
+        cache = m.new_cache()
+        m.forward(prompt, cache)
+        dec[b] = timeit(lambda: m.forward([7], cache), reps)
+    r = rep.add(Row("model", "decode 1 token at context 64", dec["numba"], dec["numpy"],
+                    f"{bound / dec['numba']:.0%} of bandwidth bound (numpy {bound / dec['numpy']:.0%})"))
+    rep.facts.update(decode_tok_s=1 / dec["numba"], decode_bound_fraction=bound / dec["numba"],
+                     decode_numpy_bound_fraction=bound / dec["numpy"])
+    ids = rng.integers(0, cfg.vocab_size, prefill_len)
+    pre = {}
+    for b, m in models.items():
+        if b == "numpy" and quick:
+            continue
+        rep.step(f"prefill {prefill_len} tokens, {b}")
+        pre[b] = timeit(lambda: m.forward(ids), 1 if b == "numpy" else 2)
+    flop = 2 * params_pt * prefill_len
+    per_tok = pre["numba"] / prefill_len
+    rep.add(Row("model", f"prefill {prefill_len} tokens", pre["numba"], pre.get("numpy"),
+                f"{flop / pre['numba'] / lim['flops']:.0%} of sgemm; {per_tok * 1e3:.2f} ms/token = "
+                f"{dec['numba'] / per_tok:.1f}x faster per token than decode"))
+    rep.facts.update(prefill_sgemm_fraction=flop / pre["numba"] / lim["flops"],
+                     prefill_per_token_over_decode=per_tok / dec["numba"])
+    del r
+
+
+# ---- sparse against full attention at long context ---------------------------------------------
+
+def sparse_rows(rep: Report, context: int, quick: bool) -> None:
+    from .create import random_weights
+    from .model import Model, Pass
+    from .weights import Weights
+
+    cfg = bench_config(layers=2, vocab=256).replace(
+        layer_types=["full_attention", "sparse_attention"], mlp_types=["dense", "dense"], intermediate_size=8,
+        max_position_embeddings=max(131072, 2 * context))
+    tensors = random_weights(cfg, seed=0)
+    rng = np.random.default_rng(0)
+    H, Hkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    K = rng.standard_normal((context, Hkv, hd), np.float32)
+    V = rng.standard_normal((context, Hkv, hd), np.float32)
+    x = rng.standard_normal((1, cfg.hidden_size), np.float32)
+    reps = 5 if quick else 11
+    results = {}
+    for b in ("numba", "numpy"):
+        model = Model(cfg, Weights(tensors), backend=b)
+        full, sparse = model.layers[0].mixer, model.layers[1].mixer
+        cache = model.new_cache()
+        st_full, st_sparse = cache.layers[0][0], cache.layers[1][0]
+        rep.step(f"{b}: filling a {context}-position cache (and compressing its blocks)")
+        pos = np.arange(context)
+        st_full.extend(K, V, pos)
+        st_sparse.kv.extend(K, V, pos)
+        nblk = (context - sparse.shape.block) // sparse.shape.stride + 1
+        st_sparse.kc.append(model.ops.nsa_compress(K, 0, nblk, *sparse.compress_k, sparse.shape))
+        st_sparse.vc.append(model.ops.nsa_compress(V, 0, nblk, *sparse.compress_v, sparse.shape))
+        def layer(mixer, st):
+            step = {"n": context}
+
+            def go():
+                ctx = Pass(positions=np.array([step["n"]]))
+                mixer(x, st, ctx)
+                step["n"] += 1
+            return go
+
+        rep.step(f"{b}: decode steps at context {context}")
+        steps = 2 * sparse.shape.stride       # the mean over whole strides includes the block compressions
+        t_full = timeit(layer(full, st_full), steps, mean=True)
+        t_sparse = timeit(layer(sparse, st_sparse), steps, mean=True)
+        q = rng.standard_normal((1, H, hd), np.float32)
+        qp = np.array([context - 1])
+        ops = model.ops
+        Kf, Vf = st_full.k.view()[:context], st_full.v.view()[:context]
+        t_core_full = timeit(lambda: ops.attention(q, Kf, Vf, qp, np.arange(context)), reps)
+        kc, vc = st_sparse.kc.view(), st_sparse.vc.view()
+        t_core_sparse = timeit(lambda: ops.nsa_attention(q, Kf, Vf, kc, vc, qp, sparse.shape), reps)
+        results[b] = (t_full, t_sparse, t_core_full, t_core_sparse)
+    nbr, npr = results["numba"], results["numpy"]
+    sh = sparse.shape           # NSA's memory-access model (paper, Table 4): tokens of K/V read per query
+    read = (context - sh.block) // sh.stride + 1 + sh.select_block * sh.select_count + sh.window
+    rep.add(Row("sparse", f"full attention layer decode, context {context}", nbr[0], npr[0]))
+    rep.add(Row("sparse", f"sparse attention layer decode, context {context}", nbr[1], npr[1],
+                f"{nbr[0] / nbr[1]:.1f}x faster than full (numpy {npr[0] / npr[1]:.1f}x)"))
+    rep.add(Row("sparse", "  attention core only, full", nbr[2], npr[2]))
+    rep.add(Row("sparse", "  attention core only, sparse (3 branches)", nbr[3], npr[3],
+                f"{nbr[2] / nbr[3]:.1f}x faster than full (memory-access model: {context / read:.1f}x)"))
+    rep.facts.update(sparse_layer_speedup=nbr[0] / nbr[1], sparse_core_speedup=nbr[2] / nbr[3],
+                     sparse_access_model=context / read)
+
+
+# ---- entry --------------------------------------------------------------------------------------
+
+def run(only: list[str] | None = None, quick: bool = False, threads: int | None = None,
+        dtype: str = "float32", context: int = 16384, prefill_len: int = 2048,
+        out=sys.stdout, progress=sys.stderr) -> Report:
+    import platform
+
+    import numba
+
+    import kernels
+    from kernels.threads import set_threads
+
+    rep = Report(out, progress)
+    sections = only or list(SECTIONS)
+    blas_set = set_threads(threads) if threads else None
+    rep.line(f"# cogcore bench{' --quick' if quick else ''}")
+    rep.line(f"  machine: {platform.processor() or platform.machine()}, {numba.config.NUMBA_NUM_THREADS} cores; "
+             f"threads: numba {numba.get_num_threads()}"
+             + ("" if blas_set is None else f", OpenBLAS {'set' if blas_set else 'not settable'} to {threads}")
+             + f"; numpy {np.__version__}, numba {numba.__version__}")
+    rep.step("compiling / loading the kernels")
+    t_compile = kernels.warm_up()
+    rep.line(f"  kernel warm-up (compile, or load from numba's cache): {t_compile:.1f} s (excluded below)")
+    rep.facts["warm_up_s"] = t_compile
+    rep.header("machine limits")
+    lim = machine_limits(rep, quick)
+    if "kernels" in sections:
+        rep.header("kernels")
+        kernel_rows(rep, lim, quick)
+    if "model" in sections:
+        rep.header("whole model")
+        model_rows(rep, lim, quick, dtype, 512 if quick else prefill_len)
+    if "sparse" in sections:
+        context = 4096 if quick and context == 16384 else context
+        rep.header(f"sparse against full attention decode at context {context}")
+        sparse_rows(rep, context, quick)
+    return rep

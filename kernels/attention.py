@@ -1,0 +1,140 @@
+"""Causal grouped-query softmax attention, full or sliding (twin of cogcore.blocks.attention.attention).
+
+One task is (query t, kv head g, split of the key range): it reads each visible
+key and value of head g once for all G = H/Hkv query heads of the group, in
+chunks of CHUNK keys (scores of the chunk, one rescale of the running sum per
+chunk, then the weighted values), and keeps a running max, sum and output per
+head. For decode (one query) the key range is split across threads
+(flash-decoding) and the partial results are merged exactly; prefill splits
+over queries and heads. The visible keys of a query are a contiguous index
+range because the caches hand keys over in ascending position order; the
+wrapper checks that and computes the ranges.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .linear import FAST, pick
+
+CHUNK = 128
+MIN_SPLIT = 256          # keys per split at least
+
+
+@njit(inline="always", fastmath=FAST)
+def attend_range(q, t, h0, G, K, V, g, lo, hi, scale, m, l, acc, sc):
+    """Fold keys lo..hi-1 of kv head g into the running softmax of query heads h0..h0+G-1 of query t.
+
+    m, l [G] running max and sum; acc [G, hd] running weighted values; sc [G, CHUNK] scratch.
+    """
+    hd = K.shape[2]
+    for c0 in range(lo, hi, CHUNK):
+        c1 = min(hi, c0 + CHUNK)
+        n = c1 - c0
+        for i in range(G):
+            qi = q[t, h0 + i]
+            cmax = -np.inf
+            for s in range(n):
+                ks = K[c0 + s, g]
+                d = np.float32(0.0)
+                for j in range(hd):
+                    d += qi[j] * ks[j]
+                d *= scale
+                sc[i, s] = d
+                if d > cmax:
+                    cmax = d
+            mnew = max(m[i], cmax)
+            corr = np.float32(np.exp(m[i] - mnew))
+            m[i] = mnew
+            l[i] *= corr
+            for j in range(hd):
+                acc[i, j] *= corr
+            tot = np.float32(0.0)
+            for s in range(n):
+                e = np.float32(np.exp(sc[i, s] - mnew))
+                sc[i, s] = e
+                tot += e
+            l[i] += tot
+        for s in range(n):
+            vs = V[c0 + s, g]
+            for i in range(G):
+                e = sc[i, s]
+                for j in range(hd):
+                    acc[i, j] += e * vs[j]
+
+
+def _attention(q, K, V, lo, hi, nsplit, scale):
+    T, H, hd = q.shape
+    Hkv = K.shape[1]
+    G = H // Hkv
+    pm = np.empty((T, Hkv, nsplit, G), np.float32)
+    pl = np.empty((T, Hkv, nsplit, G), np.float32)
+    pacc = np.empty((T, Hkv, nsplit, G, hd), np.float32)
+    ntask = T * Hkv * nsplit
+    for task in prange(ntask):
+        t = task // (Hkv * nsplit)
+        g = (task // nsplit) % Hkv
+        sp = task % nsplit
+        n = hi[t] - lo[t]
+        a = lo[t] + (n * sp) // nsplit
+        b = lo[t] + (n * (sp + 1)) // nsplit
+        m = np.full(G, -np.inf, np.float32)
+        l = np.zeros(G, np.float32)
+        acc = np.zeros((G, hd), np.float32)
+        sc = np.empty((G, CHUNK), np.float32)
+        attend_range(q, t, g * G, G, K, V, g, a, b, scale, m, l, acc, sc)
+        pm[t, g, sp] = m
+        pl[t, g, sp] = l
+        pacc[t, g, sp] = acc
+    out = np.empty((T, H, hd), np.float32)
+    for t in prange(T):
+        for g in range(Hkv):
+            for i in range(G):
+                mm = -np.inf
+                for sp in range(nsplit):
+                    mm = max(mm, pm[t, g, sp, i])
+                tot = np.float32(0.0)
+                o = np.zeros(hd, np.float32)
+                for sp in range(nsplit):
+                    if pl[t, g, sp, i] > 0:
+                        c = np.float32(np.exp(pm[t, g, sp, i] - mm))
+                        tot += pl[t, g, sp, i] * c
+                        for j in range(hd):
+                            o[j] += pacc[t, g, sp, i, j] * c
+                for j in range(hd):
+                    out[t, g * G + i, j] = o[j] / tot
+    return out
+
+
+_attention_1 = njit(cache=True, fastmath=FAST)(_attention)
+_attention_p = njit(cache=True, fastmath=FAST, parallel=True)(_attention)
+
+
+def visible_ranges(q_pos, k_pos, window):
+    """[lo, hi) index ranges of the keys each query sees (k_pos ascending)."""
+    hi = np.searchsorted(k_pos, q_pos, side="right")
+    lo = np.searchsorted(k_pos, q_pos - window, side="right") if window else np.zeros_like(hi)
+    return lo.astype(np.int64), hi.astype(np.int64)
+
+
+def n_splits(T, Hkv, longest, threads):
+    """Splits of each key range so that every thread has work on decode, none shorter than MIN_SPLIT."""
+    want = max(1, (2 * threads + T * Hkv - 1) // (T * Hkv))
+    return int(max(1, min(want, longest // MIN_SPLIT)))
+
+
+def attention(q, k, v, q_pos, k_pos, window=0, threads=2):
+    """Same contract as the reference; returns [T, H, hd] float32 (None if keys are out of order)."""
+    k_pos = np.asarray(k_pos)
+    if len(k_pos) > 1 and not np.all(k_pos[1:] > k_pos[:-1]):
+        return None
+    q_pos = np.asarray(q_pos)
+    lo, hi = visible_ranges(q_pos, k_pos, window)
+    T, H, hd = q.shape
+    work = int((hi - lo).sum()) * k.shape[1] * hd * 2
+    fn = pick(_attention_1, _attention_p, work)
+    nsplit = n_splits(T, k.shape[1], int((hi - lo).max()), threads) if fn is _attention_p else 1
+    return fn(np.ascontiguousarray(q, np.float32), np.ascontiguousarray(k, np.float32),
+                      np.ascontiguousarray(v, np.float32), lo, hi, nsplit,
+                      np.float32(1.0 / np.sqrt(hd)))

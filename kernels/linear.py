@@ -1,0 +1,171 @@
+"""Linear layers y = x W^T over a weight kept in its stored dtype (float32, float16, bfloat16).
+
+The NumPy twin is `ReferenceOps.linear` (widen W to float32, then BLAS). Here:
+
+- float32 weights go straight to BLAS (numpy's sgemv/sgemm are at the memory or
+  FLOP limit already).
+- float16/bfloat16 weights are never widened whole. For a few rows of x (decode)
+  a GEMV kernel widens one weight row at a time into a small per-thread float32
+  scratch buffer (prange over blocks of output rows) and dots it with every row
+  of x. For many rows of x (prefill) blocks of weight rows are widened into a
+  bounded float32 scratch and multiplied by BLAS, so memory stays about the file
+  size while the FLOPs still run at sgemm speed.
+
+Widening, bit-exact: bfloat16 bits `u` are the float32 with bits `u << 16`;
+float16 bits are moved into float32 position (`(u & 0x7fff) << 13`, times 2**112
+fixes the exponent bias and handles subnormals) with inf/NaN and the sign patched.
+Kinds: 0 = float32, 1 = bfloat16 (uint16 bits), 2 = float16 (passed as uint16 bits).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+F32, BF16, F16 = 0, 1, 2
+FAST = {"nsz", "arcp", "contract", "reassoc"}    # free reduction order; no finite-math assumptions
+SMALL_T = 8                                      # up to this many rows of x: GEMV kernel
+F32_GEMV = False                                 # float32 goes to BLAS sgemv (faster here than the GEMV kernel)
+BLOCK_ROWS = 256                                 # weight rows widened per BLAS block (prefill)
+_F16_SCALE = np.float32(2.0 ** 112)
+PARALLEL_MIN_WORK = 1 << 21                      # elements touched below which a kernel runs on one thread
+
+
+def pick(serial, parallel, work: int):
+    """The parallel variant of a kernel only when there is enough work to pay for waking threads.
+
+    A parallel region costs a few microseconds on an idle machine, but when other programs
+    hold the cores it can wait a whole scheduler time slice for a worker thread, so small
+    kernels (every kernel of a small model, most of a decode step) stay on one thread.
+    """
+    if work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1:
+        return parallel
+    return serial
+
+
+def kind_of(W: np.ndarray) -> int:
+    if W.dtype == np.float32:
+        return F32
+    if W.dtype == np.uint16:
+        return BF16
+    if W.dtype == np.float16:
+        return F16
+    raise TypeError(f"weight dtype {W.dtype}: expected float32, float16 or bfloat16 bits (uint16)")
+
+
+def raw(W: np.ndarray) -> np.ndarray:
+    """The array a kernel takes: float16 is handed over as its uint16 bits (numba has no float16)."""
+    return W.view(np.uint16) if W.dtype == np.float16 else W
+
+
+@njit(inline="always")
+def widen_into(src, buf_u, buf_f, kind):
+    """Widen one stored row `src` [n] into buf_f (a float32 view of the uint32 buf_u)."""
+    n = src.shape[0]
+    if kind == BF16:
+        for j in range(n):
+            buf_u[j] = np.uint32(src[j]) << np.uint32(16)
+    elif kind == F16:
+        for j in range(n):
+            buf_u[j] = (np.uint32(src[j]) & np.uint32(0x7FFF)) << np.uint32(13)
+        for j in range(n):
+            buf_f[j] *= _F16_SCALE
+        for j in range(n):
+            h = np.uint32(src[j])
+            sign = (h & np.uint32(0x8000)) << np.uint32(16)
+            special = sign | np.uint32(0x7F800000) | ((h & np.uint32(0x3FF)) << np.uint32(13))
+            buf_u[j] = special if (h & np.uint32(0x7C00)) == np.uint32(0x7C00) else buf_u[j] | sign
+    else:
+        for j in range(n):
+            buf_f[j] = np.float32(src[j])
+
+
+@njit(fastmath=FAST, inline="always")
+def dot(a, b):
+    s = np.float32(0.0)
+    for j in range(a.shape[0]):
+        s += a[j] * b[j]
+    return s
+
+
+@njit(inline="always")
+def row_dots(x, Wrow, out, o, buf_u, buf_f, kind):
+    """out[t, o] = x[t] . Wrow for every row t of x (Wrow widened once)."""
+    if kind == F32:
+        for t in range(x.shape[0]):
+            out[t, o] = dot(x[t], Wrow)
+    else:
+        widen_into(Wrow, buf_u, buf_f, kind)
+        for t in range(x.shape[0]):
+            out[t, o] = dot(x[t], buf_f)
+
+
+def _gemv(x, W, kind):
+    """x [T, n] float32 (T small), W [m, n] stored -> x W^T [T, m] float32."""
+    T, n = x.shape
+    m = W.shape[0]
+    out = np.empty((T, m), np.float32)
+    nblk = (m + 63) // 64
+    for b in prange(nblk):
+        buf_u = np.empty(n, np.uint32)
+        buf_f = buf_u.view(np.float32)
+        for o in range(b * 64, min(m, (b + 1) * 64)):
+            row_dots(x, W[o], out, o, buf_u, buf_f, kind)
+    return out
+
+
+_gemv_1 = njit(cache=True, fastmath=FAST)(_gemv)
+_gemv_p = njit(cache=True, fastmath=FAST, parallel=True)(_gemv)
+
+
+def gemv(x, W, kind):
+    """x [T, n] float32 (T small), W [m, n] stored -> x W^T [T, m] float32."""
+    return pick(_gemv_1, _gemv_p, W.size)(x, W, kind)
+
+
+def _widen_rows(W, r0, r1, out, kind):
+    for r in prange(r0, r1):
+        dst = out[r - r0]
+        widen_into(W[r], dst.view(np.uint32), dst, kind)
+
+
+_widen_rows_1 = njit(cache=True)(_widen_rows)
+_widen_rows_p = njit(cache=True, parallel=True)(_widen_rows)
+
+
+def widen_rows(W, r0, r1, out, kind):
+    """out[:r1-r0] = float32(W[r0:r1]) (out [>= r1-r0, n] float32)."""
+    pick(_widen_rows_1, _widen_rows_p, (r1 - r0) * W.shape[1])(W, r0, r1, out, kind)
+
+
+def widen(W: np.ndarray) -> np.ndarray:
+    """A float32 copy of a stored 2-D weight (for small matrices used many times)."""
+    if W.dtype == np.float32:
+        return W
+    W2 = W.reshape(-1, W.shape[-1])
+    out = np.empty(W2.shape, np.float32)
+    widen_rows(raw(W2), 0, len(W2), out, kind_of(W))
+    return out.reshape(W.shape)
+
+
+def linear(x: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """y = x W^T; x [T, in] float32, W [out, in] stored -> [T, out] float32."""
+    kind = kind_of(W)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    T, m = x.shape[0], W.shape[0]
+    if kind == F32 and not (F32_GEMV and T <= SMALL_T and W.flags.c_contiguous):
+        return x @ W.T
+    Wr = raw(W)
+    if not Wr.flags.c_contiguous:
+        Wr = np.ascontiguousarray(Wr)
+    if T <= SMALL_T:
+        return gemv(x, Wr, kind)
+    out = np.empty((T, m), np.float32)
+    rows = max(16, min(m, (BLOCK_ROWS * 4096) // max(1, W.shape[1])))   # about 4 MiB of scratch
+    scratch = np.empty((rows, W.shape[1]), np.float32)
+    for r0 in range(0, m, rows):
+        r1 = min(m, r0 + rows)
+        widen_rows(Wr, r0, r1, scratch, kind)
+        out[:, r0:r1] = x @ scratch[:r1 - r0].T
+    return out
