@@ -266,7 +266,7 @@ class Stream:
         limit = model.config.max_position_embeddings
         for step in range(opt.max_new_tokens):
             tok = sample_next(logits, rng, context, opt.temperature, opt.top_k, opt.top_p, opt.min_p,
-                              opt.repetition_penalty)
+                              opt.repetition_penalty, model.ops.token_probabilities)
             drawn.append(tok)
             if tok in self.eos_ids:
                 reason = "eos"

@@ -109,14 +109,15 @@ def token_probabilities(logits: np.ndarray, temperature: float = 1.0, top_k: int
 
 
 def sample(logits: np.ndarray, rng: np.random.Generator | None = None, temperature: float = 1.0,
-           top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> int:
+           top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, probabilities=None) -> int:
     """One token id from logits [V]. Greedy when temperature is 0 (rng unused); otherwise one
-    `rng.random()` draw by inverse CDF over `token_probabilities(...)`, ids in ascending order."""
+    `rng.random()` draw by inverse CDF over `token_probabilities(...)`, ids in ascending order.
+    `probabilities` replaces `token_probabilities` (the Numba backend passes its compiled twin)."""
     if temperature == 0:
         return greedy(logits)
     if rng is None:
         raise InputError("sample: an rng (numpy.random.Generator) is needed when temperature > 0")
-    p = token_probabilities(logits, temperature, top_k, top_p, min_p)
+    p = (probabilities or token_probabilities)(logits, temperature, top_k, top_p, min_p)
     cdf = np.cumsum(p)
     u = rng.random() * cdf[-1]
     i = int(np.searchsorted(cdf, u, side="right"))
@@ -128,8 +129,8 @@ def sample(logits: np.ndarray, rng: np.random.Generator | None = None, temperatu
 
 def sample_next(logits: np.ndarray, rng: np.random.Generator | None, previous_ids=(),
                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
-                repetition_penalty: float = 1.0) -> int:
+                repetition_penalty: float = 1.0, probabilities=None) -> int:
     """`apply_repetition_penalty` then `sample`: what generation calls for each new token."""
     if repetition_penalty != 1.0:
         logits = apply_repetition_penalty(logits, previous_ids, repetition_penalty)
-    return sample(logits, rng, temperature, top_k, top_p, min_p)
+    return sample(logits, rng, temperature, top_k, top_p, min_p, probabilities)

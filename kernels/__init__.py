@@ -33,6 +33,7 @@ from . import norm as _norm
 from . import nsa as _nsa
 from . import rope as _rope
 from . import rwkv7 as _rwkv7
+from . import sampling as _sampling
 
 
 class NumbaOps(ReferenceOps):
@@ -68,6 +69,8 @@ class NumbaOps(ReferenceOps):
         if out is None:       # keys not in ascending position order: never from cogcore's caches
             return ReferenceOps.attention(q, k, v, q_pos, k_pos, window)
         return out
+
+    token_probabilities = staticmethod(_sampling.filter_probs)
 
     @staticmethod
     def nsa_compress(X, first, last, pos, fc1, fc2, shape):

@@ -11,6 +11,7 @@ import pytest
 
 import cogcore
 from cogcore import cli
+from cogcore.blocks import ReferenceOps
 from cogcore.errors import InputError
 from cogcore.generate import Conversation, GenerationOptions, complete, generate, resolve_options, stream
 from cogcore.model import Pass
@@ -186,6 +187,7 @@ class ScriptedModel:
     def __init__(self, tokenizer, config, script, start):
         self.tokenizer, self.config, self.path = tokenizer, config, None
         self.script, self.start, self.last_pass = list(script), start, None
+        self.ops = ReferenceOps()
 
     def new_cache(self):
         return type("C", (), {"length": 0})()

@@ -7,6 +7,7 @@ of exactly these functions while the blocks stay as written here.
 
 import numpy as np
 
+from .. import sampling
 from ..dtypes import f32
 from . import attention, moe, norm, rope, rwkv7, sparse_attention
 
@@ -34,6 +35,7 @@ class ReferenceOps:
     nsa_compress = staticmethod(sparse_attention.compress)
     nsa_attention = staticmethod(sparse_attention.nsa_attention)
     wkv7 = staticmethod(rwkv7.wkv7)
+    token_probabilities = staticmethod(sampling.token_probabilities)   # the sampler's filters
 
     def add_rmsnorm(self, x, y, w, eps):
         """The residual add fused with the norm after it: (h, rmsnorm(h)) with h = x + y."""
