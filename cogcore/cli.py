@@ -58,4 +58,10 @@ def load_model(args):
     if args.model == DEFAULT_MODEL and not os.path.isdir(DEFAULT_MODEL):
         raise CogcoreError(f"no model given and the shipped model was not found at {DEFAULT_MODEL}; "
                            f"pass --model DIR (e.g. one made by `cogcore init --preset tiny DIR`)")
-    return load(args.model, backend=args.backend)
+    model = load(args.model, backend=args.backend)
+    if args.backend == "numba":   # compile (or load) the kernels now, so speeds reported later exclude it
+        from kernels import warm_up
+        seconds = warm_up()
+        if seconds > 1.0:
+            print(f"cogcore: kernels compiled in {seconds:.1f} s (cached for next time)", file=sys.stderr)
+    return model

@@ -1,0 +1,288 @@
+"""The training recipe of ``weights/cogcore-tiny`` (seeded, CPU, PyTorch).
+
+    python -m cogcore.train --out weights/cogcore-tiny [--steps N] [--threads 2]
+
+1. trains a sentencepiece char tokenizer on a generated corpus (``tokenizer.py``);
+2. trains the PyTorch mirror of the SPEC model (``torch_model.py``) on freshly
+   generated ``add`` / ``sort`` / ``recall`` examples (``cogcore.tasks``, seed
+   ``TRAIN_SEED`` + step), each one ``[bos] + encode(prompt) + encode(answer) + [eos]``
+   with the loss on the answer tokens and EOS, plus a load-balancing term;
+3. exports config.json, model.safetensors (SPEC tensor names, float32) and
+   generation_config.json, every file written under a temporary name then renamed.
+
+Checkpoints go to ``--ckpt`` (default ``runs/cogcore-tiny``) every ``--ckpt-every``
+steps; ``--resume`` continues from the last one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import torch
+
+from ..tasks import TASKS, TRAIN_SEED
+
+# The shipped shape. vocab_size is filled in from the tokenizer.
+CONFIG = {
+    "model_type": "cogcore",
+    "vocab_size": None,
+    "hidden_size": 128,
+    "num_hidden_layers": 4,
+    "layer_types": ["recurrent", "sparse_attention", "recurrent", "sparse_attention"],
+    "mlp_types": ["moe", "moe", "moe", "moe"],
+    "norm_type": "rmsnorm",
+    "norm_eps": 1e-5,
+    "embedding_norm": False,
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "max_position_embeddings": 512,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+    "rope_theta": 10000.0,
+    "nsa_compress_block": 16,
+    "nsa_compress_stride": 8,
+    "nsa_compress_hidden": 32,
+    "nsa_select_block": 16,
+    "nsa_select_count": 4,
+    "nsa_window": 256,
+    "rwkv_head_size": 16,
+    "rwkv_decay_rank": 16,
+    "rwkv_a_rank": 16,
+    "rwkv_v_rank": 8,
+    "rwkv_gate_rank": 32,
+    "num_experts": 32,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 64,
+    "norm_topk_prob": True,
+    "num_shared_experts": 0,
+    "shared_expert_intermediate_size": 0,
+}
+
+# tasks take turns, one per step; recall (the hardest) gets two turns in four.
+TASK_ORDER = ["recall", "add", "recall", "sort"]
+# batch size per task relative to --batch (short tasks get more examples per step)
+BATCH_SCALE = {"recall": 1.0, "add": 3.0, "sort": 1.5}
+
+GENERATION_CONFIG = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": 32,
+                     "bos_token_id": 1, "eos_token_id": 2}
+
+
+def atomic_write_bytes(path: str, data: bytes):
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str, obj):
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def extra_recall_queries(sp, prompt: str, rng: random.Random, n: int):
+    """Token ids and loss weights of ``n`` more questions about the same pairs, appended
+    after the first answer: `` ? cd =`` (weight 0) then the value (weight 1)."""
+    pairs = [kv.split("=") for kv in prompt[len("recall "):].split(" ? ")[0].split(" ")]
+    ids: list[int] = []
+    wts: list[float] = []
+    for _ in range(n):
+        key, value = rng.choice(pairs)
+        q = sp.encode(f" ? {key} =")
+        a = sp.encode(value)
+        ids += q + a
+        wts += [0.0] * len(q) + [1.0] * len(a)
+    return ids, wts
+
+
+def make_batch(sp, cfg, rng: random.Random, batch: int, prompt_weight: float, task: str,
+               recall_short: float = 0.0, recall_short_max: int = 8, recall_multi: int = 0):
+    """One task's batch: ids [B, T], targets [B, T], weights [B, T] (the loss weight of
+    predicting targets[b, t]). Batches are one task each (tasks take turns by step), so
+    that short tasks are not padded to the length of recall prompts."""
+    bos, eos = cfg["bos_token_id"], cfg["eos_token_id"]
+    seqs, masks = [], []
+    for b in range(batch):
+        if task == "recall" and recall_short > 0 and rng.random() < recall_short:
+            prompt, answer = TASKS[task](rng, n_pairs=rng.randint(2, recall_short_max))
+        else:
+            prompt, answer = TASKS[task](rng)
+        p = [bos] + sp.encode(prompt)
+        a = sp.encode(answer)
+        w = [prompt_weight] * (len(p) - 1) + [1.0] * len(a)
+        if task == "recall" and recall_multi > 0:
+            # more questions on the same pairs (a stronger signal per sequence); the token
+            # after each answer but the last is not scored, so EOS is still what follows
+            # an answer whenever it is scored
+            extra, extra_w = extra_recall_queries(sp, prompt, rng, recall_multi)
+            a = a + extra
+            w = w + [0.0 if j == 0 else extra_w[j] for j in range(len(extra))]
+        seqs.append(p + a + [eos])
+        masks.append(w + [1.0])
+    T = max(len(s) for s in seqs) - 1
+    ids = torch.full((batch, T), eos, dtype=torch.long)
+    tgt = torch.full((batch, T), eos, dtype=torch.long)
+    wt = torch.zeros((batch, T))
+    for b, (s, m) in enumerate(zip(seqs, masks)):
+        n = len(s) - 1
+        ids[b, :n] = torch.tensor(s[:-1])
+        tgt[b, :n] = torch.tensor(s[1:])
+        wt[b, :n] = torch.tensor(m)
+    return ids, tgt, wt
+
+
+def export(model, cfg, out_dir: str, dtype=torch.float32):
+    from safetensors.torch import save_file
+    tensors = {n: t.to(dtype).contiguous() for n, t in model.state_dict_spec().items()}
+    tmp = os.path.join(out_dir, "model.safetensors.tmp")
+    save_file(tensors, tmp, metadata={"format": "pt", "producer": "cogcore.train"})
+    os.replace(tmp, os.path.join(out_dir, "model.safetensors"))
+    atomic_write_json(os.path.join(out_dir, "config.json"), cfg)
+    atomic_write_json(os.path.join(out_dir, "generation_config.json"), GENERATION_CONFIG)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="weights/cogcore-tiny")
+    ap.add_argument("--ckpt", default="runs/cogcore-tiny")
+    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--batch", type=int, default=40, help="recall batch; add x3, sort x1.5")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--min-lr-frac", type=float, default=0.05)
+    ap.add_argument("--warmup", type=int, default=150)
+    ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument("--aux", type=float, default=0.01, help="load-balancing loss weight")
+    ap.add_argument("--prompt-weight", type=float, default=0.0)
+    ap.add_argument("--seed", type=int, default=TRAIN_SEED)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--log-every", type=int, default=25)
+    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--ckpt-every", type=int, default=250)
+    ap.add_argument("--max-minutes", type=float, default=0.0, help="stop (and export) after this long")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--stop-at", type=int, default=0,
+                    help="stop (and export) after this many steps, keeping the --steps schedule")
+    ap.add_argument("--export-only", action="store_true",
+                    help="export the last checkpoint in --ckpt to --out without training")
+    ap.add_argument("--task-order", default=",".join(TASK_ORDER),
+                    help="comma-separated tasks taking turns by step")
+    ap.add_argument("--recall-multi", type=int, default=0,
+                    help="extra questions appended to each recall training sequence (loss on their answers)")
+    ap.add_argument("--recall-short", type=float, default=0.0,
+                    help="fraction of recall examples drawn with 2..8 pairs (the rest 2..24)")
+    ap.add_argument("--override", default="{}", help="JSON of config keys to change (experiments)")
+    args = ap.parse_args(argv)
+
+    import sentencepiece as spm
+
+    from .evaluate import evaluate
+    from .tokenizer import train_tokenizer
+    from .torch_model import CogcoreTorch
+
+    task_order = args.task_order.split(",")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(args.ckpt, exist_ok=True)
+
+    tok_path = os.path.join(args.out, "tokenizer.model")
+    n_pieces = train_tokenizer(tok_path, seed=args.seed)
+    sp = spm.SentencePieceProcessor(model_file=tok_path)
+    cfg = dict(CONFIG, vocab_size=n_pieces)
+    cfg.update(json.loads(args.override))
+    assert sp.bos_id() == cfg["bos_token_id"] and sp.eos_id() == cfg["eos_token_id"]
+
+    model = CogcoreTorch(cfg, seed=args.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    decay = [p for n, p in model.params.items() if p.dim() >= 2]
+    no_decay = [p for n, p in model.params.items() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
+    step = 0
+    ck = os.path.join(args.ckpt, "last.pt")
+    if args.resume and os.path.exists(ck):
+        state = torch.load(ck, weights_only=False)
+        model.load_spec(state["tensors"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        print(f"resumed from {ck} at step {step}", flush=True)
+    print(f"config: {json.dumps(cfg)}", flush=True)
+    print(f"parameters: {n_params:,}  vocab {n_pieces}  steps {args.steps}  batch {args.batch}", flush=True)
+
+    def lr_at(s):
+        if s < args.warmup:
+            return args.lr * (s + 1) / args.warmup
+        frac = (s - args.warmup) / max(1, args.steps - args.warmup)
+        return args.lr * (args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+    def save_ckpt():
+        tmp = ck + ".tmp"
+        torch.save({"tensors": model.state_dict_spec(), "opt": opt.state_dict(), "step": step, "cfg": cfg}, tmp)
+        os.replace(tmp, ck)
+
+    if args.export_only:
+        if not os.path.exists(ck):
+            raise SystemExit(f"no checkpoint at {ck}")
+        state = torch.load(ck, weights_only=False)
+        model = CogcoreTorch(state["cfg"])
+        model.load_spec(state["tensors"])
+        export(model, state["cfg"], args.out)
+        print(f"exported step {state['step']} of {ck} to {args.out}", flush=True)
+        return 0
+    t_start = time.time()
+    run_loss = run_aux = 0.0
+    n_run = 0
+    model.train()
+    while step < args.steps:
+        rng = random.Random(f"{args.seed}:{step}")          # data depends only on seed and step
+        task = task_order[step % len(task_order)]
+        ids, tgt, wt = make_batch(sp, cfg, rng, int(args.batch * BATCH_SCALE[task]), args.prompt_weight, task,
+                                  args.recall_short, recall_multi=args.recall_multi)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        logits = model(ids)
+        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
+                                               reduction="none")
+        loss = (ce * wt.reshape(-1)).sum() / wt.sum()
+        aux = model.aux_loss / cfg["num_hidden_layers"]
+        opt.zero_grad(set_to_none=True)
+        (loss + args.aux * aux).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        run_loss += loss.item()
+        run_aux += aux.item()
+        n_run += 1
+        if step % args.log_every == 0:
+            el = time.time() - t_start
+            print(f"step {step:5d}  loss {run_loss / n_run:.4f}  aux {run_aux / n_run:.3f}  "
+                  f"lr {lr_at(step - 1):.2e}  T {ids.shape[1]}  {el / 60:.1f} min", flush=True)
+            run_loss = run_aux = 0.0
+            n_run = 0
+        if step % args.ckpt_every == 0:
+            save_ckpt()
+        if args.eval_every and step % args.eval_every == 0:
+            res = evaluate(model, sp, n=60, seed=999)
+            print(f"  eval@{step}: {json.dumps(res)}", flush=True)
+        if args.stop_at and step >= args.stop_at:
+            print(f"stopping at step {step} (--stop-at)", flush=True)
+            break
+        if args.max_minutes and time.time() - t_start > args.max_minutes * 60:
+            print(f"time limit reached at step {step}", flush=True)
+            break
+    save_ckpt()
+    export(model, cfg, args.out)
+    print(f"done: {step} steps in {(time.time() - t_start) / 60:.1f} min; exported to {args.out}", flush=True)
+    res = evaluate(model, sp, n=200)
+    print(f"final eval (n=200 per task, eval seed): {json.dumps(res)}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
