@@ -26,7 +26,6 @@ def greedy_batch(model, sp, prompts: list[str], max_new: int) -> list[str]:
     """Batched greedy decoding with right padding (causal, so padding is harmless)."""
     bos, eos = model.cfg["bos_token_id"], model.cfg["eos_token_id"]
     seqs = [[bos] + sp.encode(p) for p in prompts]
-    lens = [len(s) for s in seqs]
     out: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
     was = model.training
@@ -49,7 +48,6 @@ def greedy_batch(model, sp, prompts: list[str], max_new: int) -> list[str]:
         if all(done):
             break
     model.train(was)
-    del lens
     return [sp.decode(o) for o in out]
 
 

@@ -66,8 +66,8 @@ CONFIG = {
     "shared_expert_intermediate_size": 0,
 }
 
-# tasks take turns, one per step; recall (the hardest) gets two turns in four.
-TASK_ORDER = ["recall", "add", "recall", "sort"]
+# tasks take turns, one per step: recall and add (the hard ones) two turns in five each.
+TASK_ORDER = ["recall", "add", "recall", "add", "sort"]
 # batch size per task relative to --batch (short tasks get more examples per step)
 BATCH_SCALE = {"recall": 1.0, "add": 3.0, "sort": 1.5}
 
@@ -151,7 +151,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="weights/cogcore-tiny")
     ap.add_argument("--ckpt", default="runs/cogcore-tiny")
-    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=40, help="recall batch; add x3, sort x1.5")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--min-lr-frac", type=float, default=0.05)
@@ -172,9 +172,9 @@ def main(argv=None):
                     help="export the last checkpoint in --ckpt to --out without training")
     ap.add_argument("--task-order", default=",".join(TASK_ORDER),
                     help="comma-separated tasks taking turns by step")
-    ap.add_argument("--recall-multi", type=int, default=0,
+    ap.add_argument("--recall-multi", type=int, default=4,
                     help="extra questions appended to each recall training sequence (loss on their answers)")
-    ap.add_argument("--recall-short", type=float, default=0.0,
+    ap.add_argument("--recall-short", type=float, default=0.3,
                     help="fraction of recall examples drawn with 2..8 pairs (the rest 2..24)")
     ap.add_argument("--override", default="{}", help="JSON of config keys to change (experiments)")
     args = ap.parse_args(argv)
