@@ -27,6 +27,7 @@ import time
 import torch
 
 from ..tasks import TASKS, TRAIN_SEED
+from ..tensorfile import write_json
 
 # The shipped shape. vocab_size is filled in from the tokenizer.
 CONFIG = {
@@ -73,17 +74,6 @@ BATCH_SCALE = {"recall": 1.0, "add": 3.0, "sort": 1.5}
 
 GENERATION_CONFIG = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": 32,
                      "bos_token_id": 1, "eos_token_id": 2}
-
-
-def atomic_write_bytes(path: str, data: bytes):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: str, obj):
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def extra_recall_queries(sp, prompt: str, rng: random.Random, n: int):
@@ -143,8 +133,8 @@ def export(model, cfg, out_dir: str, dtype=torch.float32):
     tmp = os.path.join(out_dir, "model.safetensors.tmp")
     save_file(tensors, tmp, metadata={"format": "pt", "producer": "cogcore.train"})
     os.replace(tmp, os.path.join(out_dir, "model.safetensors"))
-    atomic_write_json(os.path.join(out_dir, "config.json"), cfg)
-    atomic_write_json(os.path.join(out_dir, "generation_config.json"), GENERATION_CONFIG)
+    write_json(os.path.join(out_dir, "config.json"), cfg)
+    write_json(os.path.join(out_dir, "generation_config.json"), GENERATION_CONFIG)
 
 
 def main(argv=None):
