@@ -165,7 +165,7 @@ def kernel_rows(rep: Report, lim: dict, quick: bool) -> None:
     nb, ref = NumbaOps(), ReferenceOps()
     rng = np.random.default_rng(0)
     reps = 5 if quick else 11
-    bw, fl = lim["bandwidth"], lim["flops"]
+    fl = lim["flops"]
 
     def row(name, f_nb, f_ref, note_fn=None, ref_reps=None):
         rep.step(name)

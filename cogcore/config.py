@@ -162,7 +162,7 @@ class Config:
         for key in needed:
             v = values.get(key)
             if v is None:
-                fail(key, f"a value (required by layer_types/mlp_types)", "nothing")
+                fail(key, "a value (required by layer_types/mlp_types)", "nothing")
             if key in _FLOAT_KEYS:
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                     fail(key, "a finite number > 0", v)

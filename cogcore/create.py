@@ -16,7 +16,7 @@ import zlib
 import numpy as np
 
 from .config import Config
-from .dtypes import STORAGE_DTYPES, to_storage
+from .dtypes import to_storage
 from .errors import ConfigError
 from .model import tensor_shapes
 from .tensorfile import write_json, write_safetensors

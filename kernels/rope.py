@@ -7,7 +7,7 @@ inv_freq is computed by the reference's own formula and passed in.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 
 @njit(cache=True)

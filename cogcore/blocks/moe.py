@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dtypes import f32
 from .attention import softmax
 from .sparse_attention import silu
 from .rwkv7 import sigmoid
