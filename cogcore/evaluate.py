@@ -55,10 +55,13 @@ def evaluate_task(model, task: str, n: int, seed: int = tasks.EVAL_SEED, progres
 def progress_bar(done: int, n: int, score: TaskScore, start: float, stream=None) -> None:
     """One self-overwriting line on stderr: task, bar, count, running accuracy, rate."""
     stream = stream or sys.stderr
+    tty = stream.isatty()
+    if not tty and done != n and done % max(1, n // 10):
+        return                        # a log or pipe gets ten lines, not one per instance
     width = 30
     filled = width * done // n
     rate = done / max(time.perf_counter() - start, 1e-9)
-    end = "\n" if done == n else ""
-    stream.write(f"\r{score.task:7s} [{'#' * filled}{'.' * (width - filled)}] {done}/{n}  "
+    start_, end = ("\r", "\n" if done == n else "") if tty else ("", "\n")
+    stream.write(f"{start_}{score.task:7s} [{'#' * filled}{'.' * (width - filled)}] {done}/{n}  "
                  f"acc {score.accuracy:6.1%}  {rate:5.1f}/s{end}")
     stream.flush()

@@ -4,6 +4,7 @@ Answers are recomputed here from the prompt text alone, so a generator that wrot
 wrong answer, or a scorer that counted wrong, would fail.
 """
 
+import io
 import random
 import re
 
@@ -97,3 +98,21 @@ def test_cli_eval_runs_a_model(tmp_path, capsys):
 def test_cli_eval_rejects_bad_n(tmp_path, capsys):
     assert cli.main(["eval", "--model", str(tmp_path), "-n", "0"]) == 1
     assert "-n: expected an integer >= 1, found 0" in capsys.readouterr().err
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_overwrites_on_a_terminal_and_logs_ten_lines_elsewhere():
+    score = evaluate.TaskScore("add")
+    log, tty = io.StringIO(), _Terminal()
+    for done in range(1, 101):
+        score.correct, score.total = done // 2, done
+        evaluate.progress_bar(done, 100, score, start=0.0, stream=log)
+        evaluate.progress_bar(done, 100, score, start=0.0, stream=tty)
+    lines = log.getvalue().splitlines()
+    assert [int(re.search(r"(\d+)/100", line).group(1)) for line in lines] == list(range(10, 101, 10))
+    assert "\r" not in log.getvalue() and "acc  50.0%" in lines[-1]
+    assert tty.getvalue().count("\r") == 100 and tty.getvalue().count("\n") == 1

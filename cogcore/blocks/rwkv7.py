@@ -67,8 +67,9 @@ class RecurrentMixer:
         self.Hr, self.N, self.first = D // N, N, first
         p = f"{prefix}.rwkv"
 
+        # the small tensors are widened to float32 once here, not on every call
         def vec(name):
-            return weights.take(f"{p}.{name}", (D,))
+            return f32(weights.take(f"{p}.{name}", (D,)))
 
         self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g = (
             vec(n) for n in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g"))
@@ -76,9 +77,10 @@ class RecurrentMixer:
         lora = {}
         for name, rank in (("w", cfg.rwkv_decay_rank), ("a", cfg.rwkv_a_rank),
                            ("v", cfg.rwkv_v_rank), ("g", cfg.rwkv_gate_rank)):
-            lora[name] = (weights.take(f"{p}.{name}1", (D, rank)), weights.take(f"{p}.{name}2", (rank, D)))
+            lora[name] = (f32(weights.take(f"{p}.{name}1", (D, rank))),
+                          f32(weights.take(f"{p}.{name}2", (rank, D))))
         self.lora = lora
-        self.r_k = weights.take(f"{p}.r_k", (self.Hr, N))
+        self.r_k = f32(weights.take(f"{p}.r_k", (self.Hr, N)))
         self.W_r, self.W_k, self.W_v, self.W_o = (
             weights.take(f"{p}.{n}.weight", (D, D)) for n in ("receptance", "key", "value", "output"))
         self.ln_w, self.ln_b = vec("ln_x.weight"), vec("ln_x.bias")
@@ -90,36 +92,36 @@ class RecurrentMixer:
     def _lora(self, x: np.ndarray, name: str, inner=None) -> np.ndarray:
         """x @ A (through `inner`, if given) @ B, the reference's plain low-rank matrices."""
         A, B = self.lora[name]
-        h = x @ f32(A)
-        return (inner(h) if inner else h) @ f32(B)
+        h = x @ A
+        return (inner(h) if inner else h) @ B
 
     def __call__(self, x: np.ndarray, st: RecurrentState, ctx) -> np.ndarray:
         """x [T, D] normed input -> [T, D]; advances x_prev and S; sets or reads ctx.v_first."""
         ops, T, Hr, N = self.ops, len(x), self.Hr, self.N
         xx = token_shift(x, st.x_prev) - x                               # [T, D]
         st.x_prev = x[-1].copy()
-        xr, xw, xk, xv, xa, xg = (x + xx * f32(m) for m in
+        xr, xw, xk, xv, xa, xg = (x + xx * m for m in
                                   (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
 
         r = ops.linear(xr, self.W_r)                                     # [T, D]
         k = ops.linear(xk, self.W_k)
         v = ops.linear(xv, self.W_v)
-        w = np.exp(-DECAY_SCALE * sigmoid(f32(self.w0) + self._lora(xw, "w", np.tanh)))
-        a = sigmoid(f32(self.a0) + self._lora(xa, "a"))
+        w = np.exp(-DECAY_SCALE * sigmoid(self.w0 + self._lora(xw, "w", np.tanh)))
+        a = sigmoid(self.a0 + self._lora(xa, "a"))
         g = self._lora(xg, "g", sigmoid)
 
-        kk = (k * f32(self.k_k)).reshape(T, Hr, N)
+        kk = (k * self.k_k).reshape(T, Hr, N)
         kk = kk / np.maximum(np.linalg.norm(kk, axis=-1, keepdims=True), L2_EPS)
-        k = k * (1 + (a - 1) * f32(self.k_a))
+        k = k * (1 + (a - 1) * self.k_a)
         if self.first:
             ctx.v_first = v
         else:
-            v = v + (ctx.v_first - v) * sigmoid(f32(self.v0) + self._lora(xv, "v"))
+            v = v + (ctx.v_first - v) * sigmoid(self.v0 + self._lora(xv, "v"))
 
         heads = (T, Hr, N)
         y, st.S = ops.wkv7(r.reshape(heads), w.reshape(heads), k.reshape(heads), v.reshape(heads),
                            kk, a.reshape(heads), st.S)
         y = group_norm(y, self.ln_w, self.ln_b, GROUP_NORM_EPS)          # [T, D]
-        bonus = (r * k * f32(self.r_k).reshape(-1)).reshape(heads).sum(-1, keepdims=True)  # [T, Hr, 1]
+        bonus = (r * k * self.r_k.reshape(-1)).reshape(heads).sum(-1, keepdims=True)  # [T, Hr, 1]
         y = y + (bonus * v.reshape(heads)).reshape(T, -1)
         return ops.linear(y * g, self.W_o)
