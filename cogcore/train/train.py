@@ -166,6 +166,9 @@ def main(argv=None):
                     help="extra questions appended to each recall training sequence (loss on their answers)")
     ap.add_argument("--recall-short", type=float, default=0.3,
                     help="fraction of recall examples drawn with 2..8 pairs (the rest 2..24)")
+    ap.add_argument("--curriculum-steps", type=int, default=0,
+                    help="for the first N steps take turns by --curriculum-order, recall prompts 2..8 pairs")
+    ap.add_argument("--curriculum-order", default="recall")
     ap.add_argument("--override", default="{}", help="JSON of config keys to change (experiments)")
     args = ap.parse_args(argv)
 
@@ -176,6 +179,7 @@ def main(argv=None):
     from .torch_model import CogcoreTorch
 
     task_order = args.task_order.split(",")
+    curriculum_order = args.curriculum_order.split(",")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
@@ -232,9 +236,12 @@ def main(argv=None):
     model.train()
     while step < args.steps:
         rng = random.Random(f"{args.seed}:{step}")          # data depends only on seed and step
-        task = task_order[step % len(task_order)]
+        if step < args.curriculum_steps:    # first phase: its own turns, recall prompts short
+            task, short = curriculum_order[step % len(curriculum_order)], 1.0
+        else:
+            task, short = task_order[(step - args.curriculum_steps) % len(task_order)], args.recall_short
         ids, tgt, wt = make_batch(sp, cfg, rng, int(args.batch * BATCH_SCALE[task]), args.prompt_weight, task,
-                                  args.recall_short, recall_multi=args.recall_multi)
+                                  short, recall_multi=args.recall_multi)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         logits = model(ids)
