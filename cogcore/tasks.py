@@ -28,9 +28,13 @@ RECALL_MIN, RECALL_MAX = 2, 24
 _LETTERS = string.ascii_lowercase
 
 
-def make_add(rng: random.Random) -> tuple[str, str]:
-    a = rng.randint(0, ADD_MAX)
-    b = rng.randint(0, ADD_MAX)
+def make_add(rng: random.Random, digits: tuple[int, int] | None = None) -> tuple[str, str]:
+    """Uniform A, B in 0..ADD_MAX, or with ``digits=(da, db)`` uniform among the numbers
+    of exactly that many digits (0 counts as one digit)."""
+    if digits is None:
+        a, b = rng.randint(0, ADD_MAX), rng.randint(0, ADD_MAX)
+    else:
+        a, b = (rng.randint(0 if d == 1 else 10 ** (d - 1), 10 ** d - 1) for d in digits)
     return f"{a}+{b}=", str(a + b)
 
 

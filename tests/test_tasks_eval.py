@@ -48,6 +48,16 @@ def test_task_ranges():
     assert len(evaluate.RECALL_PAIR.findall(tasks.make_recall(random.Random(0), n_pairs=17)[0])) == 17
 
 
+@pytest.mark.parametrize("digits", [(1, 3), (2, 2), (3, 1)])
+def test_add_with_digit_counts(digits):
+    """Operands of exactly the asked lengths, covering each length's whole range (0 is one digit)."""
+    rng = random.Random(5)
+    adds = [tuple(map(int, re.findall(r"\d+", tasks.make_add(rng, digits=digits)[0]))) for _ in range(20000)]
+    for d, vals in zip(digits, zip(*adds)):
+        lo, hi = (0, 9) if d == 1 else (10 ** (d - 1), 10 ** d - 1)
+        assert (min(vals), max(vals)) == (lo, hi)
+
+
 def test_examples_are_seeded_and_eval_differs_from_training():
     assert tasks.examples("add", 50, seed=3) == tasks.examples("add", 50, seed=3)
     train = set(tasks.examples("add", 200, seed=tasks.TRAIN_SEED))

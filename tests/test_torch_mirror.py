@@ -87,7 +87,7 @@ def test_shipped_model_on_long_recall_prompt():
     from cogcore.tasks import make_recall
     model = cogcore.load(SHIPPED, backend="numpy")
     sp = spm.SentencePieceProcessor(model_file=os.path.join(SHIPPED, "tokenizer.model"))
-    prompt, _ = make_recall(random.Random(0), n_pairs=24)
+    prompt, _ = make_recall(random.Random(0), n_pairs=40)   # ~90 tokens: more than 4 blocks of 16
     ids = [model.config.bos_token_id] + sp.encode(prompt)
     cfg = model.config.to_dict()
     assert len(ids) > cfg["nsa_select_block"] * cfg["nsa_select_count"]   # selection drops blocks

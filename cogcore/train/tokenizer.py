@@ -1,9 +1,17 @@
 """Train the sentencepiece tokenizer of the shipped model on a generated task corpus.
 
 The tokenizer is a sentencepiece ``char`` model: every character of the corpus is one
-piece (digits are thus single pieces, ``split_digits`` is also set), so that a
-two-letter recall key is always two tokens and a number is always one token per
-digit, whatever the neighbours. Conventions shared with the runtime:
+piece (``split_digits`` is also set), so a number is one token per digit whatever its
+neighbours. ``extra`` adds user-defined pieces on top of the characters
+(sentencepiece matches them first, longest first): ``KEY_PIECES`` makes every
+space-led two-letter word one token, ``ASSIGN_PIECES`` makes ``=`` with the digit
+after it one token and `` =`` one token, so that in
+
+    recall ab=3 cd=7 ? cd =   ->   r e c a l l ▁ab =3 ▁cd =7 ▁ ? ▁cd ▁=
+
+a value sits right after its key and the final ``▁=`` right after the asked key
+(``TOKENIZERS`` names the sets; the shipped model uses ``recall``, and
+docs/training.md says why). Conventions shared with the runtime:
 ``add_dummy_prefix=False``, identity normalization, no whitespace rewriting, ids
 ``unk=0 bos=1 eos=2`` and no pad; the config's ``vocab_size`` is the piece count.
 """
@@ -13,8 +21,16 @@ from __future__ import annotations
 import io
 import os
 import random
+import string
+from typing import Sequence
 
 from ..tasks import TASKS
+
+LETTERS = string.ascii_lowercase
+KEY_PIECES = ["\u2581" + a + b for a in LETTERS for b in LETTERS]       # ▁aa .. ▁zz
+ASSIGN_PIECES = ["=" + d for d in string.digits] + ["\u2581="]          # =0 .. =9, ▁=
+TOKENIZERS = {"char": [], "keys": KEY_PIECES, "recall": KEY_PIECES + ASSIGN_PIECES}
+SHIPPED_TOKENIZER = "recall"    # the set weights/cogcore-tiny was trained with
 
 
 def corpus(n_per_task: int = 2000, seed: int = 0) -> list[str]:
@@ -28,18 +44,21 @@ def corpus(n_per_task: int = 2000, seed: int = 0) -> list[str]:
     return lines
 
 
-def train_tokenizer(out_path: str, n_per_task: int = 2000, seed: int = 0) -> int:
+def train_tokenizer(out_path: str, n_per_task: int = 2000, seed: int = 0, extra: Sequence[str] = ()) -> int:
     """Write ``out_path`` (atomically) and return its piece count."""
     import sentencepiece as spm
 
     lines = corpus(n_per_task, seed)
-    chars = sorted(set("".join(lines)))
+    if extra:           # extra pieces may swallow every use of a character: keep each one a piece
+        lines.append(LETTERS + "=")
+    chars = set("".join(lines))
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(lines),
         model_writer=buf,
         model_type="char",
-        vocab_size=len(chars) + 3,
+        vocab_size=len(chars) + len(extra) + 3,
+        user_defined_symbols=list(extra),
         character_coverage=1.0,
         split_digits=True,
         add_dummy_prefix=False,

@@ -2,7 +2,8 @@
 
     python -m cogcore.train --out weights/cogcore-tiny [--steps N] [--threads 2]
 
-1. trains a sentencepiece char tokenizer on a generated corpus (``tokenizer.py``);
+1. trains the sentencepiece tokenizer on a generated corpus (``tokenizer.py``: characters
+   plus one piece per recall key and per ``=digit``);
 2. trains the PyTorch mirror of the SPEC model (``torch_model.py``) on freshly
    generated ``add`` / ``sort`` / ``recall`` examples (``cogcore.tasks``, seed
    ``TRAIN_SEED`` + step), each one ``[bos] + encode(prompt) + encode(answer) + [eos]``
@@ -28,6 +29,7 @@ import torch
 
 from ..tasks import TASKS, TRAIN_SEED
 from ..tensorfile import write_json
+from .tokenizer import SHIPPED_TOKENIZER, TOKENIZERS, train_tokenizer
 
 # The shipped shape. vocab_size is filled in from the tokenizer.
 CONFIG = {
@@ -67,8 +69,8 @@ CONFIG = {
     "shared_expert_intermediate_size": 0,
 }
 
-# tasks take turns, one per step: recall and add (the hard ones) two turns in five each.
-TASK_ORDER = ["recall", "add", "recall", "add", "sort"]
+# after the curriculum, tasks take turns, one per step: add (the slowest to learn) three in five
+TASK_ORDER = ["add", "recall", "add", "sort", "add"]
 # batch size per task relative to --batch (short tasks get more examples per step)
 BATCH_SCALE = {"recall": 1.0, "add": 3.0, "sort": 1.5}
 
@@ -92,7 +94,8 @@ def extra_recall_queries(sp, prompt: str, rng: random.Random, n: int):
 
 
 def make_batch(sp, cfg, rng: random.Random, batch: int, prompt_weight: float, task: str,
-               recall_short: float = 0.0, recall_short_max: int = 8, recall_multi: int = 0):
+               recall_short: float = 0.0, recall_short_max: int = 8, recall_multi: int = 0,
+               add_mixed: float = 0.0):
     """One task's batch: ids [B, T], targets [B, T], weights [B, T] (the loss weight of
     predicting targets[b, t]). Batches are one task each (tasks take turns by step), so
     that short tasks are not padded to the length of recall prompts."""
@@ -101,6 +104,8 @@ def make_batch(sp, cfg, rng: random.Random, batch: int, prompt_weight: float, ta
     for b in range(batch):
         if task == "recall" and recall_short > 0 and rng.random() < recall_short:
             prompt, answer = TASKS[task](rng, n_pairs=rng.randint(2, recall_short_max))
+        elif task == "add" and add_mixed > 0 and rng.random() < add_mixed:
+            prompt, answer = TASKS[task](rng, digits=(rng.randint(1, 3), rng.randint(1, 3)))
         else:
             prompt, answer = TASKS[task](rng)
         p = [bos] + sp.encode(prompt)
@@ -141,7 +146,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="weights/cogcore-tiny")
     ap.add_argument("--ckpt", default="runs/cogcore-tiny")
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=4500)
     ap.add_argument("--batch", type=int, default=40, help="recall batch; add x3, sort x1.5")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--min-lr-frac", type=float, default=0.05)
@@ -165,28 +170,33 @@ def main(argv=None):
     ap.add_argument("--recall-multi", type=int, default=4,
                     help="extra questions appended to each recall training sequence (loss on their answers)")
     ap.add_argument("--recall-short", type=float, default=0.3,
-                    help="fraction of recall examples drawn with 2..8 pairs (the rest 2..24)")
-    ap.add_argument("--curriculum-steps", type=int, default=0,
-                    help="for the first N steps take turns by --curriculum-order, recall prompts 2..8 pairs")
-    ap.add_argument("--curriculum-order", default="recall")
+                    help="fraction of recall examples drawn with 2..--recall-short-max pairs (the rest 2..24)")
+    ap.add_argument("--recall-short-max", type=int, default=8)
+    ap.add_argument("--add-mixed", type=float, default=0.5,
+                    help="fraction of add examples whose operands' digit counts are uniform in 1..3 "
+                         "(uniform A, B are 3-digit 90 %% of the time; unequal lengths are the hard cases)")
+    ap.add_argument("--curriculum", default="recall:300",
+                    help="first phase, TASK:STEPS blocks in order (e.g. add:600,recall:600), recall prompts 2..8 pairs")
+    ap.add_argument("--tokenizer", default=SHIPPED_TOKENIZER, choices=sorted(TOKENIZERS),
+                    help="extra pieces on top of the characters (cogcore.train.tokenizer.TOKENIZERS)")
     ap.add_argument("--override", default="{}", help="JSON of config keys to change (experiments)")
     args = ap.parse_args(argv)
 
     import sentencepiece as spm
 
     from .evaluate import evaluate
-    from .tokenizer import train_tokenizer
     from .torch_model import CogcoreTorch
 
     task_order = args.task_order.split(",")
-    curriculum_order = args.curriculum_order.split(",")
+    curriculum = [task for block in filter(None, args.curriculum.split(","))
+                  for task, n in [block.split(":")] for _ in range(int(n))]
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
     os.makedirs(args.ckpt, exist_ok=True)
 
     tok_path = os.path.join(args.out, "tokenizer.model")
-    n_pieces = train_tokenizer(tok_path, seed=args.seed)
+    n_pieces = train_tokenizer(tok_path, seed=args.seed, extra=TOKENIZERS[args.tokenizer])
     sp = spm.SentencePieceProcessor(model_file=tok_path)
     cfg = dict(CONFIG, vocab_size=n_pieces)
     cfg.update(json.loads(args.override))
@@ -236,12 +246,12 @@ def main(argv=None):
     model.train()
     while step < args.steps:
         rng = random.Random(f"{args.seed}:{step}")          # data depends only on seed and step
-        if step < args.curriculum_steps:    # first phase: its own turns, recall prompts short
-            task, short = curriculum_order[step % len(curriculum_order)], 1.0
+        if step < len(curriculum):          # first phase: one task at a time, recall prompts short
+            task, short = curriculum[step], 1.0
         else:
-            task, short = task_order[(step - args.curriculum_steps) % len(task_order)], args.recall_short
+            task, short = task_order[(step - len(curriculum)) % len(task_order)], args.recall_short
         ids, tgt, wt = make_batch(sp, cfg, rng, int(args.batch * BATCH_SCALE[task]), args.prompt_weight, task,
-                                  short, recall_multi=args.recall_multi)
+                                  short, args.recall_short_max, args.recall_multi, args.add_mixed)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         logits = model(ids)
