@@ -61,8 +61,11 @@ def test_prompts_split_as_expected(trained, task):
             assert sp.decode(sp.encode(text)) == text
 
 
-def test_recall_tokens_put_each_value_right_after_its_key():
-    assert expected_pieces("recall ab=3 cd=7 ? cd =", "recall") == \
+def test_recall_set_puts_each_value_right_after_its_key(trained):
+    sp, _, name = trained
+    if name != "recall":
+        pytest.skip("only the recall set fuses keys and values")
+    assert sp.encode("recall ab=3 cd=7 ? cd =", out_type=str) == \
         list("recall") + ["\u2581ab", "=3", "\u2581cd", "=7", "\u2581", "?", "\u2581cd", "\u2581="]
 
 
