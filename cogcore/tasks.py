@@ -22,10 +22,11 @@ TRAIN_SEED = 1234
 EVAL_SEED = 20250601
 
 ADD_MAX = 999
+ADD_DIGITS = len(str(ADD_MAX))      # the longest operand
 SORT_MIN, SORT_MAX = 2, 8
 RECALL_MIN, RECALL_MAX = 2, 24
 
-_LETTERS = string.ascii_lowercase
+LETTERS = string.ascii_lowercase       # recall keys are two of these
 
 
 def make_add(rng: random.Random, digits: tuple[int, int] | None = None) -> tuple[str, str]:
@@ -49,12 +50,12 @@ def make_sort(rng: random.Random, n: int | None = None) -> tuple[str, str]:
 def make_recall(rng: random.Random, n_pairs: int | None = None) -> tuple[str, str]:
     if n_pairs is None:
         n_pairs = rng.randint(RECALL_MIN, RECALL_MAX)
-    if not 1 <= n_pairs <= len(_LETTERS) ** 2:
-        raise ValueError(f"n_pairs must be in 1..{len(_LETTERS) ** 2}, got {n_pairs}")
+    if not 1 <= n_pairs <= len(LETTERS) ** 2:
+        raise ValueError(f"n_pairs must be in 1..{len(LETTERS) ** 2}, got {n_pairs}")
     keys: list[str] = []
     seen: set[str] = set()
     while len(keys) < n_pairs:
-        key = rng.choice(_LETTERS) + rng.choice(_LETTERS)
+        key = rng.choice(LETTERS) + rng.choice(LETTERS)
         if key not in seen:
             seen.add(key)
             keys.append(key)

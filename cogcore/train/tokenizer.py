@@ -24,9 +24,8 @@ import random
 import string
 from typing import Sequence
 
-from ..tasks import TASKS
+from ..tasks import LETTERS, TASKS
 
-LETTERS = string.ascii_lowercase
 KEY_PIECES = ["\u2581" + a + b for a in LETTERS for b in LETTERS]       # ▁aa .. ▁zz
 ASSIGN_PIECES = ["=" + d for d in string.digits] + ["\u2581="]          # =0 .. =9, ▁=
 TOKENIZERS = {"char": [], "keys": KEY_PIECES, "recall": KEY_PIECES + ASSIGN_PIECES}

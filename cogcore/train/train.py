@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from ..tasks import TASKS, TRAIN_SEED
+from ..tasks import ADD_DIGITS, TASKS, TRAIN_SEED
 from ..tensorfile import write_json
 from .tokenizer import SHIPPED_TOKENIZER, TOKENIZERS, train_tokenizer
 
@@ -105,7 +105,7 @@ def make_batch(sp, cfg, rng: random.Random, batch: int, prompt_weight: float, ta
         if task == "recall" and recall_short > 0 and rng.random() < recall_short:
             prompt, answer = TASKS[task](rng, n_pairs=rng.randint(2, recall_short_max))
         elif task == "add" and add_mixed > 0 and rng.random() < add_mixed:
-            prompt, answer = TASKS[task](rng, digits=(rng.randint(1, 3), rng.randint(1, 3)))
+            prompt, answer = TASKS[task](rng, digits=(rng.randint(1, ADD_DIGITS), rng.randint(1, ADD_DIGITS)))
         else:
             prompt, answer = TASKS[task](rng)
         p = [bos] + sp.encode(prompt)
@@ -176,7 +176,7 @@ def main(argv=None):
                     help="fraction of add examples whose operands' digit counts are uniform in 1..3 "
                          "(uniform A, B are 3-digit 90 %% of the time; unequal lengths are the hard cases)")
     ap.add_argument("--curriculum", default="recall:300",
-                    help="first phase, TASK:STEPS blocks in order (e.g. add:600,recall:600), recall prompts 2..8 pairs")
+                    help="first phase, TASK:STEPS blocks in order (e.g. add:600,recall:600), recall prompts 2..--recall-short-max pairs")
     ap.add_argument("--tokenizer", default=SHIPPED_TOKENIZER, choices=sorted(TOKENIZERS),
                     help="extra pieces on top of the characters (cogcore.train.tokenizer.TOKENIZERS)")
     ap.add_argument("--override", default="{}", help="JSON of config keys to change (experiments)")
