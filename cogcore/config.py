@@ -36,7 +36,20 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "norm_topk_prob": True,
     "num_shared_experts": 0,
     "shared_expert_intermediate_size": 0,
+    "attention_bias": False,
+    "qk_norm": None,
+    "rope_scaling": None,
+    "rope_angles": "float64",
+    "family": None,
 }
+
+# family: the public model family (its Hugging Face model_type) whose config.json
+# cogcore.families translated into this config; None for cogcore's own models.
+FAMILIES = ("llama", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+QK_NORMS = (None, "head", "projection")
+ROPE_ANGLES = ("float64", "float32")
+ROPE_SCALING_TYPES = ("llama3",)
+LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 # Keys needed only when some layer uses them: {key: (kind, predicate on config dict)}.
 _ATTN = ("num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta")
@@ -48,7 +61,7 @@ _MOE = ("num_experts", "num_experts_per_tok", "moe_intermediate_size")
 _DENSE = ("intermediate_size",)
 
 _FLOAT_KEYS = {"norm_eps", "rope_theta"}
-_BOOL_KEYS = {"embedding_norm", "tie_word_embeddings", "norm_topk_prob"}
+_BOOL_KEYS = {"embedding_norm", "tie_word_embeddings", "norm_topk_prob", "attention_bias"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +74,7 @@ class Config:
     layer_types: tuple[str, ...]
     mlp_types: tuple[str, ...]
     model_type: str = "cogcore"
+    family: str | None = None
     norm_type: str = "rmsnorm"
     norm_eps: float = 1e-5
     embedding_norm: bool = False
@@ -73,6 +87,13 @@ class Config:
     num_key_value_heads: int | None = None
     head_dim: int | None = None
     rope_theta: float | None = None
+    # options of the public families (docs/format.md, "Options"): biases on q/k/v (Qwen2),
+    # RMSNorm of q and k per head (Qwen3) or over the whole projection (OLMoE), Llama-3
+    # rope_scaling, and RoPE angles rounded as transformers rounds them (float32)
+    attention_bias: bool = False
+    qk_norm: str | None = None
+    rope_scaling: dict | None = None
+    rope_angles: str = "float64"
     sliding_window: int | None = None
     # sparse attention (NSA)
     nsa_compress_block: int | None = None
@@ -126,6 +147,8 @@ class Config:
                 fail(key, "a value (the key is required)", "nothing")
         if values["model_type"] != "cogcore":
             fail("model_type", "'cogcore'", values["model_type"])
+        if values["family"] not in (None, *FAMILIES):
+            fail("family", f"null or one of {', '.join(FAMILIES)}", values["family"])
 
         n_layers = values["num_hidden_layers"]
         if not _is_int(n_layers) or n_layers < 1:
@@ -175,6 +198,12 @@ class Config:
         for key in _BOOL_KEYS:
             if not isinstance(values[key], bool):
                 fail(key, "true or false", values[key])
+        if values["qk_norm"] not in QK_NORMS:
+            fail("qk_norm", "null, 'head' or 'projection'", values["qk_norm"])
+        if values["rope_angles"] not in ROPE_ANGLES:
+            fail("rope_angles", f"one of {', '.join(ROPE_ANGLES)}", values["rope_angles"])
+        if values["rope_scaling"] is not None:
+            values["rope_scaling"] = _check_rope_scaling(values["rope_scaling"], fail)
         # Keys the layers do not use are dropped, so that two configs of the same
         # model compare equal whatever spare keys their files carried.
         for key in _ATTN + _SLIDING + _NSA + _RWKV + _MOE + _DENSE:
@@ -225,7 +254,8 @@ class Config:
             raise ConfigError(f"{path}: config file not found") from None
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise ConfigError(f"{path}: expected valid JSON, found a parse error: {e}") from None
-        return cls.from_dict(raw, source=path)
+        from .families import load_config   # a public family's config.json is translated first
+        return load_config(raw, source=path)
 
     def to_dict(self) -> dict[str, Any]:
         """The config.json form: every key that is set, lists as lists."""
@@ -243,6 +273,26 @@ class Config:
 
 
 _FIELD_NAMES = {f.name for f in dataclasses.fields(Config)}
+
+
+def _check_rope_scaling(rs: Any, fail) -> dict:
+    """The Llama-3 frequency scaling, the one rope_scaling type cogcore implements."""
+    if not isinstance(rs, dict):
+        fail("rope_scaling", "null or an object", rs)
+    kind = rs.get("rope_type", rs.get("type"))
+    if kind not in ROPE_SCALING_TYPES:
+        fail("rope_scaling.rope_type", f"one of {', '.join(ROPE_SCALING_TYPES)} (the scalings cogcore "
+             f"implements)", kind)
+    out = {"rope_type": kind}
+    for key in LLAMA3_KEYS:
+        v = rs.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            fail(f"rope_scaling.{key}", "a finite number > 0", v)
+        out[key] = v
+    if out["high_freq_factor"] <= out["low_freq_factor"]:
+        fail("rope_scaling.high_freq_factor", f"> low_freq_factor={out['low_freq_factor']}",
+             out["high_freq_factor"])
+    return out
 
 
 def _is_int(v: Any) -> bool:

@@ -25,6 +25,7 @@ from .blocks.sparse_attention import SparseAttentionMixer
 from .cache import Cache
 from .config import Config
 from .errors import CogcoreError, InputError
+from .families import family_of, map_tensors
 from .tensorfile import read_model_tensors
 from .weights import Weights
 
@@ -162,6 +163,9 @@ class Model:
 def load(path: str | os.PathLike, backend: str = "numba", strict: bool = True) -> Model:
     """Load a model directory (SPEC Section 1): config.json plus memory-mapped safetensors weights.
 
+    The directory may also be an unmodified Hugging Face directory of a public family
+    (`cogcore.families`: llama, qwen2, qwen3, mixtral, qwen2_moe, qwen3_moe, olmoe).
+
     backend: "numba" (compiled kernels, default) or "numpy" (the reference).
     strict: tensors the config does not use are an error (False: ignore them).
     """
@@ -173,6 +177,9 @@ def load(path: str | os.PathLike, backend: str = "numba", strict: bool = True) -
                            f"found {'a file' if os.path.exists(path) else 'nothing'}")
     config = Config.from_file(os.path.join(path, "config.json"))
     tensors, origin = read_model_tensors(path)
+    family = family_of(config)
+    if family is not None:           # a public family's names -> cogcore's, experts stacked lazily
+        tensors, origin = map_tensors(family, tensors, origin, path)
     weights = Weights(tensors, origin, source=path)
     model = Model(config, weights, backend, path)
     if strict:

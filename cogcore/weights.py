@@ -41,3 +41,36 @@ class Weights:
             shown = ", ".join(f"'{n}'" for n in unused[:5]) + (" ..." if len(unused) > 5 else "")
             raise WeightsError(f"{self.where(unused[0])}: {len(unused)} unexpected tensor(s) that the "
                                f"config does not use: {shown} (load with strict=False to ignore them)")
+
+
+class ExpertStack:
+    """Per-expert tensors [F, D] presented as one stacked [E, F, D] without copying them.
+
+    `stack[e]` is expert e's own (memory-mapped) array; `shape`, `dtype`, `ndim` and
+    `nbytes` are those the stacked array would have. The MoE blocks only ever index
+    an expert at a time, so they take this wherever they take a stacked array.
+    """
+
+    def __init__(self, parts: list[np.ndarray], names: list[str], source: str = "<memory>"):
+        first = parts[0]
+        for part, name in zip(parts, names):
+            if part.shape != first.shape or part.dtype != first.dtype:
+                raise WeightsError(f"{source}: tensor '{name}': expected {first.dtype} {list(first.shape)} "
+                                   f"like '{names[0]}', found {part.dtype} {list(part.shape)}")
+        self.parts = parts
+        self.shape = (len(parts), *first.shape)
+        self.dtype, self.ndim = first.dtype, first.ndim + 1
+        self.nbytes = sum(p.nbytes for p in parts)
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def __getitem__(self, e):
+        if isinstance(e, (int, np.integer)):
+            return self.parts[e]
+        raise TypeError(f"ExpertStack takes one expert index, found {e!r}")
+
+    def __array__(self, dtype=None, copy=None):
+        """The stacked copy, for code that needs a real array (tests, conversion)."""
+        a = np.stack(self.parts)
+        return a if dtype is None else a.astype(dtype)

@@ -9,7 +9,7 @@ the compilation once; `kernels.warm_up()` does it up front and times it).
 |---------------|-----------------------------------------|------------|
 | linear        | BLAS for float32; GEMV / block-widened BLAS for bf16, f16 | linear.py |
 | rmsnorm, layernorm, add_* | one pass per row, residual add fused | norm.py |
-| rope          | rotation with float64 angles            | rope.py    |
+| rope          | rotation with float64 (or float32) angles | rope.py  |
 | attention     | chunked running softmax, GQA groups, flash-decoding splits | attention.py |
 | nsa_attention | compressed / scored / selected / window branches per (query, group) | nsa.py |
 | nsa_compress  | gather + kernels.linear                 | nsa.py     |
@@ -60,8 +60,8 @@ class NumbaOps(ReferenceOps):
         return _norm.layernorm(x, f32(w), f32(b), eps, y)
 
     @staticmethod
-    def rope(u, positions, theta):
-        return _rope.rope(u, positions, theta)
+    def rope(u, positions, freq):
+        return _rope.rope(u, positions, freq)
 
     @staticmethod
     def attention(q, k, v, q_pos, k_pos, window=0):

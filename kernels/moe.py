@@ -10,6 +10,9 @@
   on its tokens through kernels.linear (BLAS, block-widened for narrow dtypes),
   and the weighted outputs are added back (a token meets an expert at most once,
   so the scatter has no collisions).
+  Experts given as a sequence of per-expert arrays (a lazy stack over a public
+  family's per-expert tensors) take this path at every T: it indexes one expert
+  at a time.
 """
 
 from __future__ import annotations
@@ -117,7 +120,7 @@ def moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk):
     E = router.shape[0]
     top, wts = route(linear(x, router), k, bool(norm_topk))
     counts = np.bincount(top.ravel(), minlength=E)
-    if T <= SMALL_T:
+    if T <= SMALL_T and isinstance(gate_proj, np.ndarray):   # (not a lazy stack of per-expert arrays)
         kind = kind_of(gate_proj)
         fn = pick(_experts_1, _experts_p, 3 * gate_proj[0].size)
         return fn(x, top, wts, raw(gate_proj), raw(up_proj), raw(down_proj), kind), counts

@@ -1,7 +1,8 @@
 """Rotary position embedding in place of a fresh copy (twin of cogcore.blocks.rope.rope).
 
-Angles are p * inv_freq in float64, rounded once to float32, as in the reference;
-inv_freq is computed by the reference's own formula and passed in.
+Angles are p * inv_freq in the dtype of inv_freq (float64: cogcore's own models,
+rounded once to float32; float32: the public families, as transformers computes
+them), as in the reference; inv_freq comes from the reference's own formula.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ def _rope(u, positions, inv_freq, out):
     T, Hn, hd = u.shape
     half = hd // 2
     for t in range(T):
-        p = np.float64(positions[t])
+        p = positions[t]
         for j in range(half):
             ang = p * inv_freq[j]
             c = np.float32(np.cos(ang))
@@ -31,9 +32,10 @@ def inv_freq(head_dim: int, theta: float) -> np.ndarray:
     return theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
 
 
-def rope(u: np.ndarray, positions: np.ndarray, theta: float) -> np.ndarray:
-    """u [T, heads, hd] -> rotated copy."""
+def rope(u: np.ndarray, positions: np.ndarray, freq) -> np.ndarray:
+    """u [T, heads, hd] -> rotated copy; freq: inv_freq [hd/2] (its dtype sets the angles') or theta."""
     u = np.ascontiguousarray(u, dtype=np.float32)
+    freq = inv_freq(u.shape[-1], freq) if np.ndim(freq) == 0 else np.ascontiguousarray(freq)
     out = np.empty_like(u)
-    _rope(u, np.asarray(positions, np.int64), inv_freq(u.shape[-1], theta), out)
+    _rope(u, np.asarray(positions).astype(freq.dtype), freq, out)
     return out

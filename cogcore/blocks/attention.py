@@ -4,6 +4,12 @@ Ainslie et al., 2023 for GQA).
     q = rope(x Wq^T) -> H heads,   k = rope(x Wk^T), v = x Wv^T -> Hkv heads
     o_h = softmax(q_h k_g^T / sqrt(hd)) v_g,   g = h // (H / Hkv)
 over the keys at positions 0..t (full) or max(0, t-W+1)..t (sliding, W = sliding_window).
+
+Options of the public families (docs/format.md), applied in this order before RoPE:
+    attention_bias:          q = x Wq^T + bq, and likewise k and v       (Qwen2, Qwen2-MoE)
+    qk_norm = "projection":  q = rmsnorm(q; q_norm) over all H*hd values (OLMoE)
+    qk_norm = "head":        q_h = rmsnorm(q_h; q_norm) per head, [hd]    (Qwen3, Qwen3-MoE)
+and the same for k with k_norm (over Hkv*hd values, or per key head).
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..cache import KVCache, RingKV
+from ..dtypes import f32
+from .rope import inv_freq
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray,
@@ -50,7 +58,18 @@ class AttentionMixer:
         self.wk = weights.take(f"{p}.k_proj.weight", (Hkv * hd, D))
         self.wv = weights.take(f"{p}.v_proj.weight", (Hkv * hd, D))
         self.wo = weights.take(f"{p}.o_proj.weight", (D, H * hd))
-        self.H, self.Hkv, self.hd, self.theta = H, Hkv, hd, cfg.rope_theta
+        self.bias = None
+        if cfg.attention_bias:
+            self.bias = tuple(f32(weights.take(f"{p}.{n}_proj.bias", (rows,)))
+                              for n, rows in (("q", H * hd), ("k", Hkv * hd), ("v", Hkv * hd)))
+        self.qk_norm = cfg.qk_norm
+        if cfg.qk_norm:
+            per_head = cfg.qk_norm == "head"
+            self.q_norm = weights.take(f"{p}.q_norm.weight", (hd if per_head else H * hd,))
+            self.k_norm = weights.take(f"{p}.k_norm.weight", (hd if per_head else Hkv * hd,))
+            self.norm_eps = cfg.norm_eps
+        self.H, self.Hkv, self.hd = H, Hkv, hd
+        self.freq = inv_freq(hd, cfg.rope_theta, cfg.rope_scaling, cfg.rope_angles)    # [hd/2]
         self.window = cfg.sliding_window if layer_type == "sliding_attention" else 0
         self.ops = ops
 
@@ -61,10 +80,17 @@ class AttentionMixer:
     def project(self, x: np.ndarray, positions: np.ndarray):
         """x [T, D] -> rotated q [T, H, hd], rotated k [T, Hkv, hd], v [T, Hkv, hd]."""
         T, ops = x.shape[0], self.ops
-        q = ops.linear(x, self.wq).reshape(T, self.H, self.hd)
-        k = ops.linear(x, self.wk).reshape(T, self.Hkv, self.hd)
-        v = ops.linear(x, self.wv).reshape(T, self.Hkv, self.hd)
-        return ops.rope(q, positions, self.theta), ops.rope(k, positions, self.theta), v
+        q, k, v = ops.linear(x, self.wq), ops.linear(x, self.wk), ops.linear(x, self.wv)
+        if self.bias is not None:
+            q, k, v = q + self.bias[0], k + self.bias[1], v + self.bias[2]
+        if self.qk_norm == "projection":
+            q, k = ops.rmsnorm(q, self.q_norm, self.norm_eps), ops.rmsnorm(k, self.k_norm, self.norm_eps)
+        elif self.qk_norm == "head":     # one row per (token, head)
+            q = ops.rmsnorm(q.reshape(T * self.H, self.hd), self.q_norm, self.norm_eps)
+            k = ops.rmsnorm(k.reshape(T * self.Hkv, self.hd), self.k_norm, self.norm_eps)
+        q, k = q.reshape(T, self.H, self.hd), k.reshape(T, self.Hkv, self.hd)
+        v = v.reshape(T, self.Hkv, self.hd)
+        return ops.rope(q, positions, self.freq), ops.rope(k, positions, self.freq), v
 
     def __call__(self, x: np.ndarray, kv, ctx) -> np.ndarray:
         """x [T, D] normed input; kv the layer's cache; returns [T, D]."""

@@ -4,24 +4,69 @@
     angle       = p * inv_freq
     rope(u)     = u * [cos, cos] + rotate_half(u) * [sin, sin],   rotate_half([a, b]) = [-b, a]
 
-The angles are computed in float64 and rounded once to float32, so that positions
-in the hundreds of thousands keep their precision.
+The precision of the angles is that of `inv_freq`. cogcore's own models compute them
+in float64 and round once to float32, so that positions in the hundreds of thousands
+keep their precision (`rope_angles: "float64"`). The public families are run as
+transformers runs them (`rope_angles: "float32"`): inv_freq computed in float32, the
+position cast to float32, their product and its cos/sin in float32; the same model
+then gives the same logits at long positions, where the two roundings part.
+
+Llama-3 `rope_scaling` (Meta's Llama 3.1 release; transformers'
+`_compute_llama3_parameters`) stretches the slow frequencies of inv_freq:
+
+    wavelen = 2 pi / inv_freq
+    wavelen < L / high_freq_factor:  inv_freq                   (fast: unchanged)
+    wavelen > L / low_freq_factor:   inv_freq / factor          (slow: stretched)
+    otherwise:                       (1 - s) inv_freq / factor + s inv_freq,
+                                     s = (L / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+with L = original_max_position_embeddings.
 """
+
+import math
 
 import numpy as np
 
 
-def rope_tables(positions: np.ndarray, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+def inv_freq(head_dim: int, theta: float, scaling: dict | None = None, angles: str = "float64") -> np.ndarray:
+    """The [hd/2] rotation frequencies, in the dtype the angles are computed in."""
+    if angles == "float64":
+        freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    else:   # transformers: 1.0 / (base ** (arange(0, dim, 2).float() / dim)), all float32
+        exponent = np.arange(0, head_dim, 2).astype(np.float32) / np.float32(head_dim)
+        freq = np.float32(1.0) / (np.float32(theta) ** exponent)
+    if scaling is not None:
+        freq = llama3_scaling(freq, scaling)
+    return freq
+
+
+def llama3_scaling(freq: np.ndarray, s: dict) -> np.ndarray:
+    """Llama-3 frequency scaling (module docstring), in the dtype of `freq`."""
+    t = freq.dtype.type
+    factor, low, high = t(s["factor"]), t(s["low_freq_factor"]), t(s["high_freq_factor"])
+    L = t(s["original_max_position_embeddings"])
+    wavelen = t(2 * math.pi) / freq
+    scaled = np.where(wavelen > L / low, freq / factor, freq)
+    smooth = (L / wavelen - low) / (high - low)
+    smoothed = (t(1) - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < L / high) & ~(wavelen > L / low)
+    return np.where(medium, smoothed, scaled).astype(freq.dtype)
+
+
+def rope_tables(positions: np.ndarray, freq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """positions [T] -> cos, sin [T, hd/2] float32 (one half; both halves are equal)."""
-    inv_freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # [hd/2]
-    angle = positions.astype(np.float64)[:, None] * inv_freq[None, :]            # [T, hd/2]
+    angle = positions.astype(freq.dtype)[:, None] * freq[None, :]                 # [T, hd/2]
     return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
 
 
-def rope(u: np.ndarray, positions: np.ndarray, theta: float) -> np.ndarray:
-    """u [T, heads, hd] -> the same, rotated for each token's absolute position."""
+def rope(u: np.ndarray, positions: np.ndarray, freq) -> np.ndarray:
+    """u [T, heads, hd] -> the same, rotated for each token's absolute position.
+
+    freq: the array `inv_freq(...)`, or a number, theta, for cogcore's float64 angles.
+    """
     half = u.shape[-1] // 2
-    cos, sin = rope_tables(positions, u.shape[-1], theta)
+    if np.ndim(freq) == 0:
+        freq = inv_freq(u.shape[-1], freq)
+    cos, sin = rope_tables(positions, freq)
     cos, sin = cos[:, None, :], sin[:, None, :]                    # [T, 1, hd/2]
     a, b = u[..., :half], u[..., half:]
     return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)

@@ -1,0 +1,142 @@
+"""Public model families against transformers' own recorded outputs (no torch needed).
+
+The fixtures are unmodified Hugging Face directories of tiny random models made by
+tests/fixtures/make_families.py, with the float32 logits, greedy continuation and
+RoPE tables transformers computed from them.
+"""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import cogcore
+from cogcore.blocks.rope import inv_freq, rope_tables
+from cogcore.errors import ConfigError, WeightsError
+from cogcore.families import FAMILIES
+from cogcore.weights import ExpertStack
+
+HERE = os.path.join(os.path.dirname(__file__), "fixtures", "families")
+NAMES = sorted(FAMILIES)
+
+
+def reference(name):
+    d = os.path.join(HERE, name)
+    with open(os.path.join(d, "reference.json")) as f:
+        ref = json.load(f)
+    return d, ref, np.load(os.path.join(d, "logits.npy"))
+
+
+def relative(got, want):
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+def test_every_family_has_a_fixture_of_the_required_shape():
+    assert set(FAMILIES) == set(cogcore.config.FAMILIES)      # the Config accepts exactly these
+    for name in NAMES:
+        cfg = cogcore.load(os.path.join(HERE, name), backend="numpy").config
+        assert cfg.family == name
+        assert cfg.num_hidden_layers > 1 and cfg.num_key_value_heads < cfg.num_attention_heads
+        if "moe" in cfg.mlp_types:
+            assert cfg.num_experts > 8
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("name", NAMES)
+def test_logits_and_greedy_tokens_match_transformers(name, backend):
+    d, ref, want = reference(name)
+    model = cogcore.load(d, backend=backend)
+    assert relative(model.forward(ref["prompt"]), want) < 1e-4
+    cache = model.new_cache()
+    logits = model.forward(ref["prompt"], cache=cache)
+    steps = [model.forward([t], cache=model_cache)[0] for model_cache in [model.new_cache()]
+             for t in ref["prompt"]]
+    assert relative(np.stack(steps), want) < 1e-4          # token by token, through the cache
+    greedy = []
+    for _ in ref["greedy"]:
+        greedy.append(int(np.argmax(logits[-1])))
+        logits = model.forward([greedy[-1]], cache=cache)
+    assert greedy == ref["greedy"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_rope_matches_transformers_at_long_positions(name):
+    d = os.path.join(HERE, name)
+    cfg = cogcore.load(d, backend="numpy").config
+    ref = np.load(os.path.join(d, "rope.npz"))
+    freq = inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, cfg.rope_angles)
+    cos, sin = rope_tables(ref["positions"], freq)
+    half = cfg.head_dim // 2
+    np.testing.assert_allclose(cos, ref["cos"][:, :half], atol=2e-6)
+    np.testing.assert_allclose(sin, ref["sin"][:, :half], atol=2e-6)
+    # float64 angles (cogcore's own models) part from transformers' float32 ones far out (50x the tolerance)
+    cos64, _ = rope_tables(ref["positions"], inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling))
+    assert np.abs(cos64 - ref["cos"][:, :half]).max() > 1e-4
+
+
+def test_experts_are_stacked_without_copying():
+    d = os.path.join(HERE, "mixtral")
+    model = cogcore.load(d, backend="numpy")
+    stack = model.layers[0].ffn.gate_proj
+    assert isinstance(stack, ExpertStack) and stack.shape == (10, 16, 32)
+    from cogcore.tensorfile import read_safetensors
+    raw, _ = read_safetensors(os.path.join(d, "model.safetensors"))
+    w1 = raw["model.layers.0.block_sparse_moe.experts.3.w1.weight"]
+    assert isinstance(stack[3], np.memmap) and np.array_equal(stack[3], w1)   # the file itself, not a copy
+
+
+def copy_with(tmp_path, name, change=None, drop=()):
+    """A copy of a fixture with config.json keys changed and tensors dropped."""
+    d = tmp_path / name
+    shutil.copytree(os.path.join(HERE, name), d)
+    with open(d / "config.json") as f:
+        raw = json.load(f)
+    raw.update(change or {})
+    with open(d / "config.json", "w") as f:
+        json.dump(raw, f)
+    if drop:
+        from cogcore.tensorfile import read_safetensors, write_safetensors
+        tensors, _ = read_safetensors(d / "model.safetensors")
+        kept = {k: np.array(v) for k, v in tensors.items() if k not in drop}
+        write_safetensors(d / "model.safetensors", kept)
+    return d
+
+
+@pytest.mark.parametrize("name, change, field", [
+    ("llama", {"model_type": "gpt_neox"}, "model_type"),
+    ("llama", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}},
+     "rope_parameters.rope_type"),
+    ("llama", {"rope_parameters": None, "rope_theta": 1e4, "rope_scaling": {"type": "dynamic", "factor": 2.0}},
+     "rope_scaling.rope_type"),
+    ("llama", {"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0}},
+     "rope_parameters.low_freq_factor"),
+    ("llama", {"mlp_bias": True}, "mlp_bias"),
+    ("llama", {"hidden_act": "gelu"}, "hidden_act"),
+    ("qwen2", {"use_sliding_window": True}, "use_sliding_window"),
+    ("olmoe", {"clip_qkv": 8.0}, "clip_qkv"),
+    ("mixtral", {"hidden_size": None}, "hidden_size"),
+])
+def test_unsupported_options_are_refused_by_name(tmp_path, name, change, field):
+    d = copy_with(tmp_path, name, change)
+    with pytest.raises(ConfigError, match=f"'{field}'"):
+        cogcore.load(d, backend="numpy")
+
+
+def test_a_missing_expert_is_named(tmp_path):
+    d = copy_with(tmp_path, "mixtral", drop={"model.layers.1.block_sparse_moe.experts.4.w2.weight"})
+    with pytest.raises(WeightsError, match="expert 4"):
+        cogcore.load(d, backend="numpy")
+
+
+def test_a_misshapen_expert_is_named(tmp_path):
+    d = copy_with(tmp_path, "olmoe")
+    from cogcore.tensorfile import read_safetensors, write_safetensors
+    tensors, _ = read_safetensors(d / "model.safetensors")
+    tensors = {k: np.array(v) for k, v in tensors.items()}
+    name = "model.layers.0.mlp.experts.7.up_proj.weight"
+    tensors[name] = tensors[name][:8]
+    write_safetensors(d / "model.safetensors", tensors)
+    with pytest.raises(WeightsError, match=name.replace(".", r"\.")):
+        cogcore.load(d, backend="numpy")
