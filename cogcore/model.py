@@ -148,10 +148,10 @@ class Model:
     # ---- text -------------------------------------------------------------
     @property
     def tokenizer(self):
-        """The sentencepiece tokenizer of the model directory, loaded on first use."""
+        """The tokenizer of the model directory (sentencepiece, or a family's tokenizer.json), loaded on first use."""
         if self._tokenizer is None:
-            from .tokenizer import Tokenizer
-            self._tokenizer = Tokenizer.from_model_dir(self.path, self.config)
+            from .tokenizer import load_tokenizer
+            self._tokenizer = load_tokenizer(self.path, self.config)
         return self._tokenizer
 
     def generate(self, prompt: str, **options) -> str:

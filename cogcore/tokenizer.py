@@ -149,3 +149,161 @@ class StreamDecoder:
     def flush(self) -> str:
         """At the end: what is still held back (an incomplete character comes out as U+FFFD)."""
         return self._utf8.decode(b"", final=True)
+
+
+# ---- Hugging Face tokenizer.json -----------------------------------------------
+
+HF_TOKENIZER_FILE = "tokenizer.json"
+HF_TOKENIZER_CONFIG = "tokenizer_config.json"
+
+
+def load_tokenizer(model_dir, config=None):
+    """The tokenizer of a model directory: tokenizer.model (sentencepiece) for cogcore's own
+    models, tokenizer.json (the `tokenizers` library) for a public family's, or one of them
+    when only one is there."""
+    if model_dir is None:
+        return Tokenizer.from_model_dir(None)
+    has_json = os.path.isfile(os.path.join(os.fspath(model_dir), HF_TOKENIZER_FILE))
+    has_sp = os.path.isfile(os.path.join(os.fspath(model_dir), TOKENIZER_FILE))
+    if has_json and (getattr(config, "family", None) or not has_sp):
+        return HFTokenizer.from_model_dir(model_dir, config)
+    return Tokenizer.from_model_dir(model_dir, config)
+
+
+def _gpt2_byte_decoder() -> dict[str, int]:
+    """GPT-2's printable stand-in character of every byte (what ByteLevel pieces are spelled in) -> byte."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, n = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + n)] = b
+            n += 1
+    return chars
+
+
+class HFTokenizer:
+    """encode/decode over a `tokenizer.json`, as transformers' fast tokenizers do, and the chat
+    template of `tokenizer_config.json`. The same interface as `Tokenizer`.
+
+    encode(text, bos=True) is transformers' `tokenizer.encode(text)`: the special tokens
+    the tokenizer's own post-processor adds (a BOS for Llama, nothing for Qwen);
+    bos=False is `add_special_tokens=False`.
+    """
+
+    def __init__(self, tok, settings: dict, config=None, source: str = "tokenizer", byte_level: bool = True):
+        self.tok, self.settings, self.source = tok, settings, source
+        self.byte_level = byte_level       # pieces spelled in GPT-2's byte characters (else sentencepiece's)
+        self.n_tokens = tok.get_vocab_size(with_added_tokens=True)
+        self.vocab_size = self.n_tokens     # the model's, once checked: ids past the tokenizer's
+                                            # (embedding rows padded, as in Qwen) decode to nothing
+        self.special = {t.content: i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+        self.special_ids = set(self.special.values())
+        self.bos_id, self.eos_id = self._token_id("bos_token"), self._token_id("eos_token")
+        if config is not None:
+            if self.n_tokens > config.vocab_size:
+                raise InputError(f"{source}: has {self.n_tokens} tokens but the model's vocab_size is "
+                                 f"{config.vocab_size}; the tokenizer does not belong to this model")
+            self.vocab_size = config.vocab_size
+            self.bos_id = config.bos_token_id if self.bos_id is None else self.bos_id
+            self.eos_id = config.eos_token_id if self.eos_id is None else self.eos_id
+        self.chat_template = settings.get("chat_template")
+        self._piece_bytes: list[bytes] | None = None
+
+    @classmethod
+    def from_model_dir(cls, model_dir, config=None) -> "HFTokenizer":
+        import json
+
+        from tokenizers import Tokenizer as _Tokenizer
+        model_dir = os.fspath(model_dir)
+        path = os.path.join(model_dir, HF_TOKENIZER_FILE)
+        try:
+            tok = _Tokenizer.from_file(path)
+        except Exception as e:      # the library raises a bare Exception for a file it cannot parse
+            raise InputError(f"{path}: expected a tokenizers-library tokenizer.json, found a file it "
+                             f"cannot load ({e})") from None
+        settings_path = os.path.join(model_dir, HF_TOKENIZER_CONFIG)
+        settings = {}
+        if os.path.isfile(settings_path):
+            try:
+                with open(settings_path, encoding="utf-8") as f:
+                    settings = json.load(f)
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+                raise InputError(f"{settings_path}: expected valid JSON, found a parse error: {e}") from None
+            if not isinstance(settings, dict):
+                raise InputError(f"{settings_path}: expected a JSON object, found {type(settings).__name__}")
+        with open(path, encoding="utf-8") as f:
+            decoder = json.load(f).get("decoder") or {}
+        return cls(tok, settings, config, source=path, byte_level="ByteLevel" in json.dumps(decoder))
+
+    def _token_id(self, key: str):
+        """The id of tokenizer_config.json's bos_token / eos_token (a string or {"content": ...})."""
+        value = self.settings.get(key)
+        if isinstance(value, dict):
+            value = value.get("content")
+        return self.tok.token_to_id(value) if isinstance(value, str) else None
+
+    def special_tokens(self) -> dict[str, str]:
+        """transformers' special_tokens_map: the names chat templates read (bos_token, eos_token, ...)."""
+        out = {}
+        for key in ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"):
+            value = self.settings.get(key)
+            value = value.get("content") if isinstance(value, dict) else value
+            if isinstance(value, str):
+                out[key] = value
+        return out
+
+    # ---- text <-> ids --------------------------------------------------------
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        if not isinstance(text, str):
+            raise InputError(f"text: expected a str, found {type(text).__name__}")
+        ids = list(self.tok.encode(text, add_special_tokens=bos).ids)
+        if eos:
+            ids.append(self._need(self.eos_id, "eos"))
+        return ids
+
+    def decode(self, ids) -> str:
+        """The text of token ids, special tokens (BOS, EOS, ...) printing nothing."""
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise InputError(f"token id {bad[0]}: expected 0..{self.vocab_size - 1}")
+        return self.tok.decode([i for i in ids if i < self.n_tokens], skip_special_tokens=True)
+
+    def id_to_piece(self, i: int) -> str:
+        return self.tok.id_to_token(int(i))
+
+    def piece_bytes(self, i: int) -> bytes:
+        """The UTF-8 bytes token `i` adds to a text (b"" for special tokens)."""
+        if self._piece_bytes is None:
+            byte_of = _gpt2_byte_decoder()
+            self._piece_bytes = [self._bytes_of(j, byte_of) for j in range(self.n_tokens)]
+        return self._piece_bytes[int(i)] if 0 <= int(i) < self.n_tokens else b""
+
+    def _bytes_of(self, i: int, byte_of: dict[str, int]) -> bytes:
+        piece = self.tok.id_to_token(i)
+        if piece is None or i in self.special_ids:
+            return b""
+        if self.byte_level:                      # GPT-2 style: one stand-in character per byte
+            if all(c in byte_of for c in piece):
+                return bytes(byte_of[c] for c in piece)
+            return piece.encode("utf-8")         # an added (non-special) token, spelled plainly
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):   # byte fallback
+            return bytes([int(piece[3:5], 16)])
+        return piece.replace("\u2581", " ").encode("utf-8")     # sentencepiece style
+
+    def stream_decoder(self) -> "StreamDecoder":
+        return StreamDecoder(self)
+
+    def _need(self, value, name):
+        if value is None:
+            raise InputError(f"{self.source}: has no {name} token")
+        return value
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def __repr__(self) -> str:
+        return (f"HFTokenizer({self.source!r}, vocab_size={self.vocab_size}, bos={self.bos_id}, "
+                f"eos={self.eos_id})")

@@ -3,7 +3,9 @@
 Works with a terminal or a pipe; end of input (Ctrl-D) ends the chat. A line
 `/reset` starts a fresh conversation; empty lines are skipped. Each turn is fed as
 `[bos] + sp.encode(line)` after the previous turn (closed with EOS), so the model
-sees the whole conversation. Sampling options as for `generate`.
+sees the whole conversation. A model whose tokenizer_config.json has a chat template
+(a public family's) is instead fed the conversation as that template renders it
+(`cogcore.chat_template.TemplateChat`). Sampling options as for `generate`.
 """
 
 import sys
@@ -20,9 +22,10 @@ def add_arguments(p):
 
 def run(args):
     from ..generate import Conversation
+    from ..chat_template import TemplateChat
     model = load_model(args)
-    _ = model.tokenizer                      # a model without tokenizer fails before reading input
-    chat = Conversation(model, stats=args.stats, **sampling_options(args))
+    template = getattr(model.tokenizer, "chat_template", None)   # no tokenizer: fails before reading input
+    chat = (TemplateChat if template else Conversation)(model, stats=args.stats, **sampling_options(args))
     tty = sys.stdin.isatty()
     while True:
         if tty:

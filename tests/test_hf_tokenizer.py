@@ -1,0 +1,87 @@
+"""tokenizer.json and chat templates against transformers' recorded encodings and renderings.
+
+The reference (tests/fixtures/families/tokenizer_reference.json) was written by
+transformers' AutoTokenizer and apply_chat_template in tests/fixtures/make_families.py.
+"""
+
+import json
+import os
+
+import pytest
+
+pytest.importorskip("tokenizers")
+pytest.importorskip("jinja2")
+
+import cogcore
+from cogcore.chat_template import TemplateChat, render
+from cogcore.errors import InputError
+from cogcore.tokenizer import HFTokenizer, load_tokenizer
+
+HERE = os.path.join(os.path.dirname(__file__), "fixtures", "families")
+with open(os.path.join(HERE, "tokenizer_reference.json"), encoding="utf-8") as f:
+    REF = json.load(f)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return cogcore.load(os.path.join(HERE, "llama"), backend="numpy")
+
+
+def test_a_family_directory_gets_its_tokenizer_json(model):
+    tok = model.tokenizer
+    assert isinstance(tok, HFTokenizer) and tok.bos_id == 1 and tok.eos_id == 2
+    assert tok.vocab_size <= model.config.vocab_size
+
+
+@pytest.mark.parametrize("text", list(REF["encodings"]))
+def test_encode_decode_and_stream_as_transformers(model, text):
+    tok = model.tokenizer
+    assert tok.encode(text, bos=True) == REF["encodings"][text]          # tokenizer.encode(text)
+    ids = tok.encode(text)
+    assert ids == REF["no_special"][text]                               # add_special_tokens=False
+    assert tok.decode(ids) == REF["decodings"][text]
+    dec = tok.stream_decoder()
+    assert "".join(dec.push(i) for i in REF["encodings"][text]) + dec.flush() == REF["decodings"][text]
+
+
+def test_chat_template_renders_as_transformers(model):
+    tok = model.tokenizer
+    assert render(tok.chat_template, REF["messages"], True, **tok.special_tokens()) == REF["chat"]
+    assert render(tok.chat_template, REF["messages"], False, **tok.special_tokens()) == REF["chat_no_prompt"]
+
+
+def test_template_errors_are_input_errors():
+    with pytest.raises(InputError, match="chat_template"):
+        render("{% for m in messages %}", [])
+    with pytest.raises(InputError, match="no system"):
+        render("{{ raise_exception('no system') }}", [])
+    with pytest.raises(InputError, match="chat_template"):     # the sandbox refuses attribute tricks
+        render("{{ messages.__class__.__mro__ }}", [])
+
+
+def test_template_chat_feeds_exactly_the_rendered_conversation(model):
+    tok = model.tokenizer
+    chat = TemplateChat(model, temperature=0.0, max_new_tokens=6)
+    for text in ("Hi there", "2+2?", "thanks"):
+        reply = chat.send(text)
+        "".join(reply)
+    result = chat.last.result
+    fed = chat.cached_ids + result.prompt_ids + result.token_ids[:-1]
+    assert chat.cache.length == len(fed)
+    messages = chat.messages + [{"role": "assistant", "content": tok.decode(result.token_ids)}]
+    # the cache holds the template's rendering of the conversation, then the reply so far
+    assert tok.tok.decode(fed, skip_special_tokens=False) == (
+        render(tok.chat_template, messages[:-1], True, **tok.special_tokens())
+        + tok.tok.decode(result.token_ids[:-1], skip_special_tokens=False))
+
+
+def test_sentencepiece_stays_for_cogcore_models():
+    from cogcore.tokenizer import Tokenizer
+    root = os.path.dirname(os.path.dirname(__file__))
+    assert type(load_tokenizer(os.path.join(root, "weights", "cogcore-tiny"))) is Tokenizer
+
+
+def test_a_corrupt_tokenizer_json_is_named(tmp_path):
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(InputError, match="tokenizer.json"):
+        HFTokenizer.from_model_dir(tmp_path)
