@@ -208,7 +208,7 @@ class HFTokenizer:
             self.vocab_size = config.vocab_size
             self.bos_id = config.bos_token_id if self.bos_id is None else self.bos_id
             self.eos_id = config.eos_token_id if self.eos_id is None else self.eos_id
-        self.chat_template = settings.get("chat_template")
+        self.chat_template = self._chat_template(settings.get("chat_template"))
         self._piece_bytes: list[bytes] | None = None
 
     @classmethod
@@ -236,6 +236,16 @@ class HFTokenizer:
         with open(path, encoding="utf-8") as f:
             decoder = json.load(f).get("decoder") or {}
         return cls(tok, settings, config, source=path, byte_level="ByteLevel" in json.dumps(decoder))
+
+    def _chat_template(self, value):
+        """The template: a string, or the one named "default" of a list of {name, template}."""
+        if isinstance(value, list):
+            named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+            value = named.get("default")
+        if value is not None and not isinstance(value, str):
+            raise InputError(f"{self.source}: tokenizer_config.json 'chat_template': expected a string, "
+                             f"found {type(value).__name__}")
+        return value
 
     def _token_id(self, key: str):
         """The id of tokenizer_config.json's bos_token / eos_token (a string or {"content": ...})."""

@@ -114,6 +114,7 @@ def warm_up() -> float:
     k = rng.standard_normal((40, 2, 8), np.float32)
     pos = np.arange(37, 40)
     ops.rope(q, pos, 1e4)
+    ops.rope(q, pos, np.ones(4, np.float32))      # float32 angles (the public families)
     ops.attention(q, k, k, pos, np.arange(40), 0)
     shape = NSAShape(8, 4, 16, 3, 16)
     kc = ops.nsa_compress(k, 0, 9, rng.standard_normal((8, 8), np.float32),

@@ -11,11 +11,13 @@ import shutil
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import cogcore
 from cogcore.blocks.rope import inv_freq, rope_tables
 from cogcore.errors import ConfigError, WeightsError
-from cogcore.families import FAMILIES
+from cogcore.families import FAMILIES, load_config
 from cogcore.weights import ExpertStack
 
 HERE = os.path.join(os.path.dirname(__file__), "fixtures", "families")
@@ -140,3 +142,50 @@ def test_a_misshapen_expert_is_named(tmp_path):
     write_safetensors(d / "model.safetensors", tensors)
     with pytest.raises(WeightsError, match=name.replace(".", r"\.")):
         cogcore.load(d, backend="numpy")
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-3, 10**6) | st.floats(allow_nan=True)
+                           | st.text(max_size=5), lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=6)
+CONFIGS = {name: json.load(open(os.path.join(HERE, name, "config.json"))) for name in NAMES}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(NAMES), data=st.data())
+def test_fuzzed_family_configs_load_or_fail_clearly(name, data):
+    """Any key of a family config.json set to any JSON value: a Config or a ConfigError, nothing else."""
+    raw = dict(CONFIGS[name])
+    keys = sorted(raw) + ["rope_scaling", "rope_theta", "num_experts", "mlp_only_layers"]
+    for _ in range(data.draw(st.integers(1, 3))):
+        raw[data.draw(st.sampled_from(keys))] = data.draw(JSON_VALUES)
+    try:
+        load_config(raw, "fuzz.json")
+    except ConfigError:
+        pass
+
+
+def test_numba_rope_with_float32_angles_matches_the_reference():
+    from cogcore.blocks import ReferenceOps
+    from kernels import NumbaOps
+    rng = np.random.default_rng(3)
+    u = rng.standard_normal((5, 3, 14), np.float32)                    # odd sizes
+    positions = np.array([0, 3, 4097, 131071, 999999])
+    for freq in (inv_freq(14, 5e5, angles="float32"),
+                 inv_freq(14, 1e4, {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                    "original_max_position_embeddings": 64}, "float32")):
+        assert freq.dtype == np.float32
+        np.testing.assert_allclose(NumbaOps.rope(u, positions, freq), ReferenceOps.rope(u, positions, freq),
+                                   atol=2e-6)
+
+
+def test_a_sharded_family_directory_loads(tmp_path):
+    from cogcore.tensorfile import read_safetensors, write_sharded
+    d, ref, want = reference("mixtral")
+    out = tmp_path / "mixtral"
+    shutil.copytree(d, out)
+    tensors, _ = read_safetensors(out / "model.safetensors")
+    os.remove(out / "model.safetensors")
+    write_sharded(out, {k: np.array(v) for k, v in tensors.items()}, max_shard_bytes=60_000)
+    assert len([f for f in os.listdir(out) if f.startswith("model-")]) > 2
+    model = cogcore.load(out, backend="numpy")
+    assert relative(model.forward(ref["prompt"]), want) < 1e-4

@@ -85,3 +85,24 @@ def test_a_corrupt_tokenizer_json_is_named(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(InputError, match="tokenizer.json"):
         HFTokenizer.from_model_dir(tmp_path)
+
+
+@pytest.mark.parametrize("settings, problem", [
+    ('{"chat_template": 5}', "chat_template"),
+    ('[1, 2]', "JSON object"),
+    ('{"chat_template": ', "valid JSON"),
+])
+def test_a_bad_tokenizer_config_is_named(tmp_path, settings, problem):
+    import shutil
+    shutil.copy(os.path.join(HERE, "llama", "tokenizer.json"), tmp_path / "tokenizer.json")
+    (tmp_path / "tokenizer_config.json").write_text(settings)
+    with pytest.raises(InputError, match=problem):
+        HFTokenizer.from_model_dir(tmp_path)
+
+
+def test_a_list_of_named_templates_takes_the_default(tmp_path):
+    import shutil
+    shutil.copy(os.path.join(HERE, "llama", "tokenizer.json"), tmp_path / "tokenizer.json")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}))
+    assert HFTokenizer.from_model_dir(tmp_path).chat_template == "D"

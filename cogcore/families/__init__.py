@@ -31,7 +31,7 @@ def load_config(raw: Any, source: str) -> Config:
     model_type = raw.get("model_type", "cogcore") if isinstance(raw, dict) else "cogcore"
     if model_type == "cogcore":
         return Config.from_dict(raw, source)
-    family = FAMILIES.get(model_type)
+    family = FAMILIES.get(model_type) if isinstance(model_type, str) else None
     if family is None:
         raise ConfigError(f"{source}: key 'model_type': expected cogcore or one of the supported "
                           f"families ({', '.join(FAMILIES)}), found {model_type!r}")

@@ -34,6 +34,20 @@ class Reader:
             raise ConfigError(f"{self.source}: key '{key}': expected a value, found nothing")
         return value
 
+    def positive_int(self, key: str, default: Any = _MISSING) -> int:
+        """A key the translation computes with: an integer >= 1."""
+        value = self(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{self.source}: key '{key}': expected an integer >= 1, found {value!r}")
+        return value
+
+    def dict(self, key: str) -> dict:
+        """An object-valued key (absent or null: {})."""
+        value = self.raw.get(key) or {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{self.source}: key '{key}': expected an object, found {value!r}")
+        return value
+
     def first(self, *keys: str) -> Any:
         """The first of several spellings of one key that is set."""
         for key in keys:
@@ -59,8 +73,8 @@ class Reader:
 
 def rope(r: Reader) -> dict:
     """rope_theta, rope_scaling (Llama-3 only) and transformers' float32 angles."""
-    params = r.raw.get("rope_parameters") or {}
-    scaling = r.raw.get("rope_scaling") or params
+    params = r.dict("rope_parameters")
+    scaling = r.dict("rope_scaling") or params
     theta = params.get("rope_theta", r("rope_theta"))
     key = "rope_scaling" if r.raw.get("rope_scaling") else "rope_parameters"
     kind = scaling.get("rope_type", scaling.get("type", "default"))
@@ -79,9 +93,9 @@ def rope(r: Reader) -> dict:
 def common(r: Reader) -> dict:
     """The keys every family here has: sizes, attention shape, norms, ids."""
     r.require("hidden_act", ("silu",), "the SwiGLU activation cogcore implements")
-    D, H = r("hidden_size"), r("num_attention_heads")
+    D, H = r.positive_int("hidden_size"), r.positive_int("num_attention_heads")
     head_dim = r.raw.get("head_dim") or r.defaults.get("head_dim") or D // H
-    n = r("num_hidden_layers")
+    n = r.positive_int("num_hidden_layers")
     return {
         "vocab_size": r("vocab_size"), "hidden_size": D, "num_hidden_layers": n,
         "layer_types": ["full_attention"] * n,
@@ -95,7 +109,10 @@ def common(r: Reader) -> dict:
 
 def sparse_layers(r: Reader) -> list[str]:
     """Qwen-MoE's choice of MoE layers: every decoder_sparse_step-th, minus mlp_only_layers."""
-    n, step, dense = r("num_hidden_layers"), r("decoder_sparse_step", 1), r("mlp_only_layers", [])
+    n, step, dense = r.positive_int("num_hidden_layers"), r.positive_int("decoder_sparse_step", 1), \
+        r("mlp_only_layers", [])
+    if not isinstance(dense, list) or not all(isinstance(i, int) for i in dense):
+        raise ConfigError(f"{r.source}: key 'mlp_only_layers': expected a list of layer indices, found {dense!r}")
     return ["moe" if i not in dense and (i + 1) % step == 0 else "dense" for i in range(n)]
 
 
