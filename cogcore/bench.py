@@ -283,6 +283,32 @@ def model_rows(rep: Report, lim: dict, quick: bool, dtype: str, prefill_len: int
     del r
 
 
+def model_dir_rows(rep: Report, model_dir: str, quick: bool, prefill_len: int) -> None:
+    """Decode and prefill of a model directory (cogcore's or a public family's), numba against numpy."""
+    from .model import load
+
+    models = {b: load(model_dir, backend=b) for b in ("numba", "numpy")}
+    cfg = models["numba"].config
+    prefill_len = min(prefill_len, cfg.max_position_embeddings - 1)
+    rep.line(f"  model: {model_dir} ({cfg.family or 'cogcore'}, {cfg.num_hidden_layers} layers x "
+             f"{cfg.hidden_size}, vocab {cfg.vocab_size})")
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(0, cfg.vocab_size, min(64, prefill_len))
+    dec, pre = {}, {}
+    for b, m in models.items():
+        rep.step(f"decode at context {len(prompt)}, {b}")
+        cache = m.new_cache()
+        m.forward(prompt, cache)
+        dec[b] = timeit(lambda: m.forward([7], cache), 5 if quick else 15)
+    rep.add(Row("model", f"decode 1 token at context {len(prompt)}", dec["numba"], dec["numpy"], ""))
+    ids = rng.integers(0, cfg.vocab_size, prefill_len)
+    for b, m in models.items():
+        rep.step(f"prefill {prefill_len} tokens, {b}")
+        pre[b] = timeit(lambda: m.forward(ids), 1 if b == "numpy" else 2)
+    rep.add(Row("model", f"prefill {prefill_len} tokens", pre["numba"], pre["numpy"], ""))
+    rep.facts.update(decode_tok_s=1 / dec["numba"], prefill_tok_s=prefill_len / pre["numba"])
+
+
 # ---- sparse against full attention at long context ---------------------------------------------
 
 def sparse_rows(rep: Report, context: int, quick: bool) -> None:
@@ -351,7 +377,7 @@ def sparse_rows(rep: Report, context: int, quick: bool) -> None:
 
 def run(only: list[str] | None = None, quick: bool = False, threads: int | None = None,
         dtype: str = "float32", context: int = 16384, prefill_len: int = 2048,
-        out=sys.stdout, progress=sys.stderr) -> Report:
+        out=sys.stdout, progress=sys.stderr, model_dir: str | None = None) -> Report:
     import platform
 
     import numba
@@ -376,7 +402,10 @@ def run(only: list[str] | None = None, quick: bool = False, threads: int | None 
     if "kernels" in sections:
         rep.header("kernels")
         kernel_rows(rep, lim, quick)
-    if "model" in sections:
+    if "model" in sections and model_dir:
+        rep.header("whole model")
+        model_dir_rows(rep, model_dir, quick, 512 if quick else prefill_len)
+    elif "model" in sections:
         rep.header("whole model")
         model_rows(rep, lim, quick, dtype, 512 if quick else prefill_len)
     if "sparse" in sections:

@@ -22,12 +22,14 @@ def add_arguments(p):
     p.add_argument("--context", type=int, default=16384, help="context of the sparse-vs-full comparison")
     p.add_argument("--prefill", type=int, default=2048, help="prefill length of the model benchmark")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--model", metavar="DIR", help="time this model directory (cogcore's or a Hugging Face "
+                   "family's) instead of the random 8-layer bench model")
 
 
 def run(args):
     from ..bench import run as bench
     rep = bench(only=args.only, quick=args.quick, threads=args.threads, dtype=args.dtype,
-                context=args.context, prefill_len=args.prefill)
+                context=args.context, prefill_len=args.prefill, model_dir=args.model)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"facts": rep.facts,
