@@ -28,7 +28,33 @@ TOKENIZER_FILE = "tokenizer.model"
 UNKNOWN_TEXT = " \u2047 "   # what sentencepiece prints for <unk>
 
 
-class Tokenizer:
+class _TokenizerBase:
+    """What both tokenizers share once they have `source`, `vocab_size`, `bos_id`, `eos_id`, `piece_bytes`."""
+
+    def stream_decoder(self) -> "StreamDecoder":
+        return StreamDecoder(self)
+
+    def _need(self, value, name):
+        if value is None:
+            raise InputError(f"{self.source}: has no {name} token")
+        return value
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def _check_ids(self, ids) -> list[int]:
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise InputError(f"token id {bad[0]}: expected 0..{self.vocab_size - 1}")
+        return ids
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.source!r}, vocab_size={self.vocab_size}, bos={self.bos_id}, "
+                f"eos={self.eos_id})")
+
+
+class Tokenizer(_TokenizerBase):
     """encode/decode over a sentencepiece model, checked against the model's config."""
 
     def __init__(self, sp, config=None, source: str = "tokenizer"):
@@ -94,10 +120,7 @@ class Tokenizer:
 
     def decode(self, ids) -> str:
         """sentencepiece's decode of token ids (control tokens such as BOS/EOS print nothing)."""
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise InputError(f"token id {bad[0]}: expected 0..{self.vocab_size - 1}")
+        ids = self._check_ids(ids)
         return self.sp.decode(ids)
 
     def id_to_piece(self, i: int) -> str:
@@ -120,19 +143,6 @@ class Tokenizer:
             return bytes([int(piece[3:5], 16)])
         return piece.replace("\u2581", " ").encode("utf-8")
 
-    def stream_decoder(self) -> "StreamDecoder":
-        return StreamDecoder(self)
-
-    def _need(self, value, name):
-        if value is None:
-            raise InputError(f"{self.source}: has no {name} token")
-        return value
-
-    def __len__(self) -> int:
-        return self.vocab_size
-
-    def __repr__(self) -> str:
-        return f"Tokenizer({self.source!r}, vocab_size={self.vocab_size}, bos={self.bos_id}, eos={self.eos_id})"
 
 
 class StreamDecoder:
@@ -183,7 +193,7 @@ def _gpt2_byte_decoder() -> dict[str, int]:
     return chars
 
 
-class HFTokenizer:
+class HFTokenizer(_TokenizerBase):
     """encode/decode over a `tokenizer.json`, as transformers' fast tokenizers do, and the chat
     template of `tokenizer_config.json`. The same interface as `Tokenizer`.
 
@@ -275,10 +285,7 @@ class HFTokenizer:
 
     def decode(self, ids) -> str:
         """The text of token ids, special tokens (BOS, EOS, ...) printing nothing."""
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise InputError(f"token id {bad[0]}: expected 0..{self.vocab_size - 1}")
+        ids = self._check_ids(ids)
         return self.tok.decode([i for i in ids if i < self.n_tokens], skip_special_tokens=True)
 
     def id_to_piece(self, i: int) -> str:
@@ -303,17 +310,3 @@ class HFTokenizer:
             return bytes([int(piece[3:5], 16)])
         return piece.replace("\u2581", " ").encode("utf-8")     # sentencepiece style
 
-    def stream_decoder(self) -> "StreamDecoder":
-        return StreamDecoder(self)
-
-    def _need(self, value, name):
-        if value is None:
-            raise InputError(f"{self.source}: has no {name} token")
-        return value
-
-    def __len__(self) -> int:
-        return self.vocab_size
-
-    def __repr__(self) -> str:
-        return (f"HFTokenizer({self.source!r}, vocab_size={self.vocab_size}, bos={self.bos_id}, "
-                f"eos={self.eos_id})")
