@@ -87,7 +87,7 @@ class Config:
     num_key_value_heads: int | None = None
     head_dim: int | None = None
     rope_theta: float | None = None
-    # options of the public families (docs/format.md, "Options"): biases on q/k/v (Qwen2),
+    # options of the public families (docs/format.md section 1.1): biases on q/k/v (Qwen2),
     # RMSNorm of q and k per head (Qwen3) or over the whole projection (OLMoE), Llama-3
     # rope_scaling, and RoPE angles rounded as transformers rounds them (float32)
     attention_bias: bool = False
