@@ -179,7 +179,7 @@ def load(path: str | os.PathLike, backend: str = "numba", strict: bool = True) -
     tensors, origin = read_model_tensors(path)
     family = family_of(config)
     if family is not None:           # a public family's names -> cogcore's, experts stacked lazily
-        tensors, origin = map_tensors(family, tensors, origin, path)
+        tensors, origin = map_tensors(family, tensors, origin, path, config.tie_word_embeddings)
     weights = Weights(tensors, origin, source=path)
     model = Model(config, weights, backend, path)
     if strict:

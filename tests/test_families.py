@@ -189,3 +189,15 @@ def test_a_sharded_family_directory_loads(tmp_path):
     assert len([f for f in os.listdir(out) if f.startswith("model-")]) > 2
     model = cogcore.load(out, backend="numpy")
     assert relative(model.forward(ref["prompt"]), want) < 1e-4
+
+
+def test_a_saved_lm_head_of_a_tied_model_is_ignored_as_transformers_does(tmp_path):
+    from cogcore.tensorfile import read_safetensors, write_safetensors
+    d, ref, want = reference("qwen2")                        # tie_word_embeddings: true
+    out = tmp_path / "qwen2"
+    shutil.copytree(d, out)
+    tensors, _ = read_safetensors(out / "model.safetensors")
+    tensors = {k: np.array(v) for k, v in tensors.items()}
+    tensors["lm_head.weight"] = np.zeros_like(tensors["model.embed_tokens.weight"])
+    write_safetensors(out / "model.safetensors", tensors)
+    assert relative(cogcore.load(out, backend="numpy").forward(ref["prompt"]), want) < 1e-4

@@ -122,14 +122,17 @@ _EXPERT = re.compile(r"^(.*\.experts)\.(\d+)\.(\w+)\.weight$")
 IGNORED = re.compile(r"rotary_emb\.inv_freq$")   # buffers some old checkpoints saved
 
 
-def map_tensors(family, tensors: dict[str, np.ndarray], origin: dict[str, str], source: str):
+def map_tensors(family, tensors: dict[str, np.ndarray], origin: dict[str, str], source: str,
+                tied: bool = False):
     """Foreign names -> cogcore names (family.RENAMES), per-expert tensors -> ExpertStack.
 
-    Returns (tensors, origin) keyed by cogcore names; nothing is copied.
+    With tied embeddings a saved `lm_head.weight` is dropped, as transformers ties it
+    to the embedding when it loads. Returns (tensors, origin) keyed by cogcore names;
+    nothing is copied.
     """
     out, where, experts = {}, {}, {}
     for name, array in tensors.items():
-        if IGNORED.search(name):
+        if IGNORED.search(name) or (tied and name == "lm_head.weight"):
             continue
         new = name
         for pattern, repl in family.RENAMES:
