@@ -117,6 +117,7 @@ def copy_with(tmp_path, name, change=None, drop=()):
     ("llama", {"mlp_bias": True}, "mlp_bias"),
     ("llama", {"hidden_act": "gelu"}, "hidden_act"),
     ("qwen2", {"use_sliding_window": True}, "use_sliding_window"),
+    ("qwen2", {"layer_types": ["full_attention", "sliding_attention"]}, "layer_types"),
     ("olmoe", {"clip_qkv": 8.0}, "clip_qkv"),
     ("mixtral", {"hidden_size": None}, "hidden_size"),
 ])

@@ -96,6 +96,10 @@ def common(r: Reader) -> dict:
     D, H = r.positive_int("hidden_size"), r.positive_int("num_attention_heads")
     head_dim = r.raw.get("head_dim") or r.defaults.get("head_dim") or D // H
     n = r.positive_int("num_hidden_layers")
+    kinds = r.raw.get("layer_types") or ["full_attention"]      # transformers 5 writes one per layer
+    if not isinstance(kinds, list) or set(map(str, kinds)) != {"full_attention"}:
+        raise ConfigError(f"{r.source}: key 'layer_types': expected only 'full_attention' layers (the "
+                          f"families' sliding-window layers are not implemented), found {kinds!r}")
     return {
         "vocab_size": r("vocab_size"), "hidden_size": D, "num_hidden_layers": n,
         "layer_types": ["full_attention"] * n,
