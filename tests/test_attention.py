@@ -1,11 +1,8 @@
 """Full / sliding GQA attention against naive loops from SPEC 4.2."""
 
-import math
-
 import numpy as np
 import pytest
 
-import cogcore
 from cogcore.blocks.attention import attention
 from cogcore.model import Pass
 

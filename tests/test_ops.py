@@ -4,6 +4,7 @@ thread variants, and whole models end to end."""
 
 from __future__ import annotations
 
+import ast
 import inspect
 import os
 import subprocess
@@ -20,6 +21,7 @@ from cogcore.blocks import ReferenceOps
 from cogcore.blocks.rope import inv_freq
 from cogcore.blocks.sparse_attention import NSAShape
 from cogcore.dtypes import to_storage
+import cogcore.kernels
 from cogcore.kernels import threads
 from cogcore.ops import Compiled, FusedResidualNorm, Ops, members
 
@@ -317,3 +319,15 @@ def test_warm_up_compiles_or_loads_every_op():
         assert serial.signatures, serial.py_func.__qualname__
         if numba.get_num_threads() > 1:
             assert parallel.signatures, parallel.py_func.__qualname__
+
+
+def test_kernels_import_nothing_from_cogcore():
+    """Dependencies run one way: cogcore.backends binds the kernels, the kernels know no cogcore."""
+    folder = os.path.dirname(cogcore.kernels.__file__)
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            tree = ast.parse(open(os.path.join(folder, name)).read())
+            for node in ast.walk(tree):
+                mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                        else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+                assert not any(m.split(".")[0] == "cogcore" for m in mods), (name, mods)
