@@ -2,7 +2,8 @@
 
 Angles are p * inv_freq in the dtype of inv_freq (float64: cogcore's own models,
 rounded once to float32; float32: the public families, as transformers computes
-them), as in the reference; inv_freq comes from the reference's own formula.
+them), as in the reference; the frequencies [hd/2] are the caller's (a layer
+computes them once).
 """
 
 from __future__ import annotations
@@ -28,14 +29,10 @@ def _rope(u, positions, inv_freq, out):
                 out[t, h, j + half] = b * c + a * s
 
 
-def inv_freq(head_dim: int, theta: float) -> np.ndarray:
-    return theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-
-
-def rope(u: np.ndarray, positions: np.ndarray, freq) -> np.ndarray:
-    """u [T, heads, hd] -> rotated copy; freq: inv_freq [hd/2] (its dtype sets the angles') or theta."""
+def rope(u: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray) -> np.ndarray:
+    """u [T, heads, hd], positions [T], inv_freq [hd/2] float64 or float32 -> rotated copy [T, heads, hd]."""
     u = np.ascontiguousarray(u, dtype=np.float32)
-    freq = inv_freq(u.shape[-1], freq) if np.ndim(freq) == 0 else np.ascontiguousarray(freq)
+    inv_freq = np.ascontiguousarray(inv_freq)
     out = np.empty_like(u)
-    _rope(u, np.asarray(positions).astype(freq.dtype), freq, out)
+    _rope(u, np.asarray(positions).astype(inv_freq.dtype), inv_freq, out)
     return out

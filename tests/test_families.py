@@ -165,20 +165,6 @@ def test_fuzzed_family_configs_load_or_fail_clearly(name, data):
         pass
 
 
-def test_numba_rope_with_float32_angles_matches_the_reference():
-    from cogcore.blocks import ReferenceOps
-    from kernels import NumbaOps
-    rng = np.random.default_rng(3)
-    u = rng.standard_normal((5, 3, 14), np.float32)                    # odd sizes
-    positions = np.array([0, 3, 4097, 131071, 999999])
-    for freq in (inv_freq(14, 5e5, angles="float32"),
-                 inv_freq(14, 1e4, {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                    "original_max_position_embeddings": 64}, "float32")):
-        assert freq.dtype == np.float32
-        np.testing.assert_allclose(NumbaOps.rope(u, positions, freq), ReferenceOps.rope(u, positions, freq),
-                                   atol=2e-6)
-
-
 def test_a_sharded_family_directory_loads(tmp_path):
     from cogcore.tensorfile import read_safetensors, write_sharded
     d, ref, want = reference("mixtral")

@@ -69,7 +69,7 @@ class AttentionMixer:
             self.k_norm = weights.take(f"{p}.k_norm.weight", (hd if per_head else Hkv * hd,))
             self.norm_eps = cfg.norm_eps
         self.H, self.Hkv, self.hd = H, Hkv, hd
-        self.freq = inv_freq(hd, cfg.rope_theta, cfg.rope_scaling, cfg.rope_angles)    # [hd/2]
+        self.inv_freq = inv_freq(hd, cfg.rope_theta, cfg.rope_scaling, cfg.rope_angles)    # [hd/2]
         self.window = cfg.sliding_window if layer_type == "sliding_attention" else 0
         self.ops = ops
 
@@ -90,7 +90,7 @@ class AttentionMixer:
             k = ops.rmsnorm(k.reshape(T * self.Hkv, self.hd), self.k_norm, self.norm_eps)
         q, k = q.reshape(T, self.H, self.hd), k.reshape(T, self.Hkv, self.hd)
         v = v.reshape(T, self.Hkv, self.hd)
-        return ops.rope(q, positions, self.freq), ops.rope(k, positions, self.freq), v
+        return ops.rope(q, positions, self.inv_freq), ops.rope(k, positions, self.inv_freq), v
 
     def __call__(self, x: np.ndarray, kv, ctx) -> np.ndarray:
         """x [T, D] normed input; kv the layer's cache; returns [T, D]."""

@@ -28,7 +28,7 @@ import numpy as np
 
 
 def inv_freq(head_dim: int, theta: float, scaling: dict | None = None, angles: str = "float64") -> np.ndarray:
-    """The [hd/2] rotation frequencies, in the dtype the angles are computed in."""
+    """The rotation frequencies [hd/2] (a layer computes them once), in the dtype the angles are computed in."""
     if angles == "float64":
         freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
     else:   # transformers: 1.0 / (base ** (arange(0, dim, 2).float() / dim)), all float32
@@ -52,21 +52,19 @@ def llama3_scaling(freq: np.ndarray, s: dict) -> np.ndarray:
     return np.where(medium, smoothed, scaled).astype(freq.dtype)
 
 
-def rope_tables(positions: np.ndarray, freq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """positions [T] -> cos, sin [T, hd/2] float32 (one half; both halves are equal)."""
-    angle = positions.astype(freq.dtype)[:, None] * freq[None, :]                 # [T, hd/2]
+def rope_tables(positions: np.ndarray, inv_freq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """positions [T], inv_freq [hd/2] -> cos, sin [T, hd/2] float32 (one half; both halves are equal)."""
+    angle = np.asarray(positions).astype(inv_freq.dtype)[:, None] * inv_freq[None, :]   # [T, hd/2]
     return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
 
 
-def rope(u: np.ndarray, positions: np.ndarray, freq) -> np.ndarray:
-    """u [T, heads, hd] -> the same, rotated for each token's absolute position.
+def rope(u: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray) -> np.ndarray:
+    """u [T, heads, hd], positions [T], inv_freq [hd/2] -> u rotated for each token's position.
 
-    freq: the array `inv_freq(...)`, or a number, theta, for cogcore's float64 angles.
+    The angles are computed in the dtype of inv_freq (float64 or float32).
     """
     half = u.shape[-1] // 2
-    if np.ndim(freq) == 0:
-        freq = inv_freq(u.shape[-1], freq)
-    cos, sin = rope_tables(positions, freq)
+    cos, sin = rope_tables(positions, inv_freq)
     cos, sin = cos[:, None, :], sin[:, None, :]                    # [T, 1, hd/2]
     a, b = u[..., :half], u[..., half:]
     return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
