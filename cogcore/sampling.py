@@ -61,8 +61,10 @@ def apply_repetition_penalty(logits: np.ndarray, previous_ids, penalty: float) -
     ids = np.unique(np.asarray(previous_ids, dtype=np.int64))
     if ids.size == 0:
         return out
-    seen = out[ids]
-    out[ids] = np.where(seen > 0, seen / penalty, seen * penalty).astype(out.dtype)
+    seen = out[ids].astype(np.float64)
+    scaled = np.where(seen > 0, seen / penalty, seen * penalty)
+    big = np.finfo(out.dtype).max if np.issubdtype(out.dtype, np.floating) else np.inf
+    out[ids] = np.clip(scaled, -big, big)   # extreme penalties saturate instead of overflowing to inf
     return out
 
 

@@ -85,6 +85,7 @@ class Tokenizer:
         """`[bos]? + sp.encode(text) + [eos]?` as a list of ints."""
         if not isinstance(text, str):
             raise InputError(f"text: expected a str, found {type(text).__name__}")
+        check_text(text)
         ids = list(self.sp.encode(text))
         if bos:
             ids.insert(0, self._need(self.bos_id, "bos"))
@@ -133,6 +134,15 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.source!r}, vocab_size={self.vocab_size}, bos={self.bos_id}, eos={self.eos_id})"
+
+
+def check_text(text: str, what: str = "text") -> None:
+    """An InputError when `text` cannot be UTF-8 (a lone surrogate, e.g. from non-UTF-8 bytes on argv)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"{what}: expected valid UTF-8 text, found {text[e.start]!r} at character {e.start} "
+                         f"(a lone surrogate: undecodable bytes in the input?)") from None
 
 
 class StreamDecoder:
