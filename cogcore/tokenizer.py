@@ -41,7 +41,10 @@ class Tokenizer:
         if config is not None:   # the model's ids rule when the tokenizer has none of its own
             self.bos_id = config.bos_token_id if self.bos_id is None else self.bos_id
             self.eos_id = config.eos_token_id if self.eos_id is None else self.eos_id
-        self._piece_bytes: list[bytes] | None = None
+        try:   # every piece read now: a corrupt file fails here, naming itself, not mid-generation
+            self._piece_bytes = [self._bytes_of(j) for j in range(self.vocab_size)]
+        except (UnicodeDecodeError, ValueError, RuntimeError) as e:
+            raise InputError(f"{source}: a piece of this sentencepiece model cannot be read ({e})") from None
 
     # ---- loading -----------------------------------------------------------
     @classmethod
@@ -106,8 +109,6 @@ class Tokenizer:
 
     def piece_bytes(self, i: int) -> bytes:
         """The UTF-8 bytes token `i` adds to a text (b"" for control tokens)."""
-        if self._piece_bytes is None:
-            self._piece_bytes = [self._bytes_of(j) for j in range(self.vocab_size)]
         return self._piece_bytes[int(i)]
 
     def _bytes_of(self, i: int) -> bytes:
