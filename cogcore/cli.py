@@ -12,12 +12,16 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from .errors import CogcoreError
 
 COMMANDS = ("generate", "chat", "eval", "inspect", "init", "bench")
-DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "weights", "cogcore-tiny")
+# The shipped model: in a checkout (or editable install) under weights/, in a wheel install
+# under <prefix>/share/cogcore/ (pyproject's data-files). The first that exists is the default.
+MODEL_PLACES = (os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "cogcore-tiny"),
+                os.path.join(sys.prefix, "share", "cogcore", "cogcore-tiny"))
+DEFAULT_MODEL = next((p for p in MODEL_PLACES if os.path.isdir(p)), MODEL_PLACES[0])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,12 +78,25 @@ def load_model(args):
     """The model named by --model, with a clear error when the shipped one is not there."""
     from .model import load
     if args.model == DEFAULT_MODEL and not os.path.isdir(DEFAULT_MODEL):
-        raise CogcoreError(f"no model given and the shipped model was not found at {DEFAULT_MODEL}; "
-                           f"pass --model DIR (e.g. one made by `cogcore init --preset tiny DIR`)")
+        raise CogcoreError(f"no model given and the shipped model was not found (looked in "
+                           f"{' and '.join(MODEL_PLACES)}); pass --model DIR (e.g. one made by "
+                           f"`cogcore init --preset tiny DIR`)")
     model = load(args.model, backend=args.backend)
     if args.backend == "numba":   # compile (or load) the kernels now, so speeds reported later exclude it
         from kernels import warm_up
-        seconds = warm_up()
+        notice = threading.Timer(1.0, print, ("cogcore: compiling the kernels (once per install; "
+                                              "a minute or so)...",), {"file": sys.stderr, "flush": True})
+        notice.start()           # says so only when loading from numba's cache takes long: a first run
+        start = time.perf_counter()
+        try:
+            warm_up()
+            cache = model.new_cache()   # this model's own dtypes and shapes: a prefill chunk, a decode step
+            bos = model.config.bos_token_id
+            model.forward([bos, bos], cache)
+            model.forward([bos], cache)
+        finally:
+            notice.cancel()
+        seconds = time.perf_counter() - start
         if seconds > 1.0:
             print(f"cogcore: kernels compiled in {seconds:.1f} s (cached for next time)", file=sys.stderr)
     return model
