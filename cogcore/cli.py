@@ -84,7 +84,7 @@ def load_model(args):
     model = load(args.model, backend=args.backend)
     if args.backend == "numba":   # compile (or load) the kernels now, so speeds reported later exclude it
         from kernels import warm_up
-        notice = threading.Timer(1.0, print, ("cogcore: compiling the kernels (once per install; "
+        notice = threading.Timer(5.0, print, ("cogcore: compiling the kernels (once per install; "
                                               "a minute or so)...",), {"file": sys.stderr, "flush": True})
         notice.start()           # says so only when loading from numba's cache takes long: a first run
         start = time.perf_counter()
@@ -97,6 +97,6 @@ def load_model(args):
         finally:
             notice.cancel()
         seconds = time.perf_counter() - start
-        if seconds > 1.0:
+        if seconds > 5.0:   # loading them from numba's cache takes a second or two
             print(f"cogcore: kernels compiled in {seconds:.1f} s (cached for next time)", file=sys.stderr)
     return model
