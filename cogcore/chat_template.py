@@ -78,11 +78,13 @@ class TemplateChat:
     model always sees exactly the rendered text.
     """
 
-    def __init__(self, model, stats: bool = False, **options):
-        from .generate import resolve_options
+    def __init__(self, model, stats: bool = False, history: str | None = None, **options):
+        from .generate import history_policy, resolve_options
         self.model, self.stats, self.options = model, stats, options
         self.tokenizer = model.tokenizer
         resolve_options(model, **options)        # bad options fail now, not at the first turn
+        self.history = history_policy(model, history)
+        self.notice: str | None = None           # set by a turn that had to drop the conversation
         self.reset()
 
     def reset(self) -> None:
@@ -92,14 +94,26 @@ class TemplateChat:
         self.last = None
 
     def send(self, text: str, **overrides):
-        from .generate import Stream
+        from .generate import Stream, resolve_options
         tok = self.tokenizer
+        options = {**self.options, **overrides}
+        self.notice = None
+        if self.history == "reset":
+            self.reset()
         if self.last is not None:
             result = self.last.result
             self.cached_ids += result.prompt_ids + result.token_ids
             self.messages.append({"role": "assistant", "content": tok.decode(result.token_ids)})
         self.messages.append({"role": "user", "content": text})
         full = render(tok.chat_template, self.messages, add_generation_prompt=True, **tok.special_tokens())
+        limit = self.model.config.max_position_embeddings
+        if len(self.messages) > 1 and (len(tok.encode(full))
+                                       + resolve_options(self.model, **options).max_new_tokens) > limit:
+            self.reset()
+            self.messages = [{"role": "user", "content": text}]
+            full = render(tok.chat_template, self.messages, add_generation_prompt=True, **tok.special_tokens())
+            self.notice = (f"the conversation outgrew the model's context of {limit} positions; "
+                           f"it starts afresh with this turn")
         held = tok.tok.decode(self.cached_ids, skip_special_tokens=False) if self.cached_ids else ""
         pending: list[int] = []
         if held and full.startswith(held):
@@ -109,5 +123,5 @@ class TemplateChat:
             self.cache, self.cached_ids, new_text = self.model.new_cache(), [], full
         self.cached_ids = self.cached_ids[:len(self.cached_ids) - len(pending)]   # pending: fed again below
         self.last = Stream(self.model, tok.encode(new_text), cache=self.cache, bos=False, stats=self.stats,
-                           prefix_ids=pending, **{**self.options, **overrides})   # the template writes BOS
+                           prefix_ids=pending, **options)   # the template writes BOS
         return self.last

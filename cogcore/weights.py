@@ -46,8 +46,8 @@ class Weights:
 class ExpertStack:
     """Per-expert tensors [F, D] presented as one stacked [E, F, D] without copying them.
 
-    `stack[e]` is expert e's own (memory-mapped) array; `shape`, `dtype`, `ndim` and
-    `nbytes` are those the stacked array would have. The MoE blocks only ever index
+    `stack[e]` is expert e's own (memory-mapped) array; `shape`, `dtype`, `ndim`, `size`
+    and `nbytes` are those the stacked array would have. The MoE blocks only ever index
     an expert at a time, so they take this wherever they take a stacked array.
     """
 
@@ -60,6 +60,7 @@ class ExpertStack:
         self.parts = parts
         self.shape = (len(parts), *first.shape)
         self.dtype, self.ndim = first.dtype, first.ndim + 1
+        self.size = sum(p.size for p in parts)
         self.nbytes = sum(p.nbytes for p in parts)
 
     def __len__(self) -> int:

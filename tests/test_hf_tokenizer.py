@@ -75,6 +75,25 @@ def test_template_chat_feeds_exactly_the_rendered_conversation(model):
         + tok.tok.decode(result.token_ids[:-1], skip_special_tokens=False))
 
 
+def test_template_chat_history_reset_answers_each_turn_alone(model):
+    tok = model.tokenizer
+    chat = TemplateChat(model, history="reset", temperature=0.0, max_new_tokens=4)
+    "".join(chat.send("Hi there"))
+    reply = "".join(chat.send("2+2?"))
+    alone = render(tok.chat_template, [{"role": "user", "content": "2+2?"}], True, **tok.special_tokens())
+    assert chat.last.result.prompt_ids == tok.encode(alone)
+    assert reply == "".join(TemplateChat(model, history="keep", temperature=0.0, max_new_tokens=4).send("2+2?"))
+
+
+def test_template_chat_starts_afresh_when_the_conversation_outgrows_the_context(model):
+    limit = model.config.max_position_embeddings
+    chat = TemplateChat(model, temperature=0.0, max_new_tokens=limit // 2)
+    "".join(chat.send("Hi there"))
+    assert chat.notice is None
+    "".join(chat.send("a longer question " * 4))
+    assert chat.notice and str(limit) in chat.notice and len(chat.messages) == 1
+
+
 def test_sentencepiece_stays_for_cogcore_models():
     from cogcore.tokenizer import Tokenizer
     root = os.path.dirname(os.path.dirname(__file__))
