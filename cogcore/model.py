@@ -64,6 +64,7 @@ class Model:
 
     def __init__(self, config: Config, weights: Weights, backend: str = "numba", path: str | None = None):
         self.config, self.backend, self.path = config, backend, path
+        self.weights = weights            # the tensors by name (a prompt cache hashes them)
         self.ops = ops = make_ops(backend)
         cfg, D, V = config, config.hidden_size, config.vocab_size
 

@@ -3,13 +3,15 @@
 Works with a terminal or a pipe; end of input (Ctrl-D) ends the chat. A line
 `/reset` starts a fresh conversation; empty lines are skipped. Each turn is fed as
 `[bos] + sp.encode(line)` after the previous turn (closed with EOS), so the model
-sees the whole conversation. Sampling options as for `generate`.
+sees the whole conversation. Sampling options as for `generate`; with --prompt-cache DIR
+the conversation's cache lives in that store (a later chat that starts the same way
+resumes from it).
 """
 
 import sys
 
 from ..cli import add_model_argument, load_model
-from .generate import add_sampling_arguments, print_stats, sampling_options
+from .generate import add_sampling_arguments, open_prompt_cache, print_stats, sampling_options
 
 
 def add_arguments(p):
@@ -22,7 +24,8 @@ def run(args):
     from ..generate import Conversation
     model = load_model(args)
     _ = model.tokenizer                      # a model without tokenizer fails before reading input
-    chat = Conversation(model, stats=args.stats, **sampling_options(args))
+    chat = Conversation(model, stats=args.stats, prompt_cache=open_prompt_cache(args, model),
+                        **sampling_options(args))
     tty = sys.stdin.isatty()
     while True:
         if tty:
