@@ -7,7 +7,6 @@ import os
 import numpy as np
 import pytest
 
-import cogcore
 from cogcore.errors import CogcoreError, InputError
 from cogcore.generate import Conversation, complete, stream
 from cogcore.prompt_cache import PromptCache, PromptCacheError, layout, model_identity
