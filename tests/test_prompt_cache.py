@@ -2,7 +2,9 @@
 type, at prefix lengths on and off checkpoint and NSA block boundaries; corrupted restores are
 caught; files of another model or damaged files are errors; LRU under the byte budget."""
 
+import io
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -251,3 +253,41 @@ def test_bad_arguments(ids):
         run_ids(model, [1, 2], prompt_cache=pc, cache=model.new_cache())
     with pytest.raises(InputError, match="prompt_cache"):
         run_ids(make_model("numpy"), [1, 2], prompt_cache=pc)
+
+
+# ---- the command line ----------------------------------------------------------------------------
+def test_cli_cache_then_generate_and_chat(tmp_path, capsys, monkeypatch):
+    from cogcore import cli
+    try:
+        from textmodel import make_text_model, train_tokenizer
+    except ImportError:
+        from tests.textmodel import make_text_model, train_tokenizer
+    tok = str(tmp_path / "tokenizer.model")
+    n_pieces = train_tokenizer(tok)
+    model_dir = make_text_model(str(tmp_path), tok, n_pieces)
+    context = "the cat sat on a mat what is 12+345= " * 12
+    (tmp_path / "context.txt").write_text(context)
+    store = str(tmp_path / "store")
+    base = ["--model", model_dir, "--backend", "numpy"]
+    assert cli.main(["cache", *base, store, "--file", str(tmp_path / "context.txt")]) == 0
+    err = capsys.readouterr().err
+    assert "prefill:" in err and "100 %" in err and "0 restored" in err
+    gen = ["generate", *base, "--prompt-cache", store, context + "the dog", "-n", "6", "--multiline"]
+    assert cli.main(gen) == 0
+    out, err = capsys.readouterr()
+    assert "restored from the prompt cache" in err
+    plain = cogcore_generate(model_dir, context + "the dog")
+    assert out == plain + "\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\nmore\n"))
+    assert cli.main(["chat", *base, "--prompt-cache", store, "-n", "4", "--speed"]) == 0
+    assert capsys.readouterr().err.count("restored from the prompt cache") == 1   # the second turn
+    assert cli.main(["cache", *base, store]) == 0                                  # lists the store
+    assert "entries" in capsys.readouterr().err
+    other = make_text_model(str(tmp_path), tok, n_pieces, name="other", norm_eps=1e-6)
+    assert cli.main(["generate", "--model", other, "--backend", "numpy", "--prompt-cache", store, "x"]) == 1
+    assert "another model" in capsys.readouterr().err
+
+
+def cogcore_generate(model_dir, prompt):
+    import cogcore
+    return cogcore.load(model_dir, backend="numpy").generate(prompt, max_new_tokens=6, stop=[])
