@@ -214,8 +214,9 @@ class Stream:
     """
 
     def __init__(self, model, prompt, *, cache=None, bos: bool | None = None, stats: bool = False,
-                 prefix_ids: Sequence[int] = (), **options):
+                 prefix_ids: Sequence[int] = (), on_token=None, **options):
         self.model = model
+        self.on_token = on_token          # on_token(token_id, logits) for each token drawn
         self.options = resolve_options(model, **options)
         self.cache = cache if cache is not None else model.new_cache()
         bos = (self.cache.length == 0) if bos is None else bos
@@ -268,6 +269,8 @@ class Stream:
             tok = sample_next(logits, rng, context, opt.temperature, opt.top_k, opt.top_p, opt.min_p,
                               opt.repetition_penalty, model.ops.token_probabilities)
             drawn.append(tok)
+            if self.on_token is not None:
+                self.on_token(tok, logits)
             if tok in self.eos_ids:
                 reason = "eos"
                 break
@@ -321,7 +324,9 @@ def stream(model, prompt, **options) -> Stream:
 
     Options: max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed,
     stop (str or list; replaces the default "\\n"), eos_token_id, prefill_chunk, and
-    cache (continue it), bos (default: only on an empty cache), stats (collect GenerationStats).
+    cache (continue it), bos (default: only on an empty cache), stats (collect GenerationStats),
+    on_token (called as on_token(token_id, logits) for each token drawn, with the logits it was
+    drawn from; the server's logprobs come from it).
     """
     return Stream(model, prompt, **options)
 
