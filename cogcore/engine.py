@@ -106,6 +106,7 @@ class Engine:
         self._active: list[Job] = []
         self._wake = threading.Condition()
         self._closed = False
+        self.finished = self.cancelled = self.failed = 0     # jobs ended each way, for /health
         self._thread = threading.Thread(target=self._run, name="cogcore-engine", daemon=True)
         self._thread.start()
 
@@ -122,10 +123,11 @@ class Engine:
             self._pending.append(job)
             self._wake.notify()
 
-    def counts(self) -> tuple[int, int]:
-        """(waiting, running) jobs right now."""
+    def counts(self) -> dict:
+        """Jobs waiting and running now; jobs finished, cancelled and failed so far."""
         with self._wake:
-            return len(self._pending), len(self._active)
+            return {"waiting": len(self._pending), "running": len(self._active), "finished": self.finished,
+                    "cancelled": self.cancelled, "failed": self.failed}
 
     def close(self) -> None:
         """Stop the worker; jobs not finished get an error event."""
@@ -157,27 +159,31 @@ class Engine:
     def _step(self, job: Job) -> bool:
         """Advance one job by one piece of text; False when it has finished (or failed)."""
         if job.cancelled:
+            self.cancelled += 1
             return False
         timeout = job.timeout if job.timeout is not None else self.timeout
         if time.monotonic() - job.submitted > timeout:
-            job.emit(("error", 504, f"the request took longer than its timeout of {timeout:g} s"))
-            return False
+            return self._fail(job, 504, f"the request took longer than its timeout of {timeout:g} s")
         try:
             if job.stream is None:
                 job.stream = self._start(job)
             piece = next(job.stream)
         except StopIteration:
+            self.finished += 1
             job.emit(("done", job.stream.result, job._take_logprobs()))
             return False
         except CogcoreError as e:                 # bad input found while generating (ids, context)
-            job.emit(("error", 400, str(e)))
-            return False
+            return self._fail(job, 400, str(e))
         except Exception as e:                    # a bug: log it here, tell the client without a traceback
             log.exception("generation failed")
-            job.emit(("error", 500, f"internal error: {type(e).__name__}"))
-            return False
+            return self._fail(job, 500, f"internal error: {type(e).__name__}")
         job.emit(("piece", piece, job._take_logprobs()))
         return True
+
+    def _fail(self, job: Job, status: int, message: str) -> bool:
+        self.failed += 1
+        job.emit(("error", status, message))
+        return False
 
     def _start(self, job: Job) -> Stream:
         options = dict(job.options)

@@ -158,21 +158,20 @@ class Server:
 
     # ---- small routes ----
     async def health(self, request: Request):
-        waiting, running = self.engine.counts()
-        return JSONResponse({"status": "ok", "model": self.model_id, "waiting": waiting, "running": running})
+        return JSONResponse({"status": "ok", "model": self.model_id, **self.engine.counts()})
 
-    def _model_card(self) -> dict:
+    def _card(self) -> dict:
         return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "cogcore",
                 "max_model_len": self.model.config.max_position_embeddings}
 
     async def models(self, request: Request):
-        return JSONResponse({"object": "list", "data": [self._model_card()]})
+        return JSONResponse({"object": "list", "data": [self._card()]})
 
-    async def model(self, request: Request):
+    async def model_card(self, request: Request):
         name = request.path_params["name"]
         if name != self.model_id:
             return self._unknown_model(name).response()
-        return JSONResponse(self._model_card())
+        return JSONResponse(self._card())
 
     def _unknown_model(self, name) -> ApiError:
         return ApiError(404, f"model {name!r} not found; this server serves {self.model_id!r}",
@@ -411,7 +410,7 @@ def create_app(model, model_id: str | None = None, prompt_cache=None, max_queue:
     routes = [
         Route("/health", server.health, methods=["GET"]),
         Route("/v1/models", server.models, methods=["GET"]),
-        Route("/v1/models/{name:path}", server.model, methods=["GET"]),
+        Route("/v1/models/{name:path}", server.model_card, methods=["GET"]),
         Route("/v1/completions", server.completions, methods=["POST"]),
         Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
     ]
