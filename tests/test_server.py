@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
@@ -21,7 +22,7 @@ pytest.importorskip("starlette")
 import cogcore                                                    # noqa: E402
 from cogcore.engine import Job                                    # noqa: E402
 from cogcore.generate import Conversation, complete               # noqa: E402
-from cogcore.server import create_app                             # noqa: E402
+from cogcore.server import DISCONNECT_POLL_SECONDS, create_app                             # noqa: E402
 
 try:
     from textmodel import make_text_model, train_tokenizer
@@ -244,6 +245,25 @@ def test_unknown_route_and_method_are_json(server):
     assert r.status_code == 405 and "error" in r.json()
 
 
+FIELDS = ("model", "prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "min_p", "seed",
+          "stop", "stream", "logprobs", "top_logprobs", "n", "repetition_penalty", "stream_options")
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False)
+                    | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                    max_leaves=6)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=6), chat=st.booleans())
+def test_fuzzed_requests_never_get_a_500(server, body, chat):
+    body = body | {"max_tokens": 2} if "max_tokens" not in body else body
+    route = "/v1/chat/completions" if chat else "/v1/completions"
+    r = httpx.post(server[0] + route, json=body, timeout=60)
+    assert r.status_code in (200, 400, 404), r.text
+    if r.status_code != 200:
+        assert r.json()["error"]["message"]
+
+
 # ---- concurrency, queue, disconnects, timeouts -----------------------------------------
 def test_concurrent_clients_get_their_served_alone_answers(text_model):
     prompts = ["the cat", "hello world", "what is", "apple banana", "red blue", "12+5=", "dog ran"]
@@ -313,4 +333,19 @@ def test_client_disconnect_mid_stream_stops_generation(text_model):
             if health["running"] == 0:
                 break
             time.sleep(0.05)
-        assert health["cancelled"] == 1 and health["finished"] == 0
+        assert health["cancelled"] == 1 and health["finished"] == 0, health
+
+
+def test_client_disconnect_while_waiting_cancels_the_request(text_model):
+    with serving(text_model, max_active=1) as (url, app):
+        release = blocked_worker(app)
+        with pytest.raises(httpx.ReadTimeout):     # the client gives up while its request is queued
+            httpx.post(url + "/v1/completions", json={"prompt": "the cat", "max_tokens": 4}, timeout=0.5)
+        time.sleep(2 * DISCONNECT_POLL_SECONDS)    # the handler notices and cancels the job
+        release.set()
+        for _ in range(400):
+            health = httpx.get(url + "/health").json()
+            if health["running"] == 0 and health["waiting"] == 0:
+                break
+            time.sleep(0.05)
+        assert health["cancelled"] == 1, health
