@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
-import socket
+import math
 import statistics
 import sys
-import threading
 import time
 
 SYSTEM_TEXT = ("You are a careful calculator. Read each question, add the two numbers digit by digit "
@@ -36,26 +34,6 @@ def system_prompt(model, tokens: int) -> str:
     return " ".join(words)
 
 
-@contextlib.contextmanager
-def serving(app):
-    import uvicorn
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    for _ in range(600):
-        if server.started:
-            break
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
-        sock.close()
-
-
 def ask(client, model_id: str, system: str, question: str, max_tokens: int) -> tuple[str, float]:
     """(answer, seconds to the first content chunk) of one streamed greedy chat request."""
     start, first = time.perf_counter(), None
@@ -71,11 +49,11 @@ def ask(client, model_id: str, system: str, question: str, max_tokens: int) -> t
 
 def run(model, prompt_cache, args, system: str, questions: list[list[str]]) -> dict:
     import openai
-    from .server import create_app
+    from .server import create_app, serving
     app = create_app(model, prompt_cache=prompt_cache, max_active=args.clients, max_queue=4 * args.clients)
     model_id = app.state.server.model_id
     with serving(app) as url:
-        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=3600)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=3600)
         distinct = sorted({q for qs in questions for q in qs})
         alone = {q: ask(client, model_id, system, q, args.max_tokens)[0] for q in distinct}
 
@@ -96,7 +74,7 @@ def run(model, prompt_cache, args, system: str, questions: list[list[str]]) -> d
     ttft = sorted(r[2] for r in results if r[2] is not None)
     return {"requests": len(results), "failed": len(failed),
             "differ": sum(1 for q, a, t in results if t is not None and a != alone[q]),
-            "p50": statistics.median(ttft), "p90": ttft[int(0.9 * (len(ttft) - 1))], "wall": wall}
+            "p50": statistics.median(ttft), "p90": ttft[math.ceil(0.9 * len(ttft)) - 1], "wall": wall}
 
 
 def main(argv=None) -> int:

@@ -20,6 +20,8 @@ import contextlib
 import json
 import logging
 import os
+import socket
+import threading
 import time
 import uuid
 
@@ -423,3 +425,26 @@ def create_app(model, model_id: str | None = None, prompt_cache=None, max_queue:
                     lifespan=lifespan)
     app.state.server = server
     return app
+
+
+@contextlib.contextmanager
+def serving(app, host: str = "127.0.0.1", start_seconds: float = 30.0):
+    """Serve `app` with uvicorn in a thread on a free port of `host`; yields its base URL
+    ("http://127.0.0.1:PORT"). For tests and the benchmark; `cogcore serve` runs uvicorn itself."""
+    import uvicorn
+    sock = socket.socket()
+    sock.bind((host, 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_seconds
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        if not server.started:
+            raise CogcoreError(f"serving: uvicorn did not start within {start_seconds:g} s")
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+        sock.close()

@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import threading
 import time
 
@@ -22,7 +21,7 @@ pytest.importorskip("starlette")
 import cogcore                                                    # noqa: E402
 from cogcore.engine import Job                                    # noqa: E402
 from cogcore.generate import Conversation, complete               # noqa: E402
-from cogcore.server import DISCONNECT_POLL_SECONDS, create_app                             # noqa: E402
+from cogcore.server import DISCONNECT_POLL_SECONDS, create_app, serving as serve_app   # noqa: E402
 
 try:
     from textmodel import make_text_model, train_tokenizer
@@ -34,23 +33,10 @@ SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @contextlib.contextmanager
 def serving(model, **app_options):
-    """An app for `model` served by uvicorn on a free 127.0.0.1 port in a thread; yields (base url, app)."""
+    """An app for `model` served on a free 127.0.0.1 port; yields (base url, app)."""
     app = create_app(model, **app_options)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    for _ in range(400):
-        if server.started:
-            break
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    with serve_app(app) as url:
+        yield url, app
 
 
 @pytest.fixture(scope="module")
