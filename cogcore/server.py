@@ -210,21 +210,15 @@ class Server:
             return error_response(503, str(e))
         reply = Reply(self, job, chat)
         try:
-            first = await _next_event(events, request, job)
-        except ClientGone:
-            return JSONResponse({}, status_code=499)
-        if first[0] == "error":
-            return error_response(first[1], first[2])
-        if stream:
-            return StreamingResponse(reply.sse(first, events, include_usage), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
-        event = first
-        while event[0] == "piece":
-            reply.add(event)
-            try:
+            event = await _next_event(events, request, job)
+            if stream and event[0] != "error":
+                return StreamingResponse(reply.sse(event, events, include_usage), media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache"})
+            while event[0] == "piece":
+                reply.add(event)
                 event = await _next_event(events, request, job)
-            except ClientGone:
-                return JSONResponse({}, status_code=499)
+        except ClientGone:
+            return JSONResponse({}, status_code=499)    # nobody reads it; nginx's code for "client closed"
         if event[0] == "error":
             return error_response(event[1], event[2])
         reply.add(event)
