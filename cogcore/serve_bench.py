@@ -2,12 +2,13 @@
 
     python -m cogcore.serve_bench [--model DIR] [--clients 8] [--requests 20] [--system-tokens 300]
 
-Starts the server in this process on a free 127.0.0.1 port, once with a prompt cache
-and once without (`--no-cache` runs only the latter). Each run: every distinct request
-is first served alone (one at a time, greedy), then `--clients` threads each send
-`--requests` streamed chat requests at once. Printed per run: failed requests,
-answers that differ from the served-alone ones, and the median (p50) and p90 time to
-first token (request sent -> first content chunk received), then the ratio of the p50s.
+Starts the server in this process on a free 127.0.0.1 port, first without a prompt
+cache, then with a fresh one (`--no-cache` skips the latter). The first server also
+answers every distinct request alone (one at a time, greedy, no cache): the
+reference answers. In each run `--clients` threads each send `--requests` streamed
+chat requests at once. Printed per run: failed requests, answers that differ from
+the served-alone ones, and the median (p50) and p90 time to first token (request
+sent -> first content chunk received), then the ratio of the p50s.
 """
 
 from __future__ import annotations
@@ -47,15 +48,17 @@ def ask(client, model_id: str, system: str, question: str, max_tokens: int) -> t
     return "".join(pieces), (first or time.perf_counter()) - start
 
 
-def run(model, prompt_cache, args, system: str, questions: list[list[str]]) -> dict:
+def run(model, prompt_cache, args, system: str, questions: list[list[str]], alone: dict) -> dict:
+    """One server, `args.clients` concurrent clients; fills `alone` (question -> answer) if empty."""
     import openai
     from .server import create_app, serving
     app = create_app(model, prompt_cache=prompt_cache, max_active=args.clients, max_queue=4 * args.clients)
     model_id = app.state.server.model_id
     with serving(app) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=3600)
-        distinct = sorted({q for qs in questions for q in qs})
-        alone = {q: ask(client, model_id, system, q, args.max_tokens)[0] for q in distinct}
+        if not alone:
+            alone.update((q, ask(client, model_id, system, q, args.max_tokens)[0])
+                         for q in sorted({q for qs in questions for q in qs}))
 
         def one_client(qs):
             out = []
@@ -98,15 +101,15 @@ def main(argv=None) -> int:
                  for c in range(args.clients)]
     print(f"{args.clients} clients x {args.requests} requests, system prompt of "
           f"{len(model.tokenizer.encode(system))} tokens, max_tokens {args.max_tokens}", flush=True)
-    runs = {}
+    runs, alone = {}, {}
     cache_class = getattr(cogcore, "PromptCache", None)
     if cache_class is None and not args.no_cache:
         print("cogcore.PromptCache is not available: running without a prompt cache only", flush=True)
-    kinds = [("no cache", None)]
+    kinds = [("no cache", lambda: None)]
     if cache_class is not None and not args.no_cache:
-        kinds.insert(0, ("prompt cache", cache_class(model, max_bytes=args.cache_bytes)))
-    for name, prompt_cache in kinds:
-        r = runs[name] = run(model, prompt_cache, args, system, questions)
+        kinds.append(("prompt cache", lambda: cache_class(model, max_bytes=args.cache_bytes)))
+    for name, make_cache in kinds:
+        r = runs[name] = run(model, make_cache(), args, system, questions, alone)
         print(f"{name:13s} requests {r['requests']}  failed {r['failed']}  differ from served alone "
               f"{r['differ']}  TTFT p50 {r['p50'] * 1e3:.0f} ms  p90 {r['p90'] * 1e3:.0f} ms  "
               f"wall {r['wall']:.1f} s", flush=True)
