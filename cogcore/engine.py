@@ -9,8 +9,9 @@
 
 The worker owns the model: no two forward passes ever run at once. It keeps up to
 `max_active` generations open, each with its own cache, and advances them in turn
-one step (one piece of text, usually one token; a new job's first step is its
-prefill) at a time, so a short request is not stuck behind a long one. Jobs beyond
+one step (one piece of text, usually one token) at a time, so a short request is
+not stuck behind a long one. A job that has not started goes before the others: its
+first step (the prefill and first token) is what its client is waiting for. Jobs beyond
 `max_active` wait in a FIFO queue of at most `max_queue`; `submit` refuses more.
 Every generation depends only on its own prompt, options and seed, never on its
 neighbours, so an answer equals the same request served alone.
@@ -139,6 +140,7 @@ class Engine:
     # ---- the worker thread --------------------------------------------------
     def _run(self) -> None:
         active = self._active
+        turn = 0                                  # round-robin position among started jobs
         while True:
             with self._wake:
                 while not (self._closed or self._pending or active):
@@ -151,10 +153,17 @@ class Engine:
                     return
                 while self._pending and len(active) < self.max_active:
                     active.append(self._pending.popleft())
-            for job in list(active):
-                if not self._step(job):
-                    with self._wake:
-                        active.remove(job)
+                # a job not yet started goes first: its prefill is what its client waits for
+                job = next((j for j in active if j.stream is None), None)
+                if job is None:
+                    turn %= len(active)
+                    job = active[turn]
+                    turn += 1
+            if not self._step(job):
+                with self._wake:
+                    index = active.index(job)
+                    active.pop(index)
+                    turn -= index < turn
 
     def _step(self, job: Job) -> bool:
         """Advance one job by one piece of text; False when it has finished (or failed)."""
