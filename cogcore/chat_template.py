@@ -45,27 +45,31 @@ def message_text(message, index: int) -> tuple[str, str]:
     return ("system" if role == "developer" else role), content
 
 
-def chat_prompt_ids(model, messages, template: tuple[str, dict] | None = None) -> list[int]:
-    """The prompt token ids for a list of OpenAI chat messages: `template` (from `chat_template`,
-    read once by the caller) when there is one, else the default turn format."""
+def chat_prompt_ids(model, messages, template: tuple[str, dict] | None = None) -> tuple[list[int], int]:
+    """(prompt token ids, how many of them the leading system messages are) for a list of OpenAI
+    chat messages: `template` (from `chat_template`, read once by the caller) when there is one
+    (its system part is not known in tokens: 0), else the default turn format."""
     if not isinstance(messages, list) or not messages:
         raise InputError(f"messages: expected a non-empty list of messages, found {_show(messages)}")
     turns = [message_text(m, i) for i, m in enumerate(messages)]
     if template is not None:
-        return model.tokenizer.encode(render_template(template, turns), bos=False)
+        return model.tokenizer.encode(render_template(template, turns), bos=False), 0
     return default_chat_ids(model, turns)
 
 
-def default_chat_ids(model, turns: list[tuple[str, str]]) -> list[int]:
-    """The turn format of the module docstring."""
+def default_chat_ids(model, turns: list[tuple[str, str]]) -> tuple[list[int], int]:
+    """The turn format of the module docstring: (ids, length of the leading system documents)."""
     if turns[-1][0] != "user":
         raise InputError(f"messages[{len(turns) - 1}]: expected the last message to be from the user, "
                          f"found role {turns[-1][0]!r}")
     tok = model.tokenizer
     bos, eos = model.config.bos_token_id, model.config.eos_token_id
     ids: list[int] = []
+    system = None                                        # set at the first non-system message
     open_turn = False                                    # a user turn waiting for its reply
     for role, text in turns:
+        if system is None and role != "system":
+            system = len(ids)
         if role == "assistant":
             ids += ([] if open_turn else [bos]) + tok.encode(text) + [eos]
             open_turn = False
@@ -74,7 +78,7 @@ def default_chat_ids(model, turns: list[tuple[str, str]]) -> list[int]:
             ids.append(eos)
         ids += [bos] + tok.encode(text) + ([eos] if role == "system" else [])
         open_turn = role == "user"
-    return ids
+    return ids, system
 
 
 def chat_template(model_dir: str | None) -> tuple[str, dict] | None:

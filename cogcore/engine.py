@@ -71,6 +71,7 @@ class Job:
     emit: Callable[[tuple], None]
     top_logprobs: int | None = None                # None: no logprobs; k: the sampled token + top k
     timeout: float | None = None                   # seconds from submission; None: the engine's
+    shared_prefix: int = 0                         # leading prompt tokens other requests share (a system prompt)
     submitted: float = 0.0
     stream: Stream | None = None
     _cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
@@ -197,6 +198,19 @@ class Engine:
     def _start(self, job: Job) -> Stream:
         options = dict(job.options)
         if self.prompt_cache is not None:
+            if job.shared_prefix:
+                self._keep_prefix(job.prompt_ids[:job.shared_prefix])
             options["prompt_cache"] = self.prompt_cache
         on_token = job._on_token if job.top_logprobs is not None else None
         return Stream(self.model, job.prompt_ids, on_token=on_token, **options)
+
+    def _keep_prefix(self, ids: list[int]) -> None:
+        """Make the prompt cache able to restore exactly `ids`, a prefix that requests share.
+
+        The cache restores at its checkpoints (every `snapshot_every` tokens and where an
+        entry ends), so a 300-token system prompt would be restored to position 256 and
+        the rest fed again by every request; an entry ending at the prefix puts a
+        checkpoint right there, and the entries that continue it inherit it."""
+        entry, j = self.prompt_cache.lookup(ids)
+        if entry is None or entry.checkpoints[j] < len(ids):
+            self.prompt_cache.prefill(ids)

@@ -239,20 +239,20 @@ class Server:
             if "messages" not in body:
                 raise ApiError(400, "messages: required", param="messages")
             try:
-                ids = chat_prompt_ids(self.model, body["messages"], self.template)
+                ids, shared = chat_prompt_ids(self.model, body["messages"], self.template)
             except InputError as e:
                 raise ApiError(400, str(e), param="messages") from None
         else:
             if "prompt" not in body:
                 raise ApiError(400, "prompt: required", param="prompt")
-            ids = completion_prompt_ids(self.model, body["prompt"])
+            ids, shared = completion_prompt_ids(self.model, body["prompt"]), 0
         limit = self.model.config.max_position_embeddings
         if len(ids) > limit:
             raise ApiError(400, f"{'messages' if chat else 'prompt'}: {len(ids)} tokens exceed the "
                                 f"context of {limit} tokens", param="messages" if chat else "prompt",
                            code="context_length_exceeded")
         self.model.check_tokens(ids)             # ids out of the vocabulary: InputError now, not later
-        job = Job(ids, options, emit=None, top_logprobs=top_logprobs)
+        job = Job(ids, options, emit=None, top_logprobs=top_logprobs, shared_prefix=shared)
         return job, stream, include_usage
 
 
