@@ -318,7 +318,9 @@ class Reply:
 
     def usage(self) -> dict:
         prompt, completion = len(self.result.prompt_ids), len(self.result.token_ids)
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        cached = getattr(self.result, "cached_tokens", 0)     # restored from the prompt cache (branch pcache)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                "prompt_tokens_details": {"cached_tokens": cached}}
 
     def whole(self) -> dict:
         finish = FINISH_REASON[self.result.finish_reason]

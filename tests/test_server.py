@@ -335,3 +335,23 @@ def test_client_disconnect_while_waiting_cancels_the_request(text_model):
                 break
             time.sleep(0.05)
         assert health["cancelled"] == 1, health
+
+
+def test_prompt_cache_restores_the_shared_system_prompt(shipped):
+    if not hasattr(cogcore, "PromptCache"):
+        pytest.skip("cogcore.PromptCache is not there yet")
+    system = "Answer with the sum only. " * 12
+    questions = ["12+345=", "48+7=", "9+16="]
+
+    def answers(prompt_cache):
+        with serving(shipped, prompt_cache=prompt_cache) as (url, _):
+            c = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+            return [c.chat.completions.create(model="cogcore-tiny", max_tokens=8, messages=[
+                {"role": "system", "content": system}, {"role": "user", "content": q}]) for q in questions]
+
+    pc = cogcore.PromptCache(shipped, max_bytes=64 << 20)
+    cached, plain = answers(pc), answers(None)
+    assert [r.choices[0].message.content for r in cached] == [r.choices[0].message.content for r in plain]
+    system_ids = 1 + len(shipped.tokenizer.encode(system)) + 1            # [bos] system [eos]
+    assert [r.usage.prompt_tokens_details.cached_tokens for r in cached[1:]] == [system_ids] * 2
+    assert pc.hits >= 2
