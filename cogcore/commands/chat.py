@@ -8,17 +8,20 @@ answered on its own, as `generate` would. The default is the model's choice (the
 `chat_history` key of generation_config.json; the shipped model, trained on one
 question per sequence, says reset), else keep. A conversation that outgrows the
 context starts afresh, with a notice; a line that cannot be answered gets an error
-on stderr and the chat goes on. A model whose tokenizer_config.json has a chat
-template (a public family's) is fed the conversation as that template renders it
-(`cogcore.chat_template.TemplateChat`), with the same history policies. Sampling
-options as for `generate`.
+on stderr and the chat goes on. Sampling options as for `generate`; with --prompt-cache
+DIR the conversation's cache lives in that store (a later chat that starts the same way
+resumes from it). A model whose tokenizer_config.json has a chat template (a public
+family's) is fed the conversation as that template renders it
+(`cogcore.chat_template.TemplateChat`), with the same history policies (--prompt-cache
+is then refused: the store keeps cogcore's own turn format).
 """
 
 import sys
 
 from ..cli import add_model_argument, load_model
 from ..errors import InputError
-from .generate import add_sampling_arguments, lenient_stdin, print_stats, report_context_full, sampling_options
+from .generate import (add_sampling_arguments, lenient_stdin, open_prompt_cache, print_stats,
+                       report_context_full, sampling_options)
 
 
 def add_arguments(p):
@@ -35,8 +38,14 @@ def run(args):
     from ..chat_template import TemplateChat
     model = load_model(args)
     template = getattr(model.tokenizer, "chat_template", None)   # no tokenizer: fails before reading input
-    chat = (TemplateChat if template else Conversation)(model, stats=args.stats, history=args.history,
-                                                       **sampling_options(args))
+    if template and args.prompt_cache is not None:
+        raise InputError(f"--prompt-cache: expected a model without a chat template, found {model.path} "
+                         f"with one (the prompt cache keeps cogcore's own turn format)")
+    if template:
+        chat = TemplateChat(model, stats=args.stats, history=args.history, **sampling_options(args))
+    else:
+        chat = Conversation(model, stats=args.stats, history=args.history,
+                            prompt_cache=open_prompt_cache(args, model), **sampling_options(args))
     stdin = lenient_stdin()
     tty = stdin.isatty()
     while True:
