@@ -113,7 +113,7 @@ def nsa_selection(plt, trace, i):
         ax = axes[g, 0]
         im = ax.imshow(scores[:, g], aspect="auto", cmap="Blues", interpolation="nearest")
         fig.colorbar(im, ax=ax, label="block score")
-        for code, marker, color, label in ((1, "o", "darkorange", "kept by score"),
+        for code, marker, color, label in ((1, "o", "darkorange", "kept (by score, or all when <= n)"),
                                            (2, "x", "crimson", "forced")):
             t, j = np.nonzero(selection[:, g] == code)
             ax.scatter(j, t, marker=marker, s=8, color=color, label=label, linewidths=0.8)
