@@ -27,3 +27,16 @@ def test_tour_figures_exist():
     assert figures
     for figure in figures:
         assert os.path.isfile(os.path.join(os.path.dirname(TOUR), figure)), figure
+
+
+def test_tour_code_excerpts_are_in_the_files_they_quote():
+    """Each ```text excerpt follows a line naming `cogcore/...py`; every line of it is in that file."""
+    root = os.path.dirname(os.path.dirname(TOUR))
+    with open(TOUR, encoding="utf-8") as f:
+        excerpts = re.findall(r"`(cogcore/[\w/]+\.py)`[^\n]*\n+```text\n(.*?)^```$", f.read(), flags=re.S | re.M)
+    assert len(excerpts) >= 4
+    for path, excerpt in excerpts:
+        with open(os.path.join(root, path), encoding="utf-8") as f:
+            source = {line.strip() for line in f}
+        for line in excerpt.strip().splitlines():
+            assert line.strip() in source, f"docs/tour.md quotes {path}: {line.strip()!r} is not there"
