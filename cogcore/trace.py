@@ -58,7 +58,7 @@ class Trace:
     pieces: list[str]                       # the token pieces, for axis labels
     layer_types: list[str]
     mlp_types: list[str]
-    nsa: dict[str, int]                     # the nsa_* config fields
+    nsa: dict[str, int]                     # the nsa_* config fields that are set (none without sparse layers)
     top_next: list[tuple[str, float]]       # the 5 likeliest next pieces after the prompt
     layers: list[dict[str, np.ndarray]]
     model: str = ""
@@ -94,7 +94,7 @@ def record(model, prompt) -> Trace:
     cfg = model.config
     return Trace(prompt=prompt if isinstance(prompt, str) else "", token_ids=[int(i) for i in ids],
                  pieces=pieces, layer_types=list(cfg.layer_types), mlp_types=list(cfg.mlp_types),
-                 nsa={f: int(getattr(cfg, f)) for f in NSA_FIELDS},
+                 nsa={f: int(getattr(cfg, f)) for f in NSA_FIELDS if getattr(cfg, f) is not None},
                  top_next=[(tok.id_to_piece(int(i)) if tok else str(int(i)), float(p[i])) for i in best],
                  layers=layers, model=model.path or "")
 

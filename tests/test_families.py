@@ -188,3 +188,13 @@ def test_a_saved_lm_head_of_a_tied_model_is_ignored_as_transformers_does(tmp_pat
     tensors["lm_head.weight"] = np.zeros_like(tensors["model.embed_tokens.weight"])
     write_safetensors(out / "model.safetensors", tensors)
     assert relative(cogcore.load(out, backend="numpy").forward(ref["prompt"]), want) < 1e-4
+
+
+def test_a_family_model_can_be_traced(tmp_path):
+    from cogcore import trace
+    d, _, _ = reference("mixtral")
+    model = cogcore.load(d, backend="numpy")
+    trace.save(trace.record(model, "Hello"), tmp_path / "t")            # no nsa_* fields to record
+    got = trace.load(tmp_path / "t")
+    assert got.nsa == {} and len(got.layers) == model.config.num_hidden_layers
+    assert all(layer["experts"].shape[-1] == model.config.num_experts_per_tok for layer in got.layers)
