@@ -13,7 +13,7 @@ import sys
 
 from .errors import CogcoreError
 
-COMMANDS = ("generate", "chat", "eval", "inspect", "init", "bench")
+COMMANDS = ("generate", "chat", "eval", "inspect", "init", "quantize", "bench")
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                              "weights", "cogcore-tiny")
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from .dtypes import STORAGE_DTYPES, TAG_OF, tag
 from .errors import WeightsError
+from .quant import wrap_quantized
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
 
@@ -157,13 +158,14 @@ def read_model_tensors(model_dir: str | os.PathLike) -> tuple[dict[str, np.ndarr
     """All tensors of a model directory (SPEC Section 1): one file or a sharded index.
 
     Returns ({name: array}, {name: file it came from}), the second for error messages.
+    Quantized tensors come back as `quant.QuantTensor`s (their file's metadata says which).
     """
     model_dir = os.fspath(model_dir)
     single = os.path.join(model_dir, "model.safetensors")
     index_path = os.path.join(model_dir, "model.safetensors.index.json")
     if os.path.exists(single):
-        tensors, _ = read_safetensors(single)
-        return tensors, {name: single for name in tensors}
+        tensors, metadata = read_safetensors(single)
+        return wrap_quantized(single, tensors, metadata), {name: single for name in tensors}
     if not os.path.exists(index_path):
         raise WeightsError(f"{model_dir}: expected model.safetensors or model.safetensors.index.json, "
                            f"found neither")
@@ -184,7 +186,8 @@ def read_model_tensors(model_dir: str | os.PathLike) -> tuple[dict[str, np.ndarr
             raise WeightsError(f"{index_path}: shard '{shard}' must be a file name inside the model directory")
         if not os.path.exists(shard_path):
             raise WeightsError(f"{index_path}: names shard '{shard}', but {shard_path} does not exist")
-        shard_tensors, _ = read_safetensors(shard_path)
+        shard_tensors, metadata = read_safetensors(shard_path)
+        shard_tensors = wrap_quantized(shard_path, shard_tensors, metadata)
         for name, array in shard_tensors.items():
             if weight_map.get(name) != shard:
                 raise WeightsError(f"{shard_path}: holds tensor '{name}', which the index maps to "

@@ -15,6 +15,7 @@ the compilation once; `kernels.warm_up()` does it up front and times it).
 | nsa_compress  | gather + kernels.linear                 | nsa.py     |
 | wkv7          | one fused pass per token and head       | rwkv7.py   |
 | moe           | router top-k; fused expert GEMVs (decode); grouped BLAS (prefill) | moe.py |
+| linear, moe over q8_0 / q4_0 | fused dequantize-dot GEMV (decode); block-dequantized BLAS (prefill) | quant.py |
 | (sampling)    | top-k / top-p / min-p filtering         | sampling.py |
 """
 
@@ -25,12 +26,14 @@ import numpy as np
 
 from cogcore.blocks import ReferenceOps
 from cogcore.dtypes import f32
+from cogcore.quant import QuantTensor
 
 from . import attention as _attention
 from . import linear as _linear
 from . import moe as _moe
 from . import norm as _norm
 from . import nsa as _nsa
+from . import quant as _quant
 from . import rope as _rope
 from . import rwkv7 as _rwkv7
 from . import sampling as _sampling
@@ -43,6 +46,8 @@ class NumbaOps(ReferenceOps):
 
     @staticmethod
     def linear(x, W):
+        if isinstance(W, QuantTensor):
+            return _quant.linear(x, W.data, W.qtype, W.shape[-1])
         return _linear.linear(x, W)
 
     @staticmethod
@@ -85,7 +90,16 @@ class NumbaOps(ReferenceOps):
         return _rwkv7.wkv7(r, w, k, v, kk, a, S)
 
     def moe(self, x, router, gate_proj, up_proj, down_proj, k, norm_topk):
-        return _moe.moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk)
+        experts = (gate_proj, up_proj, down_proj)
+        if not any(isinstance(W, QuantTensor) for W in experts):
+            return _moe.moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk)
+        qtypes = {getattr(W, "qtype", None) for W in experts}
+        if len(x) > _linear.SMALL_T or len(qtypes) > 1:     # prefill (or mixed storage): grouped by expert
+            return super().moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk)
+        x = np.ascontiguousarray(x, np.float32)
+        top, wts = _moe.route(self.linear(x, router), k, bool(norm_topk))
+        y = _quant.experts_decode(x, top, wts, gate_proj.data, up_proj.data, down_proj.data, gate_proj.qtype)
+        return y, np.bincount(top.ravel(), minlength=router.shape[0])
 
 
 def warm_up() -> float:
@@ -106,6 +120,14 @@ def warm_up() -> float:
             E = np.stack([Ws, Ws])
             ops.moe(x, Ws[:2], E, E, np.stack([Ws.T.copy()] * 2), 1, True)
             ops.moe(np.repeat(x, 8, 0), Ws[:2], E, E, np.stack([Ws.T.copy()] * 2), 1, True)
+    from cogcore.quant import quantize_tensor as quantize
+    xq = rng.standard_normal((2, 32), np.float32)
+    for qtype in ("q8_0", "q4_0"):
+        Wq = quantize(rng.standard_normal((3, 32), np.float32), qtype)
+        Eq = quantize(rng.standard_normal((2, 32, 32), np.float32), qtype)
+        ops.linear(xq, Wq)
+        ops.linear(np.repeat(xq, 8, 0), Wq)
+        ops.moe(xq, rng.standard_normal((2, 32), np.float32), Eq, Eq, Eq, 1, True)
     w = np.ones(16, np.float32)
     for n in (x, np.repeat(x, 64, 0)):
         ops.rmsnorm(n, w, 1e-5), ops.layernorm(n, w, w, 1e-5)

@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import sampling
 from ..dtypes import f32
+from ..quant import QuantTensor
 from . import attention, moe, norm, rope, rwkv7, sparse_attention
 
 
@@ -19,12 +20,14 @@ class ReferenceOps:
 
     @staticmethod
     def linear(x: np.ndarray, W: np.ndarray) -> np.ndarray:
-        """y = x W^T; x [T, in] float32, W [out, in] stored -> [T, out] float32."""
+        """y = x W^T; x [T, in] float32, W [out, in] stored (or quantized: dequantized) -> [T, out] float32."""
         return x @ f32(W).T
 
     @staticmethod
     def embed(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Rows of the [V, D] embedding for token ids [T] -> [T, D] float32."""
+        if isinstance(table, QuantTensor):
+            return table.rows(ids)
         return f32(table[ids])
 
     sigmoid = staticmethod(rwkv7.sigmoid)

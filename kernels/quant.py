@@ -1,0 +1,206 @@
+"""Linear layers and MoE experts over GGML q8_0 / q4_0 blocks, computed from the packed bytes.
+
+The NumPy twin dequantizes the whole weight (cogcore/quant.py) and multiplies in
+float32. Here the weight is never widened whole:
+
+- decode (a few rows of x): a fused dequantize-dot GEMV. Each weight row is read
+  once, block by block (34 or 18 bytes per 32 values); the block's int8 / 4-bit
+  values are widened to float32 into 32 registers, dotted with every row of x, and
+  the block's float16 scale d multiplies the block sum: d * sum_j q_j x_j, which is
+  sum_j (q_j d) x_j to round-off, i.e. the float path on GGML-dequantized weights.
+  Output rows are split across threads (prange over groups of rows).
+- prefill (many rows of x): groups of weight rows are dequantized into a bounded
+  float32 scratch and multiplied by BLAS, so memory stays about the file size.
+- MoE decode: the fused GEMV over the chosen experts' blocks only (the same
+  gate/up -> silu * up -> down pipeline as kernels/moe.py).
+
+The float16 scale is decoded through a 65536-entry float32 table, as GGML does.
+Each kernel that runs parallel has its own Python function (Numba's disk cache does
+not key on `parallel=`). This module imports nothing from cogcore.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .linear import FAST, SMALL_T, pick
+
+Q8_0, Q4_0 = 0, 1
+CODE = {"q8_0": Q8_0, "q4_0": Q4_0}
+BLOCK_BYTES = np.array([34, 18], np.int64)
+HALF_TO_FLOAT = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+ROWS_PER_TASK = 16                     # output rows per parallel task
+PREFILL_SCRATCH = 1 << 20              # float32 values dequantized per BLAS block (4 MiB)
+
+
+@njit(inline="always")
+def unpack_block(row, b, code, table, q):
+    """Block b of a packed row -> q[0:32] = its integer values as float32; returns the scale d."""
+    if code == Q8_0:
+        p = b * 34
+        d = table[np.int64(row[p]) | (np.int64(row[p + 1]) << 8)]
+        for j in range(32):
+            v = np.int32(row[p + 2 + j])
+            q[j] = np.float32(v - 256 if v > 127 else v)
+    else:
+        p = b * 18
+        d = table[np.int64(row[p]) | (np.int64(row[p + 1]) << 8)]
+        for j in range(16):
+            v = np.int32(row[p + 2 + j])
+            q[j] = np.float32((v & 15) - 8)
+            q[j + 16] = np.float32((v >> 4) - 8)
+    return d
+
+
+@njit(fastmath=FAST, inline="always")
+def row_dots(x, row, code, table, q, acc):
+    """acc[t] = x[t] . dequantize(row) for every row t of x."""
+    T, n = x.shape
+    for t in range(T):
+        acc[t] = np.float32(0.0)
+    for b in range(n // 32):
+        d = unpack_block(row, b, code, table, q)
+        for t in range(T):
+            s = np.float32(0.0)
+            for j in range(32):
+                s += q[j] * x[t, b * 32 + j]
+            acc[t] += d * s
+
+
+@njit(fastmath=FAST, inline="always")
+def _gemv_task(x, data, code, table, out, task):
+    q = np.empty(32, np.float32)
+    acc = np.empty(x.shape[0], np.float32)
+    for o in range(task * ROWS_PER_TASK, min(data.shape[0], (task + 1) * ROWS_PER_TASK)):
+        row_dots(x, data[o], code, table, q, acc)
+        for t in range(x.shape[0]):
+            out[t, o] = acc[t]
+
+
+@njit(cache=True, fastmath=FAST)
+def _gemv_1(x, data, code, table):
+    out = np.empty((x.shape[0], data.shape[0]), np.float32)
+    for task in range((data.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        _gemv_task(x, data, code, table, out, task)
+    return out
+
+
+@njit(cache=True, fastmath=FAST, parallel=True)
+def _gemv_p(x, data, code, table):
+    out = np.empty((x.shape[0], data.shape[0]), np.float32)
+    for task in prange((data.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        _gemv_task(x, data, code, table, out, task)
+    return out
+
+
+@njit(inline="always")
+def _dequantize_row(row, code, table, dst):
+    q = np.empty(32, np.float32)
+    for b in range(dst.shape[0] // 32):
+        d = unpack_block(row, b, code, table, q)
+        for j in range(32):
+            dst[b * 32 + j] = q[j] * d
+
+
+@njit(cache=True)
+def _dequantize_rows_1(data, r0, r1, code, table, out):
+    for r in range(r0, r1):
+        _dequantize_row(data[r], code, table, out[r - r0])
+
+
+@njit(cache=True, parallel=True)
+def _dequantize_rows_p(data, r0, r1, code, table, out):
+    for r in prange(r0, r1):
+        _dequantize_row(data[r], code, table, out[r - r0])
+
+
+def dequantize_rows(data, r0, r1, code, out):
+    """out[:r1-r0] = float32 of the packed rows data[r0:r1] (out [>= r1-r0, cols] float32)."""
+    fn = pick(_dequantize_rows_1, _dequantize_rows_p, (r1 - r0) * out.shape[1])
+    fn(data, r0, r1, code, HALF_TO_FLOAT, out)
+
+
+def linear(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndarray:
+    """y = x W^T; x [T, cols] float32, W packed uint8 [rows, cols // 32 * bytes] -> [T, rows]."""
+    code = CODE[qtype]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.shape[1] != cols or data.shape[1] != cols // 32 * BLOCK_BYTES[code]:
+        raise ValueError(f"linear: x has {x.shape[1]} columns, the {qtype} weight {cols} "
+                         f"({data.shape[1]} bytes per row)")
+    data = np.ascontiguousarray(data)
+    T, m = x.shape[0], data.shape[0]
+    if T <= SMALL_T:
+        return pick(_gemv_1, _gemv_p, m * cols)(x, data, code, HALF_TO_FLOAT)
+    out = np.empty((T, m), np.float32)
+    rows = max(16, min(m, PREFILL_SCRATCH // max(1, cols)))
+    scratch = np.empty((rows, cols), np.float32)
+    for r0 in range(0, m, rows):
+        r1 = min(m, r0 + rows)
+        dequantize_rows(data, r0, r1, code, scratch)
+        out[:, r0:r1] = x @ scratch[:r1 - r0].T
+    return out
+
+
+# ---- MoE decode: only the chosen experts' blocks are read ---------------------------------------
+@njit(fastmath=FAST, inline="always")
+def _gate_up_task(xt, Gd, Ud, e, code, table, h, task):
+    """h[o] = silu(gate_e[o] . xt) * (up_e[o] . xt) for a group of rows o."""
+    q = np.empty(32, np.float32)
+    g = np.empty(1, np.float32)
+    u = np.empty(1, np.float32)
+    x1 = xt.reshape(1, xt.shape[0])
+    for o in range(task * ROWS_PER_TASK, min(h.shape[0], (task + 1) * ROWS_PER_TASK)):
+        row_dots(x1, Gd[e, o], code, table, q, g)
+        row_dots(x1, Ud[e, o], code, table, q, u)
+        h[o] = g[0] / (np.float32(1.0) + np.exp(-g[0])) * u[0]
+
+
+@njit(fastmath=FAST, inline="always")
+def _down_task(h, Dd, e, wt, code, table, yt, task):
+    """yt[o] += wt * (down_e[o] . h) for a group of rows o."""
+    q = np.empty(32, np.float32)
+    s = np.empty(1, np.float32)
+    h1 = h.reshape(1, h.shape[0])
+    for o in range(task * ROWS_PER_TASK, min(yt.shape[0], (task + 1) * ROWS_PER_TASK)):
+        row_dots(h1, Dd[e, o], code, table, q, s)
+        yt[o] += wt * s[0]
+
+
+@njit(cache=True, fastmath=FAST)
+def _experts_1(x, top, wts, Gd, Ud, Dd, code, table):
+    T, D = x.shape
+    F = Gd.shape[1]
+    y = np.zeros((T, D), np.float32)
+    h = np.empty(F, np.float32)
+    for t in range(T):
+        for c in range(top.shape[1]):
+            e = top[t, c]
+            for task in range((F + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+                _gate_up_task(x[t], Gd, Ud, e, code, table, h, task)
+            for task in range((D + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+                _down_task(h, Dd, e, wts[t, c], code, table, y[t], task)
+    return y
+
+
+@njit(cache=True, fastmath=FAST, parallel=True)
+def _experts_p(x, top, wts, Gd, Ud, Dd, code, table):
+    T, D = x.shape
+    F = Gd.shape[1]
+    y = np.zeros((T, D), np.float32)
+    h = np.empty(F, np.float32)
+    for t in range(T):
+        for c in range(top.shape[1]):
+            e = top[t, c]
+            for task in prange((F + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+                _gate_up_task(x[t], Gd, Ud, e, code, table, h, task)
+            for task in prange((D + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+                _down_task(h, Dd, e, wts[t, c], code, table, y[t], task)
+    return y
+
+
+def experts_decode(x, top, wts, gate, up, down, qtype: str) -> np.ndarray:
+    """sum over chosen experts of wts * down_e(silu(gate_e x) * up_e x); packed [E, rows, bytes] weights."""
+    fn = pick(_experts_1, _experts_p, 3 * gate.shape[1] * x.shape[1])
+    return fn(np.ascontiguousarray(x, np.float32), top, wts.astype(np.float32), gate, up, down,
+              CODE[qtype], HALF_TO_FLOAT)
