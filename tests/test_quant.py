@@ -7,6 +7,7 @@ equal those of its weights dequantized by gguf and run through the naive float f
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -240,3 +241,43 @@ def test_reader_rejects_bad_quantization_metadata(tmp_path):
         except WeightsError:
             continue
         assert all(isinstance(a, (QuantTensor, np.ndarray)) for a in tensors.values())
+
+
+def test_inspect_shows_formats_and_bytes_per_token(float_dir, tmp_path, capsys):
+    cogcore.quantize(float_dir, tmp_path / "q", "q8_0")
+    capsys.readouterr()
+    assert main(["inspect", "--json", str(tmp_path / "q")]) == 0
+    data = json.loads(capsys.readouterr().out)
+    cfg = cogcore.preset("tiny")
+    rows = {t["name"]: t for t in data["tensors"]}
+    experts = rows["model.layers.0.mlp.experts.up_proj"]
+    E, F, D = experts["shape"]
+    assert experts["dtype"] == "q8_0" and experts["bytes"] == E * F * D // 32 * 34
+    assert experts["bytes_per_token"] == experts["bytes"] * cfg.num_experts_per_tok // E
+    assert rows["model.embed_tokens.weight"]["bytes_per_token"] == D // 32 * 34       # one row
+    assert rows["model.layers.0.mlp.gate.weight"]["dtype"] == "F32"
+    assert data["bytes_per_token"] == sum(t["bytes_per_token"] for t in rows.values())
+    assert main(["inspect", str(tmp_path / "q")]) == 0
+    assert re.search(r"experts\.up_proj\s+q8_0", capsys.readouterr().out)
+
+
+def test_eval_compare(float_dir, tmp_path, capsys):
+    from cogcore.evaluate import compare, comparison_inputs
+    model = cogcore.load(float_dir, backend="numpy")
+    inputs = comparison_inputs(model, n=3)                   # no tokenizer: seeded random ids
+    same = compare(model, model, inputs)
+    assert same.positions == 3 * 64 and same.top1_agreement == 1.0 and same.mean_kl == 0.0
+    cogcore.quantize(float_dir, tmp_path / "q", "q4_0")
+    quantized = cogcore.load(tmp_path / "q", backend="numpy")
+    c = compare(quantized, model, inputs)
+    logp = quantized.forward(inputs[0][0]).astype(np.float64)    # KL(ref || model) by hand, row 0
+    logq = model.forward(inputs[0][0]).astype(np.float64)
+    p, q = (np.exp(z - z.max(-1, keepdims=True)) for z in (logp, logq))
+    p, q = p / p.sum(-1, keepdims=True), q / q.sum(-1, keepdims=True)
+    assert 0 < c.mean_kl and c.max_kl >= (q * np.log(q / p)).sum(-1).max() - 1e-9
+    assert 0 < c.top1_agreement <= 1
+    capsys.readouterr()
+    assert main(["eval", "--model", str(tmp_path / "q"), "--compare", str(float_dir), "--no-tasks",
+                 "-n", "2", "--backend", "numpy"]) == 0
+    out = capsys.readouterr().out
+    assert "mean KL divergence" in out and "top-1 agreement" in out and "128 positions" in out
