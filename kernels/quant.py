@@ -53,27 +53,48 @@ def unpack_block(row, b, code, table, q):
     return d
 
 
+# The dots keep 32 running sums, one per position in a block (`lanes`), and add them up at the
+# end of the row: the inner loops then have no reduction and compile to SIMD multiply-adds
+# (4x faster here than a per-block sum).
 @njit(fastmath=FAST, inline="always")
-def row_dots(x, row, code, table, q, acc):
-    """acc[t] = x[t] . dequantize(row) for every row t of x."""
-    T, n = x.shape
-    for t in range(T):
-        acc[t] = np.float32(0.0)
-    for b in range(n // 32):
-        d = unpack_block(row, b, code, table, q)
-        for t in range(T):
-            s = np.float32(0.0)
-            for j in range(32):
-                s += q[j] * x[t, b * 32 + j]
-            acc[t] += d * s
+def dot_q8_0(row, x, table, lanes):
+    """x . dequantize(row) for one q8_0 row: sum over blocks and j of d * q_j * x_j."""
+    lanes[:] = 0
+    for b in range(x.shape[0] // 32):
+        p = b * 34
+        d = table[np.int64(row[p]) | (np.int64(row[p + 1]) << 8)]
+        for j in range(32):
+            lanes[j] += d * (np.float32(np.int8(row[p + 2 + j])) * x[b * 32 + j])
+    return lanes.sum()
+
+
+@njit(fastmath=FAST, inline="always")
+def dot_q4_0(row, x, table, lanes):
+    """x . dequantize(row) for one q4_0 row: element j in the low nibble of byte j, j + 16 in its high one."""
+    lanes[:] = 0
+    for b in range(x.shape[0] // 32):
+        p = b * 18
+        d = table[np.int64(row[p]) | (np.int64(row[p + 1]) << 8)]
+        for j in range(16):
+            v = np.int32(row[p + 2 + j])
+            lanes[j] += d * (np.float32((v & 15) - 8) * x[b * 32 + j])
+            lanes[j + 16] += d * (np.float32((v >> 4) - 8) * x[b * 32 + 16 + j])
+    return lanes.sum()
+
+
+@njit(fastmath=FAST, inline="always")
+def row_dots(x, row, code, table, lanes, acc):
+    """acc[t] = x[t] . dequantize(row) for every row t of x (the row stays in L1 between rows of x)."""
+    for t in range(x.shape[0]):
+        acc[t] = dot_q8_0(row, x[t], table, lanes) if code == Q8_0 else dot_q4_0(row, x[t], table, lanes)
 
 
 @njit(fastmath=FAST, inline="always")
 def _gemv_task(x, data, code, table, out, task):
-    q = np.empty(32, np.float32)
+    lanes = np.empty(32, np.float32)
     acc = np.empty(x.shape[0], np.float32)
     for o in range(task * ROWS_PER_TASK, min(data.shape[0], (task + 1) * ROWS_PER_TASK)):
-        row_dots(x, data[o], code, table, q, acc)
+        row_dots(x, data[o], code, table, lanes, acc)
         for t in range(x.shape[0]):
             out[t, o] = acc[t]
 
@@ -146,25 +167,22 @@ def linear(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndarray
 @njit(fastmath=FAST, inline="always")
 def _gate_up_task(xt, Gd, Ud, e, code, table, h, task):
     """h[o] = silu(gate_e[o] . xt) * (up_e[o] . xt) for a group of rows o."""
-    q = np.empty(32, np.float32)
-    g = np.empty(1, np.float32)
-    u = np.empty(1, np.float32)
-    x1 = xt.reshape(1, xt.shape[0])
+    lanes = np.empty(32, np.float32)
     for o in range(task * ROWS_PER_TASK, min(h.shape[0], (task + 1) * ROWS_PER_TASK)):
-        row_dots(x1, Gd[e, o], code, table, q, g)
-        row_dots(x1, Ud[e, o], code, table, q, u)
-        h[o] = g[0] / (np.float32(1.0) + np.exp(-g[0])) * u[0]
+        if code == Q8_0:
+            g, u = dot_q8_0(Gd[e, o], xt, table, lanes), dot_q8_0(Ud[e, o], xt, table, lanes)
+        else:
+            g, u = dot_q4_0(Gd[e, o], xt, table, lanes), dot_q4_0(Ud[e, o], xt, table, lanes)
+        h[o] = g / (np.float32(1.0) + np.exp(-g)) * u
 
 
 @njit(fastmath=FAST, inline="always")
 def _down_task(h, Dd, e, wt, code, table, yt, task):
     """yt[o] += wt * (down_e[o] . h) for a group of rows o."""
-    q = np.empty(32, np.float32)
-    s = np.empty(1, np.float32)
-    h1 = h.reshape(1, h.shape[0])
+    lanes = np.empty(32, np.float32)
     for o in range(task * ROWS_PER_TASK, min(yt.shape[0], (task + 1) * ROWS_PER_TASK)):
-        row_dots(h1, Dd[e, o], code, table, q, s)
-        yt[o] += wt * s[0]
+        s = dot_q8_0(Dd[e, o], h, table, lanes) if code == Q8_0 else dot_q4_0(Dd[e, o], h, table, lanes)
+        yt[o] += wt * s
 
 
 @njit(cache=True, fastmath=FAST)
