@@ -110,8 +110,8 @@ def write_safetensors(path: str | os.PathLike,
                       progress: Callable[[int, int], None] | None = None) -> None:
     """Write a safetensors file atomically (a temporary name, then rename).
 
-    `tensors` maps a name to either an array (float32, float16, or uint16 = bfloat16
-    bits) or a lazy triple (dtype tag, shape, make) whose `make()` returns the array;
+    `tensors` maps a name to either an array (float32, float16, uint16 = bfloat16
+    bits, or uint8 = quantized blocks) or a lazy triple (dtype tag, shape, make) whose `make()` returns the array;
     lazy tensors are produced and written one at a time, so a file larger than
     memory can be made. `progress(bytes_written, bytes_total)` is called per tensor.
     """
@@ -120,8 +120,8 @@ def write_safetensors(path: str | os.PathLike,
     for name, item in tensors.items():
         if isinstance(item, np.ndarray):
             if item.dtype.newbyteorder("<") not in TAG_OF:
-                raise WeightsError(f"{path}: tensor '{name}': expected dtype float32, float16 or uint16 "
-                                   f"(bfloat16 bits), found {item.dtype}")
+                raise WeightsError(f"{path}: tensor '{name}': expected dtype float32, float16, uint16 "
+                                   f"(bfloat16 bits) or uint8 (quantized blocks), found {item.dtype}")
             dtype_tag, shape, make = tag(item), item.shape, (lambda a=item: a)
         else:
             dtype_tag, shape, make = item
