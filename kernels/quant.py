@@ -34,25 +34,6 @@ ROWS_PER_TASK = 16                     # output rows per parallel task
 PREFILL_SCRATCH = 1 << 20              # float32 values dequantized per BLAS block (4 MiB)
 
 
-@njit(inline="always")
-def unpack_block(row, b, code, table, q):
-    """Block b of a packed row -> q[0:32] = its integer values as float32; returns the scale d."""
-    if code == Q8_0:
-        p = b * 34
-        d = table[np.int64(row[p]) | (np.int64(row[p + 1]) << 8)]
-        for j in range(32):
-            v = np.int32(row[p + 2 + j])
-            q[j] = np.float32(v - 256 if v > 127 else v)
-    else:
-        p = b * 18
-        d = table[np.int64(row[p]) | (np.int64(row[p + 1]) << 8)]
-        for j in range(16):
-            v = np.int32(row[p + 2 + j])
-            q[j] = np.float32((v & 15) - 8)
-            q[j + 16] = np.float32((v >> 4) - 8)
-    return d
-
-
 # The dots keep 32 running sums, one per position in a block (`lanes`), and add them up at the
 # end of the row: the inner loops then have no reduction and compile to SIMD multiply-adds
 # (4x faster here than a per-block sum).
@@ -117,11 +98,21 @@ def _gemv_p(x, data, code, table):
 
 @njit(inline="always")
 def _dequantize_row(row, code, table, dst):
-    q = np.empty(32, np.float32)
-    for b in range(dst.shape[0] // 32):
-        d = unpack_block(row, b, code, table, q)
-        for j in range(32):
-            dst[b * 32 + j] = q[j] * d
+    """dst[:] = float32 values of one packed row (the format's branch hoisted out of the loops)."""
+    if code == Q8_0:
+        for b in range(dst.shape[0] // 32):
+            p = b * 34
+            d = table[np.int64(row[p]) | (np.int64(row[p + 1]) << 8)]
+            for j in range(32):
+                dst[b * 32 + j] = np.float32(np.int8(row[p + 2 + j])) * d
+    else:
+        for b in range(dst.shape[0] // 32):
+            p = b * 18
+            d = table[np.int64(row[p]) | (np.int64(row[p + 1]) << 8)]
+            for j in range(16):
+                v = np.int32(row[p + 2 + j])
+                dst[b * 32 + j] = np.float32((v & 15) - 8) * d
+                dst[b * 32 + 16 + j] = np.float32((v >> 4) - 8) * d
 
 
 @njit(cache=True)
