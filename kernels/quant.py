@@ -5,10 +5,10 @@ float32. Here the weight is never widened whole:
 
 - decode (a few rows of x): a fused dequantize-dot GEMV. Each weight row is read
   once, block by block (34 or 18 bytes per 32 values); the block's int8 / 4-bit
-  values are widened to float32 into 32 registers, dotted with every row of x, and
-  the block's float16 scale d multiplies the block sum: d * sum_j q_j x_j, which is
-  sum_j (q_j d) x_j to round-off, i.e. the float path on GGML-dequantized weights.
-  Output rows are split across threads (prange over groups of rows).
+  values are widened to float32 and d * (q_j * x_j) is added to 32 running sums, one
+  per position in the block, summed at the end of the row: sum_j (q_j d) x_j to
+  round-off, i.e. the float path on GGML-dequantized weights. Output rows are split
+  across threads (prange over groups of 16 rows).
 - prefill (many rows of x): groups of weight rows are dequantized into a bounded
   float32 scratch and multiplied by BLAS, so memory stays about the file size.
 - MoE decode: the fused GEMV over the chosen experts' blocks only (the same
