@@ -70,6 +70,8 @@ def init_model(out_dir: str | os.PathLike, config: Config, dtype: str = "float32
     (straight from the random float32 values, with no float copy on disk); the rest in `dtype`.
     """
     tag = _dtype_tag(dtype)
+    if qtype is not None:
+        check_qtype(qtype)
     os.makedirs(out_dir, exist_ok=True)
     lazy, quantized = {}, {}
     for name, shape in tensor_shapes(config).items():
@@ -80,7 +82,6 @@ def init_model(out_dir: str | os.PathLike, config: Config, dtype: str = "float32
             lazy[name] = (tag, shape, lambda n=name, s=shape: to_storage(init_tensor(n, s, seed), tag))
     metadata = {"format": "cogcore", "init_seed": str(seed)}
     if qtype is not None:
-        check_qtype(qtype)
         metadata.update(describe_entries(quantized))
     write_safetensors(os.path.join(out_dir, "model.safetensors"), lazy, metadata=metadata, progress=progress)
     write_json(os.path.join(out_dir, "config.json"), config.to_dict())

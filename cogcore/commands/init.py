@@ -1,6 +1,7 @@
 """Write a randomly initialised model of a named shape (config.json + model.safetensors).
 
-Presets: tiny (tests) and 4b (benchmarks; about 8 GB in bfloat16). Written one tensor
+Presets: tiny (tests) and 4b (benchmarks; about 8 GB in bfloat16, 2.3 GB with --type q4_0:
+the linear weights written straight as GGML blocks, with no float copy). Written one tensor
 at a time to a temporary file that is renamed at the end, so it needs little memory
 and an interrupted run leaves no half-written model.
 """
