@@ -282,3 +282,25 @@ def test_eval_compare(float_dir, tmp_path, capsys):
                  "-n", "2", "--backend", "numpy"]) == 0
     out = capsys.readouterr().out
     assert "mean KL divergence" in out and "top-1 agreement" in out and "128 positions" in out
+
+
+def test_odd_widths_stay_float_and_mixed_storage_runs():
+    """Widths that are not multiples of 32 keep their tensors float; every layer kind still runs,
+    the MoE with quantized gate/up but a float down projection included."""
+    from conftest import build_model, small_config
+    from cogcore.create import random_weights
+    cfg = cogcore.Config.from_dict(small_config(hidden_size=64, rwkv_head_size=16, moe_intermediate_size=48))
+    floats = random_weights(cfg, seed=2)
+    tensors = {n: quantize_tensor(a, "q4_0", n) if quantizable(n, a.shape) else a for n, a in floats.items()}
+    assert isinstance(tensors["model.layers.0.mlp.experts.gate_proj"], QuantTensor)
+    assert not isinstance(tensors["model.layers.0.mlp.experts.down_proj"], QuantTensor)     # 48 wide
+    assert not isinstance(tensors["model.layers.1.self_attn.o_proj.weight"], QuantTensor)   # 36 wide
+    ggml = {n: (gguf_quants.dequantize(a.data, GGML["q4_0"]).reshape(a.shape) if isinstance(a, QuantTensor)
+                else a) for n, a in tensors.items()}
+    ids = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]
+    want, _ = naive.forward(ggml, cfg.to_dict(), ids)
+    for backend in ("numpy", "numba"):
+        model, _ = build_model(cfg, backend=backend, tensors=tensors)
+        cache = model.new_cache()                                  # prefill 4, then decode
+        got = np.concatenate([model.forward(ids[:4], cache)] + [model.forward([t], cache) for t in ids[4:]])
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
