@@ -15,8 +15,8 @@ float32. Here the weight is never widened whole:
   gate/up -> silu * up -> down pipeline as kernels/moe.py).
 
 The float16 scale is decoded through a 65536-entry float32 table, as GGML does.
-Each kernel that runs parallel has its own Python function (Numba's disk cache does
-not key on `parallel=`). This module imports nothing from cogcore.
+Kernels that split work across threads come in a serial and a parallel variant
+(`threads.twins`). This module imports nothing from cogcore.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .linear import FAST, SMALL_T, pick
+from .linear import FAST, SMALL_T
+from .threads import pick, twins
 
 Q8_0, Q4_0 = 0, 1
 CODE = {"q8_0": Q8_0, "q4_0": Q4_0}
@@ -80,20 +81,14 @@ def _gemv_task(x, data, code, table, out, task):
             out[t, o] = acc[t]
 
 
-@njit(cache=True, fastmath=FAST)
-def _gemv_1(x, data, code, table):
-    out = np.empty((x.shape[0], data.shape[0]), np.float32)
-    for task in range((data.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        _gemv_task(x, data, code, table, out, task)
-    return out
-
-
-@njit(cache=True, fastmath=FAST, parallel=True)
-def _gemv_p(x, data, code, table):
+def _gemv(x, data, code, table):
     out = np.empty((x.shape[0], data.shape[0]), np.float32)
     for task in prange((data.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         _gemv_task(x, data, code, table, out, task)
     return out
+
+
+_gemv_1, _gemv_p = twins(_gemv, fastmath=FAST)
 
 
 @njit(inline="always")
@@ -115,16 +110,12 @@ def _dequantize_row(row, code, table, dst):
                 dst[b * 32 + 16 + j] = np.float32((v >> 4) - 8) * d
 
 
-@njit(cache=True)
-def _dequantize_rows_1(data, r0, r1, code, table, out):
-    for r in range(r0, r1):
-        _dequantize_row(data[r], code, table, out[r - r0])
-
-
-@njit(cache=True, parallel=True)
-def _dequantize_rows_p(data, r0, r1, code, table, out):
+def _dequantize_rows(data, r0, r1, code, table, out):
     for r in prange(r0, r1):
         _dequantize_row(data[r], code, table, out[r - r0])
+
+
+_dequantize_rows_1, _dequantize_rows_p = twins(_dequantize_rows)
 
 
 def dequantize_rows(data, r0, r1, code, out):
@@ -176,24 +167,7 @@ def _down_task(h, Dd, e, wt, code, table, yt, task):
         yt[o] += wt * s
 
 
-@njit(cache=True, fastmath=FAST)
-def _experts_1(x, top, wts, Gd, Ud, Dd, code, table):
-    T, D = x.shape
-    F = Gd.shape[1]
-    y = np.zeros((T, D), np.float32)
-    h = np.empty(F, np.float32)
-    for t in range(T):
-        for c in range(top.shape[1]):
-            e = top[t, c]
-            for task in range((F + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-                _gate_up_task(x[t], Gd, Ud, e, code, table, h, task)
-            for task in range((D + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-                _down_task(h, Dd, e, wts[t, c], code, table, y[t], task)
-    return y
-
-
-@njit(cache=True, fastmath=FAST, parallel=True)
-def _experts_p(x, top, wts, Gd, Ud, Dd, code, table):
+def _experts(x, top, wts, Gd, Ud, Dd, code, table):
     T, D = x.shape
     F = Gd.shape[1]
     y = np.zeros((T, D), np.float32)
@@ -206,6 +180,9 @@ def _experts_p(x, top, wts, Gd, Ud, Dd, code, table):
             for task in prange((D + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
                 _down_task(h, Dd, e, wts[t, c], code, table, y[t], task)
     return y
+
+
+_experts_1, _experts_p = twins(_experts, fastmath=FAST)
 
 
 def experts_decode(x, top, wts, gate, up, down, qtype: str) -> np.ndarray:

@@ -90,7 +90,7 @@ def test_quantizable_choice():
 @pytest.mark.parametrize("qtype", QTYPES)
 @pytest.mark.parametrize("T", [1, 3, 8, 9, 33])
 def test_linear_kernel_matches_reference(qtype, T):
-    from kernels import NumbaOps
+    from cogcore.backends import NumbaOps
     rng = np.random.default_rng(T)
     for rows, cols in [(1, 32), (37, 96), (131, 160)]:
         W = quantize_tensor(rng.standard_normal((rows, cols)).astype(np.float32), qtype)
@@ -102,7 +102,7 @@ def test_linear_kernel_matches_reference(qtype, T):
 
 @pytest.mark.parametrize("qtype", QTYPES)
 def test_serial_and_parallel_gemv_agree(qtype):
-    from kernels import quant as kq
+    from cogcore.kernels import quant as kq
     rng = np.random.default_rng(5)
     W = quantize_tensor(rng.standard_normal((77, 224)).astype(np.float32), qtype)
     x = rng.standard_normal((2, 224)).astype(np.float32)
@@ -119,8 +119,8 @@ def test_serial_and_parallel_gemv_agree(qtype):
 @pytest.mark.parametrize("qtype", QTYPES)
 @pytest.mark.parametrize("T", [1, 2, 11])
 def test_moe_kernel_matches_reference(qtype, T):
-    from kernels import NumbaOps
-    from kernels import quant as kq
+    from cogcore.backends import NumbaOps
+    from cogcore.kernels import quant as kq
     rng = np.random.default_rng(T)
     E, D, F = 5, 64, 96
     gate, up = (quantize_tensor(rng.standard_normal((E, F, D)).astype(np.float32), qtype) for _ in "gu")

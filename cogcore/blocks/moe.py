@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from .attention import softmax
-from .sparse_attention import silu
+from .ffn import swiglu
+from .linear import linear
 from .rwkv7 import sigmoid
 
 
@@ -27,26 +28,26 @@ def route(logits: np.ndarray, k: int, norm_topk: bool) -> tuple[np.ndarray, np.n
     return top, wts
 
 
-def swiglu(x: np.ndarray, gate: np.ndarray, up: np.ndarray, down: np.ndarray, linear) -> np.ndarray:
-    """down(silu(gate(x)) * up(x)); x [T, D], gate/up [F, D], down [D, F]."""
-    return linear(silu(linear(x, gate)) * linear(x, up), down)
-
-
-def moe(x, router, gate_proj, up_proj, down_proj, k: int, norm_topk: bool, linear):
+def moe(x, router, gate_proj, up_proj, down_proj, k: int, norm_topk: bool):
     """x [T, D]; router [E, D]; experts gate/up [E, F, D], down [E, D, F].
 
     Tokens are grouped by expert, so each expert runs once on all the tokens it got.
     Returns y [T, D] and the number of tokens each expert received [E].
     """
     top, wts = route(linear(x, router), k, norm_topk)              # [T, k], [T, k]
-    E = router.shape[0]
+    counts = np.bincount(top.ravel(), minlength=router.shape[0])
+    return grouped_experts(x, top, wts, counts, gate_proj, up_proj, down_proj, linear), counts
+
+
+def grouped_experts(x, top, wts, counts, gate_proj, up_proj, down_proj, linear) -> np.ndarray:
+    """sum over chosen experts of wts * swiglu_e(x), each expert run once on the tokens it got
+    (top, wts [T, k] from `route`, counts [E]); `linear` the backend's."""
     y = np.zeros_like(x)
-    counts = np.bincount(top.ravel(), minlength=E)
     for e in np.flatnonzero(counts):
         rows, slot = np.nonzero(top == e)                          # tokens that chose e
         out = swiglu(x[rows], gate_proj[e], up_proj[e], down_proj[e], linear)
         np.add.at(y, rows, wts[rows, slot][:, None] * out)
-    return y, counts
+    return y
 
 
 class MoE:
