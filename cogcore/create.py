@@ -17,7 +17,7 @@ import numpy as np
 
 from .config import Config
 from .dtypes import to_storage
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 from .model import tensor_shapes
 from .quant import check_qtype, describe_entries, quantizable
 from .quantizer import quantized_source
@@ -70,9 +70,15 @@ def init_model(out_dir: str | os.PathLike, config: Config, dtype: str = "float32
     (straight from the random float32 values, with no float copy on disk); the rest in `dtype`.
     """
     tag = _dtype_tag(dtype)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InputError(f"seed: expected an integer >= 0, found {seed!r}")
     if qtype is not None:
         check_qtype(qtype)
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = os.fspath(out_dir)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:   # a file in the way, a read-only parent
+        raise InputError(f"{out_dir}: cannot create the model directory: {e.strerror}") from None
     lazy, quantized = {}, {}
     for name, shape in tensor_shapes(config).items():
         if qtype is not None and quantizable(name, shape):
