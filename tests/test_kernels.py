@@ -31,6 +31,23 @@ def close(a, b, tol=2e-5):
     np.testing.assert_allclose(a, b, rtol=tol, atol=tol * max(1.0, float(np.abs(b).max(initial=0))))
 
 
+def test_dot_bf16_widens_every_finite_pattern_exactly():
+    """The register widening (`u << 16`, bitcast) against a naive loop over the format's definition:
+    one nonzero term per dot, so the sum is exactly the widened weight."""
+    from numba import njit
+
+    bits = np.arange(2**16, dtype=np.uint16)
+    bits = bits[(bits & 0x7F80) != 0x7F80]                  # finite patterns only (inf/NaN poison the sum)
+    one_hot = njit(lambda w, j: klinear.dot_bf16(np.eye(len(w), dtype=np.float32)[j], w))
+    rng = np.random.default_rng(0)
+    for u in rng.choice(bits, 300):
+        w = np.array([0, u, 0], np.uint16)
+        sign = -1.0 if u & 0x8000 else 1.0
+        exp, frac = (int(u) >> 7) & 0xFF, int(u) & 0x7F
+        want = sign * (2.0 ** (exp - 127) * (1 + frac / 128) if exp else 2.0 ** -126 * frac / 128)
+        assert one_hot(w, 1) == np.float32(want)
+
+
 @pytest.mark.parametrize("tag", DTYPES)
 @pytest.mark.parametrize("T", [1, 3, 13])
 def test_linear(tag, T):

@@ -8,7 +8,7 @@ decode at long context. Medians of repeated timings; compilation reported separa
 
 import json
 
-from ..bench import SECTIONS
+from ..bench import PRECISIONS, SECTIONS
 
 
 def add_arguments(p):
@@ -17,8 +17,11 @@ def add_arguments(p):
                    help=f"run only this section (repeatable): {', '.join(SECTIONS)} (limits always run)")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for the kernels and for BLAS (default: numba's default, all cores)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                   help="storage dtype of the whole-model benchmark (default float32)")
+    p.add_argument("--dtype", action="append", choices=("float32", "bfloat16", "float16"), metavar="TYPE",
+                   help=f"storage type of the whole-model benchmark (repeatable; default: {', '.join(PRECISIONS)})")
+    p.add_argument("--model", action="append", default=[], metavar="DIR",
+                   help="also time decode of this model directory, e.g. one made by `cogcore init --preset 4b` "
+                        "(repeatable)")
     p.add_argument("--context", type=int, default=16384, help="context of the sparse-vs-full comparison")
     p.add_argument("--prefill", type=int, default=2048, help="prefill length of the model benchmark")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
@@ -26,8 +29,8 @@ def add_arguments(p):
 
 def run(args):
     from ..bench import run as bench
-    rep = bench(only=args.only, quick=args.quick, threads=args.threads, dtype=args.dtype,
-                context=args.context, prefill_len=args.prefill)
+    rep = bench(only=args.only, quick=args.quick, threads=args.threads, precisions=args.dtype or PRECISIONS,
+                context=args.context, prefill_len=args.prefill, model_dirs=args.model)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"facts": rep.facts,
