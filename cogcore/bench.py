@@ -139,7 +139,7 @@ def read_bandwidth(nbytes: int, reps: int, threads=(1, 2)) -> tuple[float, str, 
     bound is their best. Returns (bytes/s, winning method, best rate of every method)."""
     import numba
 
-    from kernels.threads import set_threads
+    from .kernels.threads import set_threads
 
     a = np.ones(nbytes // 4, np.float32)
     W, ones = a.reshape(-1, 1024), np.ones(1024, np.float32)
@@ -192,11 +192,9 @@ def machine_limits(rep: Report, quick: bool) -> dict[str, float]:
 # ---- kernels ------------------------------------------------------------------------------------
 
 def kernel_rows(rep: Report, lim: dict, quick: bool) -> None:
-    from kernels import NumbaOps
-    from kernels import sampling as ksampling
-
-    from . import sampling
+    from .backends import NumbaOps
     from .blocks import ReferenceOps
+    from .blocks.rope import inv_freq
     from .blocks.sparse_attention import NSAShape
     from .dtypes import to_storage
 
@@ -223,14 +221,20 @@ def kernel_rows(rep: Report, lim: dict, quick: bool) -> None:
         row(f"linear prefill 512x{D} @ 4096x{D} {tag}", lambda: nb.linear(xp, Ws), lambda: ref.linear(xp, Ws),
             lambda t: f"{2 * 512 * W.size / t / fl:.0%} of sgemm")
     w = np.ones(D, np.float32)
+
+    def ref_add_rmsnorm(x, y):          # the reference's unfused form: h = x + y, then the norm
+        h = x + y
+        return h, ref.rmsnorm(h, w, 1e-5)
+
     for T in (1, 2048):
         h = rng.standard_normal((T, D), np.float32)
         row(f"residual add + rmsnorm {T}x{D}", lambda: nb.add_rmsnorm(h, h, w, 1e-5),
-            lambda: ref.add_rmsnorm(h, h, w, 1e-5))
+            lambda: ref_add_rmsnorm(h, h))
+    freqs = inv_freq(128, 1e4)
     for T in (1, 2048):
         q = rng.standard_normal((T, 8, 128), np.float32)
         pos = np.arange(T) + 100
-        row(f"rope {T}x8x128", lambda: nb.rope(q, pos, 1e4), lambda: ref.rope(q, pos, 1e4))
+        row(f"rope {T}x8x128", lambda: nb.rope(q, pos, freqs), lambda: ref.rope(q, pos, freqs))
     S = 4096
     K, V = rng.standard_normal((S, 2, 128), np.float32), rng.standard_normal((S, 2, 128), np.float32)
     q = rng.standard_normal((1, 8, 128), np.float32)
@@ -268,8 +272,8 @@ def kernel_rows(rep: Report, lim: dict, quick: bool) -> None:
             lambda t: f"{2 * 512 * 2 * 3 * F * D / t / fl:.0%} of sgemm")
     logits = rng.standard_normal(32000).astype(np.float32) * 3
     for k, p in ((40, 1.0), (0, 0.9)):
-        row(f"sampler filter V=32000 top_k={k} top_p={p}", lambda: ksampling.filter_probs(logits, 0.8, k, p, 0.0),
-            lambda: sampling.token_probabilities(logits, 0.8, k, p, 0.0))
+        row(f"sampler filter V=32000 top_k={k} top_p={p}", lambda: nb.token_probabilities(logits, 0.8, k, p, 0.0),
+            lambda: ref.token_probabilities(logits, 0.8, k, p, 0.0))
 
 
 # ---- whole model --------------------------------------------------------------------------------
@@ -427,8 +431,8 @@ def run(only: list[str] | None = None, quick: bool = False, threads: int | None 
 
     import numba
 
-    import kernels
-    from kernels.threads import set_threads
+    from .backends import NumbaOps
+    from .kernels.threads import set_threads
 
     rep = Report(out, progress)
     sections = only or list(SECTIONS)
@@ -439,7 +443,7 @@ def run(only: list[str] | None = None, quick: bool = False, threads: int | None 
              + ("" if blas_set is None else f", OpenBLAS {'set' if blas_set else 'not settable'} to {threads}")
              + f"; numpy {np.__version__}, numba {numba.__version__}")
     rep.step("compiling / loading the kernels")
-    t_compile = kernels.warm_up()
+    t_compile = NumbaOps.warm_up()
     rep.line(f"  kernel warm-up (compile, or load from numba's cache): {t_compile:.1f} s (excluded below)")
     rep.facts["warm_up_s"] = t_compile
     rep.header("machine limits")

@@ -55,13 +55,13 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
 def load_model(args):
     """The model named by --model, with a clear error when the shipped one is not there."""
     from .model import load
+    from .ops import Compiled
     if args.model == DEFAULT_MODEL and not os.path.isdir(DEFAULT_MODEL):
         raise CogcoreError(f"no model given and the shipped model was not found at {DEFAULT_MODEL}; "
                            f"pass --model DIR (e.g. one made by `cogcore init --preset tiny DIR`)")
     model = load(args.model, backend=args.backend)
-    if args.backend == "numba":   # compile (or load) the kernels now, so speeds reported later exclude it
-        from kernels import warm_up
-        seconds = warm_up()
+    if isinstance(model.ops, Compiled):   # compile (or load) the kernels now, so speeds reported later exclude it
+        seconds = model.ops.warm_up()
         if seconds > 1.0:
             print(f"cogcore: kernels compiled in {seconds:.1f} s (cached for next time)", file=sys.stderr)
     return model

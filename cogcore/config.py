@@ -17,6 +17,8 @@ import math
 import os
 from typing import Any
 
+import numpy as np
+
 from .errors import ConfigError
 
 MIXER_TYPES = ("full_attention", "sliding_attention", "sparse_attention", "recurrent")
@@ -99,11 +101,6 @@ class Config:
 
     # ---- derived shapes -------------------------------------------------
     @property
-    def rwkv_heads(self) -> int:
-        """Hr = D / N, the number of recurrent heads."""
-        return self.hidden_size // self.rwkv_head_size
-
-    @property
     def first_recurrent_layer(self) -> int | None:
         """The layer whose value vector is the `v_first` of the value residual (SPEC 4.4)."""
         return next((i for i, t in enumerate(self.layer_types) if t == "recurrent"), None)
@@ -128,7 +125,7 @@ class Config:
             fail("model_type", "'cogcore'", values["model_type"])
 
         n_layers = values["num_hidden_layers"]
-        if not _is_int(n_layers) or n_layers < 1:
+        if not is_int(n_layers) or n_layers < 1:
             fail("num_hidden_layers", "an integer >= 1", n_layers)
         for key, allowed in (("layer_types", MIXER_TYPES), ("mlp_types", MLP_TYPES)):
             lst = values[key]
@@ -168,9 +165,9 @@ class Config:
                     fail(key, "a finite number > 0", v)
                 values[key] = float(v)
             elif key in ("bos_token_id", "eos_token_id", "num_shared_experts"):
-                if not _is_int(v) or v < 0:
+                if not is_int(v) or v < 0:
                     fail(key, "an integer >= 0", v)
-            elif not _is_int(v) or v < 1:
+            elif not is_int(v) or v < 1:
                 fail(key, "an integer >= 1", v)
         for key in _BOOL_KEYS:
             if not isinstance(values[key], bool):
@@ -245,8 +242,9 @@ class Config:
 _FIELD_NAMES = {f.name for f in dataclasses.fields(Config)}
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def is_int(v: Any) -> bool:
+    """An integer (Python or NumPy), not a bool."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 def _alternating(n: int) -> list[str]:

@@ -27,12 +27,12 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from .config import is_int
 from .errors import CogcoreError, InputError
 from .sampling import check_options, sample_next
 
 GENERATION_CONFIG = "generation_config.json"
 DEFAULT_STOP = ("\n",)
-FINISH_REASONS = ("eos", "stop", "length", "context")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,20 +52,16 @@ class GenerationOptions:
 
     def check(self) -> "GenerationOptions":
         check_options(self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty)
-        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 0:
+        if not is_int(self.max_new_tokens) or self.max_new_tokens < 0:
             raise InputError(f"max_new_tokens: expected an integer >= 0, found {self.max_new_tokens!r}")
-        if not _is_int(self.prefill_chunk) or self.prefill_chunk < 1:
+        if not is_int(self.prefill_chunk) or self.prefill_chunk < 1:
             raise InputError(f"prefill_chunk: expected an integer >= 1, found {self.prefill_chunk!r}")
-        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
+        if self.seed is not None and (not is_int(self.seed) or self.seed < 0):
             raise InputError(f"seed: expected an integer >= 0 or None, found {self.seed!r}")
         for s in self.stop:
             if not isinstance(s, str) or not s:
                 raise InputError(f"stop: expected non-empty strings, found {s!r}")
         return self
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 _OPTION_NAMES = {f.name for f in dataclasses.fields(GenerationOptions)}
@@ -114,7 +110,7 @@ def resolve_options(model, **overrides) -> GenerationOptions:
         values["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
     if "eos_token_id" in values:
         eos = values["eos_token_id"]
-        values["eos_token_id"] = (eos,) if _is_int(eos) else tuple(eos)
+        values["eos_token_id"] = (eos,) if is_int(eos) else tuple(eos)
     if values.get("seed") == -1:
         values["seed"] = None
     return GenerationOptions(**values).check()

@@ -15,7 +15,6 @@ import os
 
 import numpy as np
 
-from .blocks import ReferenceOps
 from .blocks.attention import AttentionMixer
 from .blocks.ffn import ChannelMix, DenseFFN
 from .blocks.moe import MoE
@@ -25,10 +24,9 @@ from .blocks.sparse_attention import SparseAttentionMixer
 from .cache import Cache
 from .config import Config
 from .errors import CogcoreError, InputError
+from .ops import FusedResidualNorm, Ops, ops_for
 from .tensorfile import read_model_tensors
 from .weights import Weights
-
-BACKENDS = ("numba", "numpy")
 
 
 @dataclasses.dataclass
@@ -50,21 +48,13 @@ class Layer:
     ffn: object
 
 
-def make_ops(backend: str):
-    if backend == "numpy":
-        return ReferenceOps()
-    if backend == "numba":
-        from kernels import NumbaOps   # imported on demand: compiling is not free
-        return NumbaOps()
-    raise InputError(f"backend: expected one of {', '.join(BACKENDS)}, found {backend!r}")
-
-
 class Model:
     """A cogcore model: weights bound to blocks, and the forward pass over a cache."""
 
-    def __init__(self, config: Config, weights: Weights, backend: str = "numba", path: str | None = None):
-        self.config, self.backend, self.path = config, backend, path
-        self.ops = ops = make_ops(backend)
+    def __init__(self, config: Config, weights: Weights, backend: str | Ops = "numba", path: str | None = None):
+        """backend: a name in cogcore.ops.BACKENDS, or an ops table."""
+        self.ops = ops = backend if isinstance(backend, Ops) else ops_for(backend)
+        self.config, self.backend, self.path = config, ops.name, path
         cfg, D, V = config, config.hidden_size, config.vocab_size
 
         def norm(prefix):
@@ -129,20 +119,32 @@ class Model:
         x = ops.embed(self.embed_tokens, ids)                           # [T, D]
         if self.embed_norm is not None:
             x = self.embed_norm(x)
-        xn = self.layers[0].input_norm(x)                                # Norm(x; input_layernorm_0)
-        for i, (layer, (mixer_state, ffn_state)) in enumerate(zip(self.layers, cache.layers)):
-            ctx.layer = i
-            # h = x + Mixer(Norm(x)), x = h + FFN(Norm(h)); each residual add is fused with the
-            # norm that reads its result next (this layer's post norm, the next layer's input norm)
-            h, hn = layer.post_norm.residual(x, layer.mixer(xn, mixer_state, ctx))
-            next_norm = self.layers[i + 1].input_norm if i + 1 < len(self.layers) else self.norm
-            x, xn = next_norm.residual(h, layer.ffn(hn, ffn_state, ctx))
+        if isinstance(ops, FusedResidualNorm):
+            xn = self._layers_fused(x, cache, ctx)
+        else:
+            for i, (layer, (mixer_state, ffn_state)) in enumerate(zip(self.layers, cache.layers)):
+                ctx.layer = i
+                h = x + layer.mixer(layer.input_norm(x), mixer_state, ctx)
+                x = h + layer.ffn(layer.post_norm(h), ffn_state, ctx)
+            xn = self.norm(x)
         logits = ops.linear(xn, self.lm_head)                           # Norm(x; norm) @ lm_head.T [T, V]
         cache.length += len(ids)
         self.last_pass = ctx
         return logits
 
     __call__ = forward
+
+    def _layers_fused(self, x: np.ndarray, cache: Cache, ctx: Pass) -> np.ndarray:
+        """The layer loop of `forward` with each residual add fused into the norm that reads its
+        sum next (this layer's post norm, the next layer's input norm); returns Norm(x; norm).
+        Same results as the plain loop, one pass over each sum instead of two."""
+        xn = self.layers[0].input_norm(x)
+        for i, (layer, (mixer_state, ffn_state)) in enumerate(zip(self.layers, cache.layers)):
+            ctx.layer = i
+            h, hn = layer.post_norm.residual(x, layer.mixer(xn, mixer_state, ctx))
+            next_norm = self.layers[i + 1].input_norm if i + 1 < len(self.layers) else self.norm
+            x, xn = next_norm.residual(h, layer.ffn(hn, ffn_state, ctx))
+        return xn
 
     # ---- text -------------------------------------------------------------
     @property
@@ -166,15 +168,14 @@ def load(path: str | os.PathLike, backend: str = "numba", strict: bool = True) -
     strict: tensors the config does not use are an error (False: ignore them).
     """
     path = os.fspath(path)
-    if backend not in BACKENDS:
-        raise InputError(f"backend: expected one of {', '.join(BACKENDS)}, found {backend!r}")
+    ops = ops_for(backend)
     if not os.path.isdir(path):
         raise CogcoreError(f"{path}: expected a model directory (config.json + safetensors), "
                            f"found {'a file' if os.path.exists(path) else 'nothing'}")
     config = Config.from_file(os.path.join(path, "config.json"))
     tensors, origin = read_model_tensors(path)
     weights = Weights(tensors, origin, source=path)
-    model = Model(config, weights, backend, path)
+    model = Model(config, weights, ops, path)
     if strict:
         weights.check_all_used()
     return model

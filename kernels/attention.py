@@ -7,18 +7,20 @@ chunk, then the weighted values), and keeps a running max, sum and output per
 head. For decode (one query) the key range is split across threads
 (flash-decoding) and the partial results are merged exactly; prefill splits
 over queries and heads. The visible keys of a query are a contiguous index
-range because the caches hand keys over in ascending position order; the
-wrapper checks that and computes the ranges.
+range when keys come in ascending position order, as the caches hand them
+over; the wrapper sorts them when they do not, then computes the ranges.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
-from .linear import FAST, pick
+from .linear import FAST
+from .threads import pick, twins
 
-CHUNK = 128
+CHUNK = 128              # keys per step of the running softmax; scratch buffers are [G, CHUNK]
 MIN_SPLIT = 256          # keys per split at least
 
 
@@ -107,8 +109,7 @@ def _attention(q, K, V, lo, hi, nsplit, scale):
     return out
 
 
-_attention_1 = njit(cache=True, fastmath=FAST)(_attention)
-_attention_p = njit(cache=True, fastmath=FAST, parallel=True)(_attention)
+_attention_1, _attention_p = twins(_attention, fastmath=FAST)
 
 
 def visible_ranges(q_pos, k_pos, window):
@@ -124,17 +125,22 @@ def n_splits(T, Hkv, longest, threads):
     return int(max(1, min(want, longest // MIN_SPLIT)))
 
 
-def attention(q, k, v, q_pos, k_pos, window=0, threads=2):
-    """Same contract as the reference; returns [T, H, hd] float32 (None if keys are out of order)."""
+def attention(q, k, v, q_pos, k_pos, window=0):
+    """Causal GQA softmax attention, optionally windowed (the reference's contract).
+
+    q [T, H, hd]; k, v [S, Hkv, hd]; q_pos [T], k_pos [S] -> [T, H, hd] float32.
+    Decode splits the key range over numba.get_num_threads() threads.
+    """
     k_pos = np.asarray(k_pos)
-    if len(k_pos) > 1 and not np.all(k_pos[1:] > k_pos[:-1]):
-        return None
+    if len(k_pos) > 1 and not np.all(k_pos[1:] >= k_pos[:-1]):
+        order = np.argsort(k_pos, kind="stable")
+        k, v, k_pos = k[order], v[order], k_pos[order]
     q_pos = np.asarray(q_pos)
     lo, hi = visible_ranges(q_pos, k_pos, window)
     T, H, hd = q.shape
     work = int((hi - lo).sum()) * k.shape[1] * hd * 2
     fn = pick(_attention_1, _attention_p, work)
+    threads = numba.get_num_threads()
     nsplit = n_splits(T, k.shape[1], int((hi - lo).max()), threads) if fn is _attention_p else 1
     return fn(np.ascontiguousarray(q, np.float32), np.ascontiguousarray(k, np.float32),
-                      np.ascontiguousarray(v, np.float32), lo, hi, nsplit,
-                      np.float32(1.0 / np.sqrt(hd)))
+              np.ascontiguousarray(v, np.float32), lo, hi, nsplit, np.float32(1.0 / np.sqrt(hd)))

@@ -1,6 +1,6 @@
 """Linear layers y = x W^T over a weight kept in its stored dtype (float32, float16, bfloat16).
 
-The NumPy twin is `ReferenceOps.linear` (widen W to float32, then BLAS). Here:
+The NumPy twin is `cogcore.blocks.linear.linear` (widen W to float32, then BLAS). Here:
 
 - float32 weights: decode (T <= SMALL_T) runs the GEMV kernel below, prefill goes to
   BLAS sgemm. On this machine the GEMV kernel matches OpenBLAS sgemv on one thread and
@@ -22,31 +22,18 @@ Kinds: 0 = float32, 1 = bfloat16 (uint16 bits), 2 = float16 (passed as uint16 bi
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from .threads import pick, twins
+
 F32, BF16, F16 = 0, 1, 2
 FAST = {"nsz", "arcp", "contract", "reassoc"}    # free reduction order; no finite-math assumptions
 SMALL_T = 8                                      # up to this many rows of x: GEMV kernel
-F32_GEMV = True                                  # float32 decode: own GEMV (BLAS sgemv stalls on a busy 2-thread pool)
 BLOCK_ROWS = 256                                 # weight rows widened per BLAS block (prefill)
 _F16_SCALE = np.float32(2.0 ** 112)
-PARALLEL_MIN_WORK = 1 << 21                      # elements touched below which a kernel runs on one thread
-
-
-def pick(serial, parallel, work: int):
-    """The parallel variant of a kernel only when there is enough work to pay for waking threads.
-
-    A parallel region costs a few microseconds on an idle machine, but when other programs
-    hold the cores it can wait a whole scheduler time slice for a worker thread, so small
-    kernels (every kernel of a small model, most of a decode step) stay on one thread.
-    """
-    if work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1:
-        return parallel
-    return serial
 
 
 def kind_of(W: np.ndarray) -> int:
@@ -141,8 +128,7 @@ def _gemv(x, W, kind):
     return out
 
 
-_gemv_1 = njit(cache=True, fastmath=FAST)(_gemv)
-_gemv_p = njit(cache=True, fastmath=FAST, parallel=True)(_gemv)
+_gemv_1, _gemv_p = twins(_gemv, fastmath=FAST)
 
 
 def gemv(x, W, kind):
@@ -156,8 +142,7 @@ def _widen_rows(W, r0, r1, out, kind):
         widen_into(W[r], dst.view(np.uint32), dst, kind)
 
 
-_widen_rows_1 = njit(cache=True)(_widen_rows)
-_widen_rows_p = njit(cache=True, parallel=True)(_widen_rows)
+_widen_rows_1, _widen_rows_p = twins(_widen_rows)
 
 
 def widen_rows(W, r0, r1, out, kind):
@@ -176,12 +161,14 @@ def widen(W: np.ndarray) -> np.ndarray:
 
 
 def linear(x: np.ndarray, W: np.ndarray) -> np.ndarray:
-    """y = x W^T; x [T, in] float32, W [out, in] stored -> [T, out] float32."""
+    """y = x W^T; x [..., in] float32, W [out, in] stored -> [..., out] float32."""
+    if x.ndim != 2:
+        return linear(x.reshape(-1, x.shape[-1]), W).reshape(*x.shape[:-1], W.shape[0])
     kind = kind_of(W)
     x = np.ascontiguousarray(x, dtype=np.float32)
     T, m = x.shape[0], W.shape[0]
-    if kind == F32 and not (F32_GEMV and T <= SMALL_T and W.flags.c_contiguous):
-        return x @ W.T
+    if kind == F32 and (T > SMALL_T or not W.flags.c_contiguous):
+        return x @ W.T                           # prefill (sgemm), or a strided view BLAS reads as is
     Wr = raw(W)
     if not Wr.flags.c_contiguous:
         Wr = np.ascontiguousarray(Wr)

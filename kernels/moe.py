@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .linear import BF16, F32, FAST, SMALL_T, dot, dot_bf16, kind_of, linear, pick, raw, widen_into
+from .linear import BF16, F32, FAST, SMALL_T, dot, dot_bf16, kind_of, linear, raw, widen_into
+from .threads import pick, twins
 
 
 @njit(cache=True, fastmath=FAST)
@@ -102,8 +103,7 @@ def _experts_decode(x, top, wts, Wg, Wu, Wd, kind):
     return y
 
 
-_experts_1 = njit(cache=True, fastmath=FAST)(_experts_decode)
-_experts_p = njit(cache=True, fastmath=FAST, parallel=True)(_experts_decode)
+_experts_1, _experts_p = twins(_experts_decode, fastmath=FAST)
 
 
 def silu(x):

@@ -1,7 +1,7 @@
 """RMSNorm and LayerNorm, alone and fused with the residual add (twins of cogcore.blocks.norm).
 
-`add_*norm(x, y, ...)` returns (h, norm(h)) with h = x + y in one pass over the row,
-which is what a pre-norm block needs between its mixer and its FFN. One row per
+`add_*norm(x, y, ...)` returns (h, norm(h)) with h = x + y in one pass over the row:
+the model's fast path fuses each residual add with the norm that reads its sum. One row per
 token; rows split across threads when there are many (prefill), one thread when
 there are few (decode, where a parallel launch costs more than the row).
 """
@@ -9,10 +9,10 @@ there are few (decode, where a parallel launch costs more than the row).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from .linear import FAST, pick
-
+from .linear import FAST, widen
+from .threads import pick, twins
 
 
 def _rms(x, h, out, w, eps, add, y):
@@ -46,34 +46,37 @@ def _ln(x, h, out, w, b, eps, add, y):
             out[t, j] = (h[t, j] - mu) * r * w[j] + b[j]
 
 
-_rms_1 = njit(cache=True, fastmath=FAST)(_rms)
-_rms_p = njit(cache=True, fastmath=FAST, parallel=True)(_rms)
-_ln_1 = njit(cache=True, fastmath=FAST)(_ln)
-_ln_p = njit(cache=True, fastmath=FAST, parallel=True)(_ln)
+_rms_1, _rms_p = twins(_rms, fastmath=FAST)
+_ln_1, _ln_p = twins(_ln, fastmath=FAST)
 
 
-def _rows(x):
+def _norm(serial, parallel, x, y, *params):
+    """(h, norm(h)) with h = x (+ y): a row kernel over x [..., D] viewed as rows [T, D]."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    return x, x.reshape(-1, x.shape[-1])
-
-
-def rmsnorm(x, w32, eps, y=None):
-    """x [..., D] (+ y) -> (h, rmsnorm(h)); w32 [D] float32."""
-    x, x2 = _rows(x)
+    x2 = x.reshape(-1, x.shape[-1])
     add = y is not None
-    y2 = _rows(y)[1] if add else x2
+    y2 = np.ascontiguousarray(y, dtype=np.float32).reshape(x2.shape) if add else x2
     out = np.empty_like(x2)
     h = np.empty_like(x2) if add else out      # without the add, h is computed into out
-    pick(_rms_1, _rms_p, x2.size)(x2, h, out, w32, np.float32(eps), add, y2)
+    pick(serial, parallel, x2.size)(x2, h, out, *params, add, y2)
     return h.reshape(x.shape), out.reshape(x.shape)
 
 
-def layernorm(x, w32, b32, eps, y=None):
-    """x [..., D] (+ y) -> (h, layernorm(h)); w32, b32 [D] float32."""
-    x, x2 = _rows(x)
-    add = y is not None
-    y2 = _rows(y)[1] if add else x2
-    out = np.empty_like(x2)
-    h = np.empty_like(x2) if add else out      # without the add, h is computed into out
-    pick(_ln_1, _ln_p, x2.size)(x2, h, out, w32, b32, np.float32(eps), add, y2)
-    return h.reshape(x.shape), out.reshape(x.shape)
+def rmsnorm(x, w, eps):
+    """x [..., D] float32, w [D] stored -> [..., D]."""
+    return _norm(_rms_1, _rms_p, x, None, widen(w), np.float32(eps))[1]
+
+
+def layernorm(x, w, b, eps):
+    """x [..., D] float32, w, b [D] stored -> [..., D]."""
+    return _norm(_ln_1, _ln_p, x, None, widen(w), widen(b), np.float32(eps))[1]
+
+
+def add_rmsnorm(x, y, w, eps):
+    """(h, rmsnorm(h)) with h = x + y, in one pass over each row."""
+    return _norm(_rms_1, _rms_p, x, y, widen(w), np.float32(eps))
+
+
+def add_layernorm(x, y, w, b, eps):
+    """(h, layernorm(h)) with h = x + y, in one pass over each row."""
+    return _norm(_ln_1, _ln_p, x, y, widen(w), widen(b), np.float32(eps))

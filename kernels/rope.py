@@ -1,7 +1,7 @@
 """Rotary position embedding in place of a fresh copy (twin of cogcore.blocks.rope.rope).
 
 Angles are p * inv_freq in float64, rounded once to float32, as in the reference;
-inv_freq is computed by the reference's own formula and passed in.
+the frequencies [hd/2] are the caller's (a layer computes them once).
 """
 
 from __future__ import annotations
@@ -27,13 +27,9 @@ def _rope(u, positions, inv_freq, out):
                 out[t, h, j + half] = b * c + a * s
 
 
-def inv_freq(head_dim: int, theta: float) -> np.ndarray:
-    return theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-
-
-def rope(u: np.ndarray, positions: np.ndarray, theta: float) -> np.ndarray:
-    """u [T, heads, hd] -> rotated copy."""
+def rope(u: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray) -> np.ndarray:
+    """u [T, heads, hd], positions [T], inv_freq [hd/2] float64 -> rotated copy [T, heads, hd]."""
     u = np.ascontiguousarray(u, dtype=np.float32)
     out = np.empty_like(u)
-    _rope(u, np.asarray(positions, np.int64), inv_freq(u.shape[-1], theta), out)
+    _rope(u, np.asarray(positions, np.int64), np.asarray(inv_freq, np.float64), out)
     return out

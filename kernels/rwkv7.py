@@ -9,9 +9,10 @@ The projections around it are batched over the chunk by the mixer (BLAS).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from .linear import FAST, pick
+from .linear import FAST
+from .threads import pick, twins
 
 
 def _wkv7(r, w, k, v, kk, a, S, y):
@@ -35,8 +36,7 @@ def _wkv7(r, w, k, v, kk, a, S, y):
                 y[t, h, i] = yi
 
 
-_wkv7_1 = njit(cache=True, fastmath=FAST)(_wkv7)
-_wkv7_p = njit(cache=True, fastmath=FAST, parallel=True)(_wkv7)
+_wkv7_1, _wkv7_p = twins(_wkv7, fastmath=FAST)
 
 
 def wkv7(r, w, k, v, kk, a, S):

@@ -84,6 +84,6 @@ def _probs(logits, temperature, top_k, top_p, min_p):
     return out / out.sum()
 
 
-def filter_probs(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0):
+def token_probabilities(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0):
     """The distribution [V] float64 that cogcore.sampling.sample draws from (temperature > 0)."""
     return _probs(np.asarray(logits), float(temperature), int(top_k), float(top_p), float(min_p))

@@ -1,4 +1,11 @@
-"""How many threads the kernels and BLAS use (both pools, set together).
+"""How many threads the kernels use, and their serial / parallel variants.
+
+Every kernel that splits work with `prange` is compiled twice by `twins`: a serial
+variant for small calls and a parallel one for large calls; `pick` chooses per
+call. Numba's disk cache (`cache=True`) keys a compiled function by its qualified
+name and signature, not by `parallel=`, so one Python function compiled both ways
+would share one cache entry and load whichever variant was compiled first for
+both: each variant here is its own Python function.
 
 On a machine shared with other work, two pools that spin while they wait (OpenMP
 for Numba, pthreads for OpenBLAS) can slow each other down badly; `cogcore bench
@@ -7,15 +14,71 @@ for Numba, pthreads for OpenBLAS) can slow each other down badly; `cogcore bench
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import os
+import types
 
 import numba
 import numpy as np
 
+PARALLEL_MIN_WORK = 1 << 21          # elements touched below which a kernel runs on one thread
+PARALLEL_KERNELS: list[tuple] = []      # (serial, parallel) dispatchers made by `twins`
+
 _BLAS_SYMBOLS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
                  "openblas_set_num_threads64_", "openblas_set_num_threads")
+
+
+def _renamed(fn, suffix: str):
+    """A new Python function with fn's code under the name fn.__name__ + suffix."""
+    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__,
+                              fn.__closure__)
+    twin.__qualname__ = fn.__qualname__ + suffix
+    twin.__doc__, twin.__module__ = fn.__doc__, fn.__module__
+    return twin
+
+
+def twins(fn, **options):
+    """(serial, parallel) compiled variants of the prange kernel fn, each cached on its own."""
+    serial = numba.njit(cache=True, **options)(_renamed(fn, "_serial"))
+    parallel = numba.njit(cache=True, parallel=True, **options)(_renamed(fn, "_parallel"))
+    PARALLEL_KERNELS.append((serial, parallel))
+    return serial, parallel
+
+
+def pick(serial, parallel, work: int):
+    """The parallel variant of a kernel only when there is enough work to pay for waking threads.
+
+    A parallel region costs a few microseconds on an idle machine, but when other programs
+    hold the cores it can wait a whole scheduler time slice for a worker thread, so small
+    kernels (every kernel of a small model, most of a decode step) stay on one thread.
+    """
+    if work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1:
+        return parallel
+    return serial
+
+
+@contextlib.contextmanager
+def parallel_from(work: int):
+    """Within the block, `pick` takes the parallel variants from `work` elements on (0: always)."""
+    global PARALLEL_MIN_WORK
+    saved, PARALLEL_MIN_WORK = PARALLEL_MIN_WORK, work
+    try:
+        yield
+    finally:
+        PARALLEL_MIN_WORK = saved
+
+
+def _thread_ids(n):
+    """The Numba thread that ran each of n iterations (how tests see a variant run in parallel)."""
+    out = np.empty(n, np.int64)
+    for i in numba.prange(n):
+        out[i] = numba.get_thread_id()
+    return out
+
+
+thread_ids_serial, thread_ids_parallel = twins(_thread_ids)
 
 
 def _openblas():
@@ -41,7 +104,3 @@ def set_threads(n: int) -> bool:
         return False
     fn(ctypes.c_int(n))
     return True
-
-
-def get_threads() -> int:
-    return numba.get_num_threads()

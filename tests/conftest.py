@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))   # so that tests can `import naive`, `import conftest`
+# two Numba threads even on a one-core runner, so that the parallel kernel variants really run in parallel
+os.environ.setdefault("NUMBA_NUM_THREADS", str(max(2, os.cpu_count() or 1)))
 
 import cogcore                                   # noqa: E402
 from cogcore.config import Config               # noqa: E402

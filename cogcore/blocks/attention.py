@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..cache import KVCache, RingKV
+from .rope import inv_freq
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray,
@@ -50,7 +51,8 @@ class AttentionMixer:
         self.wk = weights.take(f"{p}.k_proj.weight", (Hkv * hd, D))
         self.wv = weights.take(f"{p}.v_proj.weight", (Hkv * hd, D))
         self.wo = weights.take(f"{p}.o_proj.weight", (D, H * hd))
-        self.H, self.Hkv, self.hd, self.theta = H, Hkv, hd, cfg.rope_theta
+        self.H, self.Hkv, self.hd = H, Hkv, hd
+        self.inv_freq = inv_freq(hd, cfg.rope_theta)                       # [hd/2] float64
         self.window = cfg.sliding_window if layer_type == "sliding_attention" else 0
         self.ops = ops
 
@@ -64,7 +66,7 @@ class AttentionMixer:
         q = ops.linear(x, self.wq).reshape(T, self.H, self.hd)
         k = ops.linear(x, self.wk).reshape(T, self.Hkv, self.hd)
         v = ops.linear(x, self.wv).reshape(T, self.Hkv, self.hd)
-        return ops.rope(q, positions, self.theta), ops.rope(k, positions, self.theta), v
+        return ops.rope(q, positions, self.inv_freq), ops.rope(k, positions, self.inv_freq), v
 
     def __call__(self, x: np.ndarray, kv, ctx) -> np.ndarray:
         """x [T, D] normed input; kv the layer's cache; returns [T, D]."""

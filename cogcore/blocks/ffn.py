@@ -11,8 +11,17 @@ import numpy as np
 
 from ..cache import ShiftState
 from ..dtypes import f32
-from .moe import swiglu
 from .rwkv7 import token_shift
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    """x * sigmoid(x) (Elfwing et al., 2018; Hendrycks & Gimpel's SiLU/swish)."""
+    return x / (1.0 + np.exp(-x))
+
+
+def swiglu(x: np.ndarray, gate: np.ndarray, up: np.ndarray, down: np.ndarray, linear) -> np.ndarray:
+    """down(silu(gate(x)) * up(x)); x [T, D], gate/up [F, D], down [D, F]; `linear` the backend's."""
+    return linear(silu(linear(x, gate)) * linear(x, up), down)
 
 
 class DenseFFN:

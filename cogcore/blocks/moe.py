@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from .attention import softmax
-from .sparse_attention import silu
+from .ffn import swiglu
+from .linear import linear
 from .rwkv7 import sigmoid
 
 
@@ -27,12 +28,7 @@ def route(logits: np.ndarray, k: int, norm_topk: bool) -> tuple[np.ndarray, np.n
     return top, wts
 
 
-def swiglu(x: np.ndarray, gate: np.ndarray, up: np.ndarray, down: np.ndarray, linear) -> np.ndarray:
-    """down(silu(gate(x)) * up(x)); x [T, D], gate/up [F, D], down [D, F]."""
-    return linear(silu(linear(x, gate)) * linear(x, up), down)
-
-
-def moe(x, router, gate_proj, up_proj, down_proj, k: int, norm_topk: bool, linear):
+def moe(x, router, gate_proj, up_proj, down_proj, k: int, norm_topk: bool):
     """x [T, D]; router [E, D]; experts gate/up [E, F, D], down [E, D, F].
 
     Tokens are grouped by expert, so each expert runs once on all the tokens it got.

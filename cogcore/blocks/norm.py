@@ -36,7 +36,8 @@ class Norm:
         return self.ops.layernorm(x, self.w, self.b, self.eps)
 
     def residual(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(h, Norm(h)) with h = x + y: a residual add and the norm that reads it, as one op."""
+        """(h, Norm(h)) with h = x + y as one fused op: the model's fast path, for ops tables that
+        offer it (cogcore.ops.FusedResidualNorm); the reference reads the two steps as written."""
         if self.b is None:
             return self.ops.add_rmsnorm(x, y, self.w, self.eps)
         return self.ops.add_layernorm(x, y, self.w, self.b, self.eps)

@@ -26,6 +26,8 @@ import numpy as np
 from ..cache import SparseKV
 from ..dtypes import f32
 from .attention import AttentionMixer, softmax
+from .ffn import silu
+from .linear import linear as reference_linear
 
 
 class NSAShape(NamedTuple):
@@ -36,21 +38,18 @@ class NSAShape(NamedTuple):
     window: int         # w: sliding window of the third branch
 
 
-def silu(x: np.ndarray) -> np.ndarray:
-    return x / (1.0 + np.exp(-x))
-
-
 def n_complete_blocks(length: int, shape: NSAShape) -> int:
     """How many compression blocks lie inside positions 0..length-1."""
     return (length - shape.block) // shape.stride + 1 if length >= shape.block else 0
 
 
 def compress(X: np.ndarray, first: int, last: int, pos: np.ndarray, fc1: np.ndarray,
-             fc2: np.ndarray, shape: NSAShape) -> np.ndarray:
+             fc2: np.ndarray, shape: NSAShape, linear=reference_linear) -> np.ndarray:
     """Compressed tokens of blocks first..last-1 (SPEC 4.3 step 1).
 
     X [S, Hkv, hd] rotated keys (or values); pos [l, hd]; fc1 [hc, l*hd]; fc2 [hd, hc].
-    Returns [last-first, Hkv, hd].
+    Returns [last-first, Hkv, hd]. `linear` is the backend's (the Numba one widens
+    stored weights a row at a time).
     """
     l, s = shape.block, shape.stride
     starts = np.arange(first, last) * s
@@ -58,7 +57,7 @@ def compress(X: np.ndarray, first: int, last: int, pos: np.ndarray, fc1: np.ndar
     blocks = blocks + f32(pos)[None, :, None, :]
     nb, _, Hkv, hd = blocks.shape
     flat = blocks.transpose(0, 2, 1, 3).reshape(nb, Hkv, l * hd)          # position-major per head
-    return silu(flat @ f32(fc1).T) @ f32(fc2).T                             # [nb, Hkv, hd]
+    return linear(silu(linear(flat, fc1)), fc2)                             # [nb, Hkv, hd]
 
 
 def overlap(n_cmp: int, n_sel: int, shape: NSAShape) -> np.ndarray:

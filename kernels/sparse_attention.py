@@ -1,4 +1,4 @@
-"""Native Sparse Attention branches (twins of cogcore.blocks.sparse_attention.compress / nsa_attention).
+"""Native Sparse Attention branches (twin of cogcore.blocks.sparse_attention.nsa_attention).
 
 `nsa_attention`: one task per (query, kv group), split across threads. Per task:
 1. compressed attention: scores of the G query heads against every visible
@@ -12,20 +12,18 @@
 4. selected attention over the kept blocks, 5. window attention: both with the
    chunked running softmax of kernels.attention.attend_range, reading each key once
    for the G heads of the group.
-Gating stays in the mixer (three multiply-adds over [T, H, hd]).
-
-`compress`: the new blocks of a chunk are gathered (+pos) and pushed through
-fc1/fc2 with kernels.linear, so stored bfloat16/float16 compressor weights are
-widened a row at a time.
+Gating stays in the mixer (three multiply-adds over [T, H, hd]). Block compression
+has no twin here: the backend runs the reference's `compress` over kernels.linear.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from .attention import attend_range
-from .linear import FAST, linear, pick
+from .attention import CHUNK, attend_range
+from .linear import FAST
+from .threads import pick, twins
 
 
 def _nsa(q, K, V, kc, vc, q_pos, l, s, lsel, nsel, w, scale):
@@ -47,7 +45,7 @@ def _nsa(q, K, V, kc, vc, q_pos, l, s, lsel, nsel, w, scale):
         m = np.empty(G, np.float32)
         lsum = np.empty(G, np.float32)
         acc = np.empty((G, hd), np.float32)
-        sc = np.empty((G, 128), np.float32)
+        sc = np.empty((G, CHUNK), np.float32)
         # 1. compressed attention, 2. block scores
         if n_vis > 0:
             p = np.empty((G, n_vis), np.float32)
@@ -129,8 +127,7 @@ def _nsa(q, K, V, kc, vc, q_pos, l, s, lsel, nsel, w, scale):
     return o_cmp, o_slc, o_win, kept
 
 
-_nsa_1 = njit(cache=True, fastmath=FAST)(_nsa)
-_nsa_p = njit(cache=True, fastmath=FAST, parallel=True)(_nsa)
+_nsa_1, _nsa_p = twins(_nsa, fastmath=FAST)
 
 
 def nsa_attention(q, K, V, kc, vc, q_pos, shape):
@@ -148,18 +145,3 @@ def nsa_attention(q, K, V, kc, vc, q_pos, shape):
                 shape.block, shape.stride, shape.select_block, shape.select_count, shape.window,
                 np.float32(1.0 / np.sqrt(hd)))
 
-
-def silu(x):
-    return x / (np.float32(1.0) + np.exp(-x))
-
-
-def compress(X, first, last, pos, fc1, fc2, shape):
-    """Compressed tokens of blocks first..last-1: [last-first, Hkv, hd]."""
-    from cogcore.dtypes import f32
-    l, s = shape.block, shape.stride
-    starts = np.arange(first, last) * s
-    blocks = X[starts[:, None] + np.arange(l)[None, :]] + f32(pos)[None, :, None, :]   # [nb, l, Hkv, hd]
-    nb, _, Hkv, hd = blocks.shape
-    flat = blocks.transpose(0, 2, 1, 3).reshape(nb * Hkv, l * hd)
-    out = linear(silu(linear(flat, fc1)), fc2)
-    return out.reshape(nb, Hkv, hd)

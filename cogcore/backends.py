@@ -1,0 +1,82 @@
+"""The Numba backend's ops table: `cogcore.ops.Ops` over the kernels of `cogcore.kernels`.
+
+The kernels (the top-level `kernels/` folder) are numeric functions that know
+nothing of cogcore; this module is the one place that binds them to the contract,
+and it names every op that stays on the NumPy reference.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .blocks import ReferenceOps, sparse_attention
+from .blocks.rope import inv_freq
+from .blocks.sparse_attention import NSAShape
+from .dtypes import to_bf16
+from .kernels import attention, linear, moe, norm, rope, rwkv7, sampling, threads
+from .kernels import sparse_attention as nsa
+
+
+class NumbaOps:
+    """`Ops`, `FusedResidualNorm` and `Compiled` over the Numba kernels (backend "numba")."""
+
+    name = "numba"
+
+    linear = staticmethod(linear.linear)
+    embed = staticmethod(ReferenceOps.embed)         # reference: a row gather, nothing to compile
+    sigmoid = staticmethod(ReferenceOps.sigmoid)     # reference: one vectorised expression
+    rmsnorm = staticmethod(norm.rmsnorm)
+    layernorm = staticmethod(norm.layernorm)
+    add_rmsnorm = staticmethod(norm.add_rmsnorm)
+    add_layernorm = staticmethod(norm.add_layernorm)
+    rope = staticmethod(rope.rope)
+    attention = staticmethod(attention.attention)
+    nsa_attention = staticmethod(nsa.nsa_attention)
+    wkv7 = staticmethod(rwkv7.wkv7)
+    moe = staticmethod(moe.moe)
+    token_probabilities = staticmethod(sampling.token_probabilities)
+
+    @staticmethod
+    def nsa_compress(X, first, last, pos, fc1, fc2, shape):
+        """Reference: the block gather and its two small layers, over the kernels' linear."""
+        return sparse_attention.compress(X, first, last, pos, fc1, fc2, shape, linear=linear.linear)
+
+    @classmethod
+    def warm_up(cls) -> float:
+        """Compile (or load from the cache) every kernel on tiny inputs, the serial and the
+        parallel variant of each threaded one; returns the seconds it took."""
+        t0 = time.perf_counter()
+        for work in (1 << 62, 0):                # serial variants, then parallel ones
+            with threads.parallel_from(work):
+                _exercise(cls)
+        return time.perf_counter() - t0
+
+
+def _exercise(ops):
+    """Call every op once per weight dtype and per decode / prefill path."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 16), np.float32)
+    W = rng.standard_normal((8, 16), np.float32)
+    for Ws in (W, to_bf16(W), W.astype(np.float16)):
+        E, Ed = np.stack([Ws, Ws]), np.stack([Ws.T.copy()] * 2)
+        for xs in (x, np.repeat(x, 8, 0)):
+            ops.linear(xs, Ws)
+            ops.moe(xs, Ws[:2], E, E, Ed, 1, True)
+    w = np.ones(16, np.float32)
+    for n in (x, np.repeat(x, 64, 0)):
+        ops.rmsnorm(n, w, 1e-5), ops.layernorm(n, w, w, 1e-5)
+        ops.add_rmsnorm(n, n, w, 1e-5), ops.add_layernorm(n, n, w, w, 1e-5)
+    q = rng.standard_normal((3, 4, 8), np.float32)
+    k = rng.standard_normal((40, 2, 8), np.float32)
+    pos = np.arange(37, 40)
+    ops.rope(q, pos, inv_freq(8, 1e4))
+    ops.attention(q, k, k, pos, np.arange(40), 0)
+    shape = NSAShape(8, 4, 16, 3, 16)
+    kc = ops.nsa_compress(k, 0, 9, rng.standard_normal((8, 8), np.float32),
+                          rng.standard_normal((4, 64), np.float32), rng.standard_normal((8, 4), np.float32), shape)
+    ops.nsa_attention(q, k, k, kc, kc, pos, shape)
+    r = rng.standard_normal((2, 2, 4), np.float32)
+    ops.wkv7(r, r, r, r, r, r, np.zeros((2, 4, 4), np.float32))
+    ops.token_probabilities(rng.standard_normal(50).astype(np.float32), 1.0, 5, 0.9, 0.0)

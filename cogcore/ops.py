@@ -1,0 +1,122 @@
+"""The ops contract: every hot function the blocks call, with its shapes.
+
+A block reads its weights at construction and runs its hot loops through an ops
+table (`block.ops`), so that a backend swaps in compiled twins of exactly these
+functions while the blocks stay as written. Two tables implement `Ops`:
+
+- `cogcore.blocks.ReferenceOps` (backend "numpy"): the readable NumPy reference;
+- `cogcore.backends.NumbaOps` (backend "numba"): the kernels of `cogcore.kernels`
+  (the top-level `kernels/` folder), naming each op that stays on the reference.
+
+`ops_for(backend)` is the one place that turns a backend name into its table.
+Two optional capabilities: `FusedResidualNorm`, a fast path that lets the model
+fuse each residual add with the norm that reads its sum (`Model.forward`; the
+results are the unfused ones, to the bit), and `Compiled`, a table with kernels to
+compile (or load from Numba's cache) before timing anything.
+
+Weights `W` are passed in their stored dtype (float32, float16, or bfloat16 as
+uint16 bits); activations are float32. T tokens, D hidden size, H query heads,
+Hkv kv heads of hd channels, S keys, E experts.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from .errors import InputError
+
+BACKENDS = ("numba", "numpy")
+
+
+def ops_for(backend: str) -> Ops:
+    """The ops table of a backend name, or an InputError naming the choices."""
+    if backend == "numpy":
+        from .blocks import ReferenceOps
+        return ReferenceOps()
+    if backend == "numba":
+        from .backends import NumbaOps   # imported on demand: loading the kernels is not free
+        return NumbaOps()
+    raise InputError(f"backend: expected one of {', '.join(BACKENDS)}, found {backend!r}")
+
+
+@runtime_checkable
+class Ops(Protocol):
+    name: str      # the backend's name: "numpy" or "numba"
+
+    def linear(self, x: np.ndarray, W: np.ndarray) -> np.ndarray:
+        """y = x W^T; x [..., in] float32, W [out, in] stored -> [..., out] float32."""
+
+    def embed(self, table: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Rows of the embedding table [V, D] for token ids [T] -> [T, D] float32."""
+
+    def sigmoid(self, x: np.ndarray) -> np.ndarray:
+        """1 / (1 + exp(-x)), elementwise."""
+
+    def rmsnorm(self, x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+        """x [..., D] float32, w [D] stored -> [..., D] float32."""
+
+    def layernorm(self, x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+        """x [..., D] float32, w, b [D] stored -> [..., D] float32 (biased variance)."""
+
+    def rope(self, u: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray) -> np.ndarray:
+        """u [T, heads, hd] float32, positions [T], inv_freq [hd/2] float64 -> rotated [T, heads, hd]."""
+
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray,
+                  k_pos: np.ndarray, window: int = 0) -> np.ndarray:
+        """Causal GQA softmax attention; q [T, H, hd], k, v [S, Hkv, hd], q_pos [T], k_pos [S] -> [T, H, hd].
+
+        A key is visible when k_pos <= q_pos and (window == 0 or k_pos > q_pos - window);
+        every query sees at least its own key. Keys may come in any position order.
+        """
+
+    def nsa_compress(self, X: np.ndarray, first: int, last: int, pos: np.ndarray, fc1: np.ndarray,
+                     fc2: np.ndarray, shape) -> np.ndarray:
+        """Compressed tokens of NSA blocks first..last-1: X [S, Hkv, hd] -> [last-first, Hkv, hd].
+
+        pos [l, hd], fc1 [hc, l*hd], fc2 [hd, hc] stored; shape a blocks.sparse_attention.NSAShape.
+        """
+
+    def nsa_attention(self, q: np.ndarray, K: np.ndarray, V: np.ndarray, kc: np.ndarray, vc: np.ndarray,
+                      q_pos: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The three NSA branches: q [T, H, hd], K, V [S, Hkv, hd], kc, vc [B, Hkv, hd], q_pos [T]
+        -> o_cmp, o_slc, o_win [T, H, hd] float32 and the kept blocks [T, Hkv, n] int64 (-1 pads)."""
+
+    def wkv7(self, r: np.ndarray, w: np.ndarray, k: np.ndarray, v: np.ndarray, kk: np.ndarray,
+             a: np.ndarray, S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The RWKV-7 recurrence: r, w, k, v, kk, a [T, Hr, N] float32, S [Hr, N, N] float32
+        -> y [T, Hr, N] and the final state (S may be updated in place)."""
+
+    def moe(self, x: np.ndarray, router: np.ndarray, gate_proj: np.ndarray, up_proj: np.ndarray,
+            down_proj: np.ndarray, k: int, norm_topk: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k routed SwiGLU experts: x [T, D], router [E, D], gate/up [E, F, D], down [E, D, F]
+        -> y [T, D] float32 and the tokens each expert received [E] int64."""
+
+    def token_probabilities(self, logits: np.ndarray, temperature: float = 1.0, top_k: int = 0,
+                            top_p: float = 1.0, min_p: float = 0.0) -> np.ndarray:
+        """The sampler's distribution [V] float64 (tempered softmax, top-k, top-p, min-p, renormalised)."""
+
+
+@runtime_checkable
+class FusedResidualNorm(Protocol):
+    """The residual add fused with the norm that reads its sum (a fast path; optional)."""
+
+    def add_rmsnorm(self, x: np.ndarray, y: np.ndarray, w: np.ndarray, eps: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """(h, rmsnorm(h)) with h = x + y; x, y [..., D] float32, w [D] stored."""
+
+    def add_layernorm(self, x: np.ndarray, y: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """(h, layernorm(h)) with h = x + y; x, y [..., D] float32, w, b [D] stored."""
+
+
+@runtime_checkable
+class Compiled(Protocol):
+    def warm_up(self) -> float:
+        """Compile (or load from the cache) every kernel of the table; returns the seconds it took."""
+
+
+def members(protocol) -> list[str]:
+    """The op names a protocol declares, in declaration order."""
+    return [n for n, v in vars(protocol).items() if callable(v) and not n.startswith("_")]

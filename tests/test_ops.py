@@ -1,0 +1,333 @@
+"""The ops contract (cogcore.ops): both tables implement it, and the Numba kernels match their
+NumPy twins on random inputs of odd sizes, every storage dtype where weights are read, both
+thread variants, and whole models end to end."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import os
+import subprocess
+import sys
+
+import numba
+import numpy as np
+import pytest
+
+from conftest import build_model, small_config
+
+from cogcore.backends import NumbaOps
+from cogcore.blocks import ReferenceOps
+from cogcore.blocks.rope import inv_freq
+from cogcore.blocks.sparse_attention import NSAShape
+from cogcore.dtypes import to_storage
+import cogcore.kernels
+from cogcore.kernels import threads
+from cogcore.ops import Compiled, FusedResidualNorm, Ops, members
+
+REF, NB = ReferenceOps(), NumbaOps()
+DTYPES = ["F32", "F16", "BF16"]
+OPS = members(Ops) + members(FusedResidualNorm)
+
+
+def rand(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def close(a, b, tol=2e-5):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
+    np.testing.assert_allclose(a, b, rtol=tol, atol=tol * max(1.0, float(np.abs(b).max(initial=0))))
+
+
+def test_tables_implement_the_contract_with_its_signatures():
+    assert isinstance(REF, Ops) and isinstance(NB, Ops) and isinstance(NB, FusedResidualNorm)
+    assert isinstance(NB, Compiled) and not isinstance(REF, FusedResidualNorm)
+    for name in OPS:
+        want = [p for p in inspect.signature(getattr(Ops if name in members(Ops) else FusedResidualNorm,
+                                                     name)).parameters][1:]            # without self
+        for table in (REF, NB):
+            if hasattr(table, name):
+                params = inspect.signature(getattr(table, name)).parameters
+                required = [p for p, v in params.items() if v.default is inspect.Parameter.empty]
+                assert list(params)[:len(want)] == want and len(required) <= len(want), (table.name, name)
+
+
+# ---- parity: one case per op of the contract; an op without one fails here ----------------------
+
+def parity_linear():
+    for tag in DTYPES:
+        for T in (1, 3, 13):
+            rng = np.random.default_rng(T)
+            W = to_storage(rand(rng, 77, 45), tag)
+            x = rand(rng, T, 45)
+            close(NB.linear(x, W), REF.linear(x, W))
+
+
+def parity_embed():
+    rng = np.random.default_rng(0)
+    for tag in DTYPES:
+        table, ids = to_storage(rand(rng, 37, 11), tag), np.array([0, 5, 36, 5])
+        assert np.array_equal(NB.embed(table, ids), REF.embed(table, ids))
+
+
+def parity_sigmoid():
+    x = rand(np.random.default_rng(0), 7, 13, scale=5)
+    close(NB.sigmoid(x), REF.sigmoid(x))
+
+
+def norm_inputs(T):
+    rng = np.random.default_rng(T)
+    return rand(rng, T, 37), rand(rng, T, 37), rand(rng, 37), rand(rng, 37)
+
+
+def parity_rmsnorm():
+    for T in (1, 5, 70):
+        x, _, w, _ = norm_inputs(T)
+        close(NB.rmsnorm(x, w, 1e-5), REF.rmsnorm(x, w, 1e-5))
+        wb = to_storage(w, "BF16")
+        close(NB.rmsnorm(x, wb, 1e-5), REF.rmsnorm(x, wb, 1e-5))
+
+
+def parity_layernorm():
+    for T in (1, 5, 70):
+        x, _, w, b = norm_inputs(T)
+        close(NB.layernorm(x, w, b, 1e-6), REF.layernorm(x, w, b, 1e-6))
+
+
+def parity_add_rmsnorm():
+    """The fused op against the reference's two steps: h = x + y, then the norm of h."""
+    for T in (1, 5, 70):
+        x, y, w, _ = norm_inputs(T)
+        h, out = NB.add_rmsnorm(x, y, to_storage(w, "BF16"), 1e-5)
+        assert np.array_equal(h, x + y)
+        close(out, REF.rmsnorm(x + y, to_storage(w, "BF16"), 1e-5))
+
+
+def parity_add_layernorm():
+    for T in (1, 5, 70):
+        x, y, w, b = norm_inputs(T)
+        h, out = NB.add_layernorm(x, y, w, b, 1e-6)
+        assert np.array_equal(h, x + y)
+        close(out, REF.layernorm(x + y, w, b, 1e-6))
+
+
+def parity_rope():
+    rng = np.random.default_rng(1)
+    u = rand(rng, 5, 3, 10)
+    pos = np.array([0, 1, 77, 4097, 200001])
+    close(NB.rope(u, pos, inv_freq(10, 1e4)), REF.rope(u, pos, inv_freq(10, 1e4)), 1e-5)
+
+
+def parity_attention():
+    H, Hkv, hd = 6, 3, 7
+    for T, S, window in [(1, 1, 0), (1, 700, 0), (1, 700, 33), (9, 9, 0), (7, 300, 5), (6, 11, 0)]:
+        rng = np.random.default_rng(S + T)
+        q, k, v = rand(rng, T, H, hd), rand(rng, S, Hkv, hd), rand(rng, S, Hkv, hd)
+        q_pos, k_pos = np.arange(S - T, S), np.arange(S)
+        close(NB.attention(q, k, v, q_pos, k_pos, window), REF.attention(q, k, v, q_pos, k_pos, window))
+    # a sliding ring: positions ascending but not from 0; then keys in no order at all
+    rng = np.random.default_rng(3)
+    q, k, v = rand(rng, 2, 4, 6), rand(rng, 9, 2, 6), rand(rng, 9, 2, 6)
+    q_pos = np.array([27, 28])
+    for k_pos in (np.arange(20, 29), rng.permutation(np.arange(20, 29))):
+        close(NB.attention(q, k, v, q_pos, k_pos, 5), REF.attention(q, k, v, q_pos, k_pos, 5))
+        close(NB.attention(q, k, v, q_pos, k_pos, 0), REF.attention(q, k, v, q_pos, k_pos, 0))
+
+
+NSA_SHAPES = [NSAShape(4, 2, 4, 4, 6), NSAShape(8, 4, 16, 3, 5), NSAShape(6, 3, 9, 5, 11)]
+
+
+def parity_nsa_attention():
+    for shape in NSA_SHAPES:
+        for T in (1, 17):
+            rng = np.random.default_rng(T + shape.block)
+            S, H, Hkv, hd = 150, 6, 3, 5
+            K, V, q = rand(rng, S, Hkv, hd), rand(rng, S, Hkv, hd), rand(rng, T, H, hd, scale=3.0)
+            B = (S - shape.block) // shape.stride + 1
+            kc, vc = rand(rng, B, Hkv, hd), rand(rng, B, Hkv, hd)
+            q_pos = np.concatenate([[0, 2, 5], np.arange(S - T + 3, S)])[:T] if T > 1 else np.array([S - 1])
+            got = NB.nsa_attention(q, K, V, kc, vc, q_pos, shape)
+            want = REF.nsa_attention(q, K, V, kc, vc, q_pos, shape)
+            assert np.array_equal(got[3], want[3])                     # the same blocks kept
+            for g, w in zip(got[:3], want[:3]):
+                close(g, w)
+
+
+def parity_nsa_compress():
+    for tag in DTYPES:
+        rng = np.random.default_rng(5)
+        shape, hd, Hkv, hc = NSAShape(6, 3, 9, 5, 11), 5, 3, 7
+        X = rand(rng, 40, Hkv, hd)
+        pos, fc1, fc2 = (to_storage(a, tag) for a in (rand(rng, 6, hd), rand(rng, hc, 6 * hd), rand(rng, hd, hc)))
+        for first, last in ((0, 1), (2, 12)):
+            close(NB.nsa_compress(X, first, last, pos, fc1, fc2, shape),
+                  REF.nsa_compress(X, first, last, pos, fc1, fc2, shape))
+
+
+def parity_wkv7():
+    for T in (1, 6):
+        rng = np.random.default_rng(T)
+        Hr, N = 3, 9
+        r, k, v = (rand(rng, T, Hr, N) for _ in range(3))
+        w = rng.uniform(0.5, 1.0, (T, Hr, N)).astype(np.float32)
+        a = rng.uniform(0, 1, (T, Hr, N)).astype(np.float32)
+        kk = rand(rng, T, Hr, N)
+        kk /= np.linalg.norm(kk, axis=-1, keepdims=True)
+        S0 = rand(rng, Hr, N, N)
+        y1, S1 = NB.wkv7(r, w, k, v, kk, a, S0.copy())
+        y2, S2 = REF.wkv7(r, w, k, v, kk, a, S0.copy())
+        close(y1, y2)
+        close(S1, S2)
+
+
+def parity_moe():
+    D, E, F, k = 19, 7, 13, 3
+    for tag in DTYPES:
+        for T, norm_topk in [(1, True), (3, False), (29, True)]:
+            rng = np.random.default_rng(T)
+            x = rand(rng, T, D)
+            router, gate, up, down = (to_storage(a, tag) for a in
+                                      (rand(rng, E, D), rand(rng, E, F, D), rand(rng, E, F, D), rand(rng, E, D, F)))
+            y1, c1 = NB.moe(x, router, gate, up, down, k, norm_topk)
+            y2, c2 = REF.moe(x, router, gate, up, down, k, norm_topk)
+            assert np.array_equal(c1, c2)
+            close(y1, y2)
+
+
+def parity_token_probabilities():
+    for top_k, top_p, min_p in [(0, 1.0, 0.0), (5, 1.0, 0.0), (0, 0.9, 0.0), (40, 0.5, 0.05),
+                                (0, 0.999, 0.01), (3000, 1.0, 0.0)]:
+        rng = np.random.default_rng(top_k)
+        logits = rand(rng, 2001, scale=2.0)
+        logits[7] = logits[8] = logits.max() + 1         # a tie at the top: the lower id ranks first
+        for temp in (0.7, 1.3):
+            got = NB.token_probabilities(logits, temp, top_k, top_p, min_p)
+            want = REF.token_probabilities(logits, temp, top_k, top_p, min_p)
+            assert np.array_equal(got > 0, want > 0)
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("variant", ["serial", "parallel"])
+def test_parity(op, variant):
+    """Every op of the contract against its NumPy twin, with the serial and the parallel kernels."""
+    case = globals().get(f"parity_{op}")
+    assert case is not None, f"op {op!r} of the contract has no parity case (parity_{op})"
+    with threads.parallel_from(0 if variant == "parallel" else 1 << 62):
+        case()
+
+
+# ---- whole models ----------------------------------------------------------------------------
+
+def mixed_config(**overrides):
+    """Every mixer and FFN kind; sparse attention that drops blocks (n*l' < T), a sliding ring that wraps."""
+    return small_config(
+        num_hidden_layers=6,
+        layer_types=["recurrent", "sparse_attention", "full_attention", "sliding_attention",
+                     "recurrent", "sparse_attention"],
+        mlp_types=["moe", "dense", "channel_mix", "moe", "moe", "channel_mix"],
+        nsa_compress_block=4, nsa_compress_stride=2, nsa_select_block=4, nsa_select_count=3, nsa_window=5,
+        sliding_window=5, **overrides)
+
+
+@pytest.mark.parametrize("dtype,norm", [("float32", "rmsnorm"), ("bfloat16", "layernorm"),
+                                        ("float16", "rmsnorm")])
+def test_model_logits_match_reference(dtype, norm):
+    cfg = mixed_config(norm_type=norm, num_shared_experts=1 if norm == "layernorm" else 0,
+                       shared_expert_intermediate_size=5 if norm == "layernorm" else 0)
+    ref, tensors = build_model(cfg, seed=1, dtype=dtype, backend="numpy")
+    nb, _ = build_model(cfg, backend="numba", tensors=tensors)
+    ids = np.random.default_rng(0).integers(0, cfg["vocab_size"], 41)
+    want = ref.forward(ids)
+    got = nb.forward(ids)
+    close(got, want, 1e-4)
+    assert np.array_equal(ref.last_pass.selected_blocks[1], nb.last_pass.selected_blocks[1])
+    assert (ref.last_pass.selected_blocks[1] >= 0).sum() < ref.last_pass.selected_blocks[1].size  # blocks dropped
+    for layer, counts in ref.last_pass.expert_counts.items():
+        assert np.array_equal(counts, nb.last_pass.expert_counts[layer])
+
+
+def test_parallel_variants_match_reference():
+    """Every threaded kernel also runs its parallel variant, used above PARALLEL_MIN_WORK: force it."""
+    assert numba.get_num_threads() >= 2          # conftest asks for two threads, even on one core
+    cfg = mixed_config()
+    ref, tensors = build_model(cfg, seed=3, dtype="bfloat16", backend="numpy")
+    nb, _ = build_model(cfg, backend="numba", tensors=tensors)
+    ids = np.random.default_rng(2).integers(0, cfg["vocab_size"], 23)
+    with threads.parallel_from(0):
+        close(nb.forward(ids), ref.forward(ids), 1e-4)
+        cache_nb, cache_ref = nb.new_cache(), ref.new_cache()
+        for t in ids[:4]:
+            close(nb.forward([t], cache_nb), ref.forward([t], cache_ref), 1e-4)
+
+
+def test_numba_chunked_decoding_matches_whole():
+    cfg = mixed_config()
+    model, _ = build_model(cfg, seed=2, dtype="bfloat16", backend="numba")
+    ids = np.random.default_rng(1).integers(0, cfg["vocab_size"], 30)
+    whole = model.forward(ids)
+    cache = model.new_cache()
+    parts = [model.forward(ids[a:b], cache) for a, b in ((0, 1), (1, 2), (2, 11), (11, 12), (12, 30))]
+    close(np.concatenate(parts), whole, 1e-4)
+
+
+WARM_CACHE_PROBE = """
+import sys
+import numba
+from cogcore.kernels import threads
+# cold: the serial twin first, the order in which one shared cache entry served both twins serial code;
+# warm: the parallel one first (serial code calling get_thread_id, loaded before any parallel launch,
+# finds Numba's thread pool not started)
+order = (threads.thread_ids_serial, threads.thread_ids_parallel)
+for kernel in (order if sys.argv[1] == "cold" else order[::-1]):
+    ids = kernel(1000)
+    if kernel is threads.thread_ids_parallel:
+        used = len(set(ids.tolist()))
+print(numba.get_num_threads(), sum(threads.thread_ids_parallel.stats.cache_hits.values()), used)
+"""
+
+
+def test_every_threaded_kernel_has_its_own_parallel_function():
+    """Numba's disk cache keys on the function, not on parallel=: twins compiled from one Python
+    function share one cache file, and the parallel one loads the serial code."""
+    pairs = threads.PARALLEL_KERNELS
+    assert len(pairs) >= 9                   # gemv, widen, norms, attention, nsa, wkv7, experts, probe
+    files = [d._cache._cache_file._index_path for pair in pairs for d in pair]
+    assert len(set(files)) == 2 * len(pairs)
+    for serial, parallel in pairs:
+        assert not serial.targetoptions.get("parallel") and parallel.targetoptions["parallel"]
+
+
+def test_parallel_variant_runs_on_two_threads_from_a_warm_cache(tmp_path):
+    """In a second process (the kernel loaded from the disk cache) the parallel variant still
+    spreads a prange over both threads."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), NUMBA_NUM_THREADS="2")
+    cold, warm = (subprocess.run([sys.executable, "-c", WARM_CACHE_PROBE, run], env=env, capture_output=True,
+                                 text=True, check=True).stdout.split() for run in ("cold", "warm"))
+    assert cold[0] == warm[0] == "2"                      # threads
+    assert cold[1] == "0" and warm[1] == "1"              # compiled, then loaded from the cache
+    assert cold[2] == warm[2] == "2"                      # threads that ran iterations
+
+
+def test_warm_up_compiles_or_loads_every_op():
+    seconds = NB.warm_up()
+    assert seconds >= 0
+    for serial, parallel in threads.PARALLEL_KERNELS:
+        if serial is threads.thread_ids_serial:
+            continue
+        assert serial.signatures, serial.py_func.__qualname__
+        if numba.get_num_threads() > 1:
+            assert parallel.signatures, parallel.py_func.__qualname__
+
+
+def test_kernels_import_nothing_from_cogcore():
+    """Dependencies run one way: cogcore.backends binds the kernels, the kernels know no cogcore."""
+    folder = os.path.dirname(cogcore.kernels.__file__)
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            tree = ast.parse(open(os.path.join(folder, name)).read())
+            for node in ast.walk(tree):
+                mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                        else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+                assert not any(m.split(".")[0] == "cogcore" for m in mods), (name, mods)
