@@ -9,13 +9,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
+import time
 
 from .errors import CogcoreError
 
 COMMANDS = ("generate", "chat", "eval", "inspect", "init", "bench")
-DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "weights", "cogcore-tiny")
+# The shipped model: in a checkout (or editable install) under weights/, in a wheel install
+# under <prefix>/share/cogcore/ (pyproject's data-files). The first that exists is the default.
+MODEL_PLACES = (os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "cogcore-tiny"),
+                os.path.join(sys.prefix, "share", "cogcore", "cogcore-tiny"))
+DEFAULT_MODEL = next((p for p in MODEL_PLACES if os.path.isdir(p)), MODEL_PLACES[0])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,18 +36,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C so that half-written files are removed on the way out."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    on_main_thread = threading.current_thread() is threading.main_thread()   # where signals can be set
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if on_main_thread else None
     try:
         return args.run(args) or 0
     except CogcoreError as e:
         print(f"cogcore {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except Terminated:
+        print(f"\ncogcore {args.command}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"\ncogcore {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
@@ -57,11 +79,24 @@ def load_model(args):
     from .model import load
     from .ops import Compiled
     if args.model == DEFAULT_MODEL and not os.path.isdir(DEFAULT_MODEL):
-        raise CogcoreError(f"no model given and the shipped model was not found at {DEFAULT_MODEL}; "
-                           f"pass --model DIR (e.g. one made by `cogcore init --preset tiny DIR`)")
+        raise CogcoreError(f"no model given and the shipped model was not found (looked in "
+                           f"{' and '.join(MODEL_PLACES)}); pass --model DIR (e.g. one made by "
+                           f"`cogcore init --preset tiny DIR`)")
     model = load(args.model, backend=args.backend)
     if isinstance(model.ops, Compiled):   # compile (or load) the kernels now, so speeds reported later exclude it
-        seconds = model.ops.warm_up()
-        if seconds > 1.0:
+        notice = threading.Timer(5.0, print, ("cogcore: compiling the kernels (once per install; "
+                                              "a minute or so)...",), {"file": sys.stderr, "flush": True})
+        notice.start()           # says so only when loading from numba's cache takes long: a first run
+        start = time.perf_counter()
+        try:
+            model.ops.warm_up()
+            cache = model.new_cache()   # this model's own dtypes and shapes: a prefill chunk, a decode step
+            bos = model.config.bos_token_id
+            model.forward([bos, bos], cache)
+            model.forward([bos], cache)
+        finally:
+            notice.cancel()
+        seconds = time.perf_counter() - start
+        if seconds > 5.0:   # loading them from numba's cache takes a second or two
             print(f"cogcore: kernels compiled in {seconds:.1f} s (cached for next time)", file=sys.stderr)
     return model

@@ -50,6 +50,7 @@ _MOE = ("num_experts", "num_experts_per_tok", "moe_intermediate_size")
 _DENSE = ("intermediate_size",)
 
 _FLOAT_KEYS = {"norm_eps", "rope_theta"}
+MAX_INT = 2**31 - 1     # sizes and ids beyond 32 bits are no real model, and overflow the kernels' int64 products
 _BOOL_KEYS = {"embedding_norm", "tie_word_embeddings", "norm_topk_prob"}
 
 
@@ -163,12 +164,14 @@ class Config:
             if key in _FLOAT_KEYS:
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                     fail(key, "a finite number > 0", v)
+                if key == "norm_eps" and not v < 1:   # an eps of 1 or more swamps the mean square
+                    fail(key, "a number in (0, 1), e.g. 1e-5", v)
                 values[key] = float(v)
             elif key in ("bos_token_id", "eos_token_id", "num_shared_experts"):
-                if not is_int(v) or v < 0:
-                    fail(key, "an integer >= 0", v)
-            elif not is_int(v) or v < 1:
-                fail(key, "an integer >= 1", v)
+                if not is_int(v) or not 0 <= v <= MAX_INT:
+                    fail(key, f"an integer >= 0 (at most {MAX_INT})", v)
+            elif not is_int(v) or not 1 <= v <= MAX_INT:
+                fail(key, f"an integer >= 1 (at most {MAX_INT})", v)
         for key in _BOOL_KEYS:
             if not isinstance(values[key], bool):
                 fail(key, "true or false", values[key])
@@ -215,14 +218,7 @@ class Config:
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "Config":
         path = os.fspath(path)
-        try:
-            with open(path, encoding="utf-8") as f:
-                raw = json.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-            raise ConfigError(f"{path}: expected valid JSON, found a parse error: {e}") from None
-        return cls.from_dict(raw, source=path)
+        return cls.from_dict(read_json(path, ConfigError, "config file"), source=path)
 
     def to_dict(self) -> dict[str, Any]:
         """The config.json form: every key that is set, lists as lists."""
@@ -245,6 +241,21 @@ _FIELD_NAMES = {f.name for f in dataclasses.fields(Config)}
 def is_int(v: Any) -> bool:
     """An integer (Python or NumPy), not a bool."""
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def read_json(path: str, error: type[Exception], what: str = "file") -> Any:
+    """Parse a JSON file, or raise `error` saying what is wrong with it (missing, a directory, bad JSON)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise error(f"{path}: expected a JSON {what}, found a directory") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read the {what}: {e.strerror}") from None
+    except (ValueError, RecursionError) as e:   # JSONDecodeError, bad UTF-8, ints over 4,300 digits
+        raise error(f"{path}: expected valid JSON, found a parse error: {e}") from None
 
 
 def _alternating(n: int) -> list[str]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from .config import Config
 from .dtypes import to_storage
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 from .model import tensor_shapes
 from .tensorfile import write_json, write_safetensors
 
@@ -64,7 +64,13 @@ def init_model(out_dir: str | os.PathLike, config: Config, dtype: str = "float32
                progress=None) -> None:
     """Write config.json and model.safetensors of a random model, one tensor at a time."""
     tag = _dtype_tag(dtype)
-    os.makedirs(out_dir, exist_ok=True)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InputError(f"seed: expected an integer >= 0, found {seed!r}")
+    out_dir = os.fspath(out_dir)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:   # a file in the way, a read-only parent
+        raise InputError(f"{out_dir}: cannot create the model directory: {e.strerror}") from None
     lazy = {name: (tag, shape, lambda n=name, s=shape: to_storage(init_tensor(n, s, seed), tag))
             for name, shape in tensor_shapes(config).items()}
     write_safetensors(os.path.join(out_dir, "model.safetensors"), lazy,

@@ -20,15 +20,14 @@ drawn (`GenerationResult.pending_ids`), which nothing has read yet.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from .config import is_int
-from .errors import CogcoreError, InputError
+from .config import is_int, read_json
+from .errors import InputError
 from .sampling import check_options, sample_next
 
 GENERATION_CONFIG = "generation_config.json"
@@ -67,6 +66,19 @@ class GenerationOptions:
 _OPTION_NAMES = {f.name for f in dataclasses.fields(GenerationOptions)}
 
 
+def read_generation_config(model_dir: str | os.PathLike | None) -> dict:
+    """The model directory's generation_config.json as a dict ({} when there is none)."""
+    if model_dir is None:
+        return {}
+    path = os.path.join(os.fspath(model_dir), GENERATION_CONFIG)
+    if not os.path.lexists(path):
+        return {}
+    raw = read_json(path, InputError, "generation config")
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a JSON object, found {type(raw).__name__}")
+    return raw
+
+
 def generation_defaults(model_dir: str | os.PathLike | None) -> dict:
     """The options that the model directory's generation_config.json suggests (may be empty).
 
@@ -74,18 +86,7 @@ def generation_defaults(model_dir: str | os.PathLike | None) -> dict:
     do_sample (false means greedy whatever temperature says), eos_token_id (int or
     list), stop_strings (str or list), seed.
     """
-    if model_dir is None:
-        return {}
-    path = os.path.join(os.fspath(model_dir), GENERATION_CONFIG)
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except (OSError, ValueError) as e:
-        raise CogcoreError(f"{path}: expected valid JSON, found a parse error: {e}") from None
-    if not isinstance(raw, dict):
-        raise CogcoreError(f"{path}: expected a JSON object, found {type(raw).__name__}")
+    raw = read_generation_config(model_dir)
     out = {k: raw[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "min_p",
                                "repetition_penalty", "seed") if raw.get(k) is not None}
     if raw.get("do_sample") is False:
@@ -98,22 +99,50 @@ def generation_defaults(model_dir: str | os.PathLike | None) -> dict:
 
 
 def resolve_options(model, **overrides) -> GenerationOptions:
-    """GenerationOptions for `model`: arguments that are not None > generation_config.json > defaults."""
+    """GenerationOptions for `model`: arguments that are not None > generation_config.json > defaults.
+
+    A bad value in generation_config.json is an InputError naming the file.
+    """
     unknown = set(overrides) - _OPTION_NAMES
     if unknown:
         raise InputError(f"generate: unknown option(s) {', '.join(sorted(unknown))}; "
                          f"expected some of {', '.join(sorted(_OPTION_NAMES))}")
-    values = generation_defaults(getattr(model, "path", None))
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    model_dir = getattr(model, "path", None)
+    suggested = generation_defaults(model_dir)
+    try:
+        _build_options(model, suggested)
+    except InputError as e:
+        raise InputError(f"{os.path.join(model_dir, GENERATION_CONFIG)}: {e}") from None
+    return _build_options(model, {**suggested, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def _build_options(model, values: dict) -> GenerationOptions:
+    """Checked GenerationOptions from raw values (stop and eos_token_id may be one value or a list)."""
+    values = dict(values)
     if "stop" in values:
-        stop = values["stop"]
-        values["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
+        values["stop"] = _as_tuple(values["stop"], str, "stop", "a string or a list of strings")
     if "eos_token_id" in values:
-        eos = values["eos_token_id"]
-        values["eos_token_id"] = (eos,) if is_int(eos) else tuple(eos)
+        V = model.config.vocab_size
+        expected = f"a token id in 0..{V - 1} (vocab_size={V}) or a list of them ([]: never stop at EOS)"
+        eos = values["eos_token_id"] = _as_tuple(values["eos_token_id"], int, "eos_token_id", expected)
+        bad = [i for i in eos if not 0 <= i < V]
+        if bad:
+            raise InputError(f"eos_token_id: expected {expected}, found {bad[0]}")
     if values.get("seed") == -1:
         values["seed"] = None
-    return GenerationOptions(**values).check()
+    options = GenerationOptions(**values).check()
+    # top_k beyond the vocabulary keeps everything: the same as off, and no overflow in the kernels
+    return dataclasses.replace(options, top_k=min(int(options.top_k), model.config.vocab_size))
+
+
+def _as_tuple(value, kind: type, name: str, expected: str) -> tuple:
+    """One value or a list/tuple of them, as a tuple; an InputError for anything else."""
+    items = [value] if isinstance(value, (str, int, np.integer)) else value
+    ok = isinstance(items, (list, tuple)) and all(
+        (is_int(v) if kind is int else isinstance(v, kind)) for v in items)
+    if not ok:
+        raise InputError(f"{name}: expected {expected}, found {value!r:.60}")
+    return tuple(int(v) if kind is int else v for v in items)
 
 
 @dataclasses.dataclass
@@ -194,13 +223,12 @@ def encode_prompt(model, prompt, bos: bool = True) -> list[int]:
         if not prompt:
             raise InputError("prompt: expected some text, found an empty string")
         return model.tokenizer.encode(prompt, bos=bos)
-    try:
-        ids = [int(i) for i in np.asarray(prompt).reshape(-1)] if prompt is not None else []
-    except (TypeError, ValueError):
-        raise InputError(f"prompt: expected a str or a sequence of token ids, found {prompt!r:.60}") from None
-    if not ids:
+    ids = np.asarray(prompt) if isinstance(prompt, (list, tuple, np.ndarray)) else None
+    if ids is not None and ids.ndim == 1 and ids.size == 0:
         raise InputError("prompt: expected some text or token ids, found nothing")
-    return ids
+    if ids is None or ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise InputError(f"prompt: expected a str or a 1-D sequence of int token ids, found {prompt!r:.60}")
+    return [int(i) for i in ids]
 
 
 class Stream:
@@ -332,18 +360,35 @@ def complete(model, prompt, **options) -> GenerationResult:
     return stream(model, prompt, **options).result
 
 
-class Conversation:
-    """A chat that keeps one cache across turns.
+HISTORY_POLICIES = ("keep", "reset")
 
-    Turn i feeds `pending + [bos] + sp.encode(text)`: the last drawn token of the
-    turn before (fed now), an EOS to close that turn if it did not end with one,
-    then the new text. Every turn thus looks like a packed training document:
-    `[bos] prompt answer [eos] [bos] prompt answer [eos] ...`.
+
+class Conversation:
+    """A chat: one reply per `send`, with one of two per-turn policies (`history`).
+
+    "keep": one cache across turns. Turn i feeds `pending + [eos] + [bos] + sp.encode(text)`:
+    the last drawn token of the turn before (fed now), an EOS to close that turn if it
+    did not end with one, then the new text, so the cache holds
+    `[bos] q1 a1 [eos] [bos] q2 a2 [eos] ...`, the way packed training documents look.
+    When the next turn (plus `max_new_tokens`) no longer fits in `max_position_embeddings`,
+    the conversation starts afresh and `notice` says so.
+
+    "reset": every turn is answered on a fresh cache, exactly as `generate` would answer
+    it alone. For models trained on one question per sequence (the shipped one): after
+    an earlier turn they answer wrongly (docs/generation.md, "Conversations").
+
+    The default is the `chat_history` key of generation_config.json, else "keep".
     """
 
-    def __init__(self, model, stats: bool = False, **options):
+    def __init__(self, model, stats: bool = False, history: str | None = None, **options):
         self.model, self.stats, self.options = model, stats, options
         resolve_options(model, **options)        # bad options fail now, not at the first turn
+        if history is None:
+            history = read_generation_config(getattr(model, "path", None)).get("chat_history", "keep")
+        if history not in HISTORY_POLICIES:
+            raise InputError(f"chat_history: expected one of {', '.join(HISTORY_POLICIES)}, found {history!r:.60}")
+        self.history = history
+        self.notice: str | None = None           # set by a turn that had to drop the conversation
         self.reset()
 
     def reset(self) -> None:
@@ -352,13 +397,24 @@ class Conversation:
 
     def send(self, text: str, **overrides) -> Stream:
         """The reply to `text`, as a Stream of pieces (the previous reply is finished first)."""
+        options = {**self.options, **overrides}
+        self.notice = None
         prefix: list[int] = []
-        if self.last is not None:
+        if self.history == "reset":
+            self.reset()
+        elif self.last is not None:
             result = self.last.result
             prefix = result.pending_ids
-            eos = self.model.config.eos_token_id
             if not prefix or prefix[-1] not in self.last.eos_ids:
-                prefix = prefix + [eos]
+                prefix = prefix + [self.model.config.eos_token_id]
+            limit = self.model.config.max_position_embeddings
+            needed = (len(prefix) + len(encode_prompt(self.model, text))
+                      + resolve_options(self.model, **options).max_new_tokens)
+            if self.cache.length + needed > limit:
+                self.reset()
+                prefix = []
+                self.notice = (f"the conversation outgrew the model's context of {limit} positions; "
+                               f"it starts afresh with this turn")
         self.last = Stream(self.model, text, cache=self.cache, bos=True, stats=self.stats,
-                           prefix_ids=prefix, **{**self.options, **overrides})
+                           prefix_ids=prefix, **options)
         return self.last

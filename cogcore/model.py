@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import numpy as np
@@ -23,10 +24,13 @@ from .blocks.rwkv7 import RecurrentMixer
 from .blocks.sparse_attention import SparseAttentionMixer
 from .cache import Cache
 from .config import Config
-from .errors import CogcoreError, InputError
+from .dtypes import f32
+from .errors import CogcoreError, ConfigError, InputError, WeightsError
 from .ops import FusedResidualNorm, Ops, ops_for
 from .tensorfile import read_model_tensors
 from .weights import Weights
+
+SMALL_TENSOR = 1 << 20   # tensors up to this many elements are checked for NaN/Inf at load
 
 
 @dataclasses.dataclass
@@ -79,6 +83,27 @@ class Model:
                         else weights.take("lm_head.weight", (V, D)))
         self.last_pass: Pass | None = None
         self._tokenizer = None
+        self._check_small_tensors_finite(weights)
+
+    def _check_small_tensors_finite(self, weights: Weights) -> None:
+        """NaN/Inf in a norm, vector or router weight is an error naming it, before it crashes a kernel.
+
+        These are cheap to scan; the big matrices are checked in flight instead, by what
+        each layer puts out (see `_check_finite`).
+        """
+        for name in sorted(weights.used):
+            a = weights.tensors[name]
+            checked = a.size <= SMALL_TENSOR or name.endswith(".mlp.gate.weight")   # a NaN router crashes top-k
+            if checked and not np.isfinite(f32(a)).all():
+                bad = np.flatnonzero(~np.isfinite(f32(a)).reshape(-1))
+                raise WeightsError(f"{weights.where(name)}: tensor '{name}': expected finite values, found "
+                                   f"{bad.size} NaN/Inf (first at flat index {bad[0]})")
+
+    def _check_finite(self, x: np.ndarray, what: str) -> None:
+        """A WeightsError naming the layer when activations went NaN/Inf (a corrupt big weight)."""
+        if not np.isfinite(x).all():
+            raise WeightsError(f"{self.path or '<memory>'}: non-finite values (NaN or Inf) after {what}; "
+                               f"a weight there holds NaN/Inf or values so large they overflow float32")
 
     # ---- caches and the forward pass -------------------------------------
     def new_cache(self) -> Cache:
@@ -113,10 +138,17 @@ class Model:
         """
         cache = cache if cache is not None else self.new_cache()
         ids = self.check_tokens(token_ids, cache.length)
+        with np.errstate(all="ignore"):   # NaN/Inf are reported by name after each layer, not as warnings
+            return self._forward(ids, cache)
+
+    __call__ = forward
+
+    def _forward(self, ids: np.ndarray, cache: Cache) -> np.ndarray:
         ops = self.ops
         ctx = Pass(positions=np.arange(cache.length, cache.length + len(ids)))
 
         x = ops.embed(self.embed_tokens, ids)                           # [T, D]
+        self._check_finite(x, "the embedding lookup (model.embed_tokens.weight)")
         if self.embed_norm is not None:
             x = self.embed_norm(x)
         if isinstance(ops, FusedResidualNorm):
@@ -125,14 +157,23 @@ class Model:
             for i, (layer, (mixer_state, ffn_state)) in enumerate(zip(self.layers, cache.layers)):
                 ctx.layer = i
                 h = x + layer.mixer(layer.input_norm(x), mixer_state, ctx)
+                self._check_finite(h, self._mixer_name(i))          # the router reads Norm(h)
                 x = h + layer.ffn(layer.post_norm(h), ffn_state, ctx)
+                self._check_finite(x, self._ffn_name(i))
             xn = self.norm(x)
         logits = ops.linear(xn, self.lm_head)                           # Norm(x; norm) @ lm_head.T [T, V]
+        self._check_finite(logits, "the output projection (lm_head.weight)")
         cache.length += len(ids)
         self.last_pass = ctx
         return logits
 
     __call__ = forward
+
+    def _mixer_name(self, i: int) -> str:
+        return f"layer {i}'s {self.config.layer_types[i]} mixer (model.layers.{i})"
+
+    def _ffn_name(self, i: int) -> str:
+        return f"layer {i}'s {self.config.mlp_types[i]} feed-forward (model.layers.{i})"
 
     def _layers_fused(self, x: np.ndarray, cache: Cache, ctx: Pass) -> np.ndarray:
         """The layer loop of `forward` with each residual add fused into the norm that reads its
@@ -142,8 +183,10 @@ class Model:
         for i, (layer, (mixer_state, ffn_state)) in enumerate(zip(self.layers, cache.layers)):
             ctx.layer = i
             h, hn = layer.post_norm.residual(x, layer.mixer(xn, mixer_state, ctx))
+            self._check_finite(hn, self._mixer_name(i))             # the router's input
             next_norm = self.layers[i + 1].input_norm if i + 1 < len(self.layers) else self.norm
             x, xn = next_norm.residual(h, layer.ffn(hn, ffn_state, ctx))
+            self._check_finite(xn, self._ffn_name(i))
         return xn
 
     # ---- text -------------------------------------------------------------
@@ -167,11 +210,8 @@ def load(path: str | os.PathLike, backend: str = "numba", strict: bool = True) -
     backend: "numba" (compiled kernels, default) or "numpy" (the reference).
     strict: tensors the config does not use are an error (False: ignore them).
     """
-    path = os.fspath(path)
+    path = check_model_dir(path)
     ops = ops_for(backend)
-    if not os.path.isdir(path):
-        raise CogcoreError(f"{path}: expected a model directory (config.json + safetensors), "
-                           f"found {'a file' if os.path.exists(path) else 'nothing'}")
     config = Config.from_file(os.path.join(path, "config.json"))
     tensors, origin = read_model_tensors(path)
     weights = Weights(tensors, origin, source=path)
@@ -179,6 +219,18 @@ def load(path: str | os.PathLike, backend: str = "numba", strict: bool = True) -
     if strict:
         weights.check_all_used()
     return model
+
+
+def check_model_dir(path) -> str:
+    """`path` as a str, or an error unless it names an existing directory."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"path: expected a model directory (str or path), found {path!r:.60}")
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise CogcoreError(f"{path}: expected a model directory (config.json + safetensors), found a file"
+                           if os.path.exists(path) else f"{path}: model directory not found "
+                           f"(expected config.json + safetensors there)")
+    return path
 
 
 def tensor_shapes(config: Config) -> dict[str, tuple[int, ...]]:
@@ -197,7 +249,11 @@ class _ShapeRecorder(Weights):
 
     def take(self, name, shape):
         self.shapes[name] = tuple(shape)
-        return np.broadcast_to(np.float32(0), shape)
+        try:
+            return np.broadcast_to(np.float32(0), shape)
+        except ValueError:     # more elements than an array can address
+            raise ConfigError(f"config: tensor '{name}' would have shape {list(shape)}, "
+                              f"{math.prod(shape):.3g} elements: too big for any machine") from None
 
 
 def parameter_counts(config: Config) -> dict[str, int]:
@@ -207,14 +263,14 @@ def parameter_counts(config: Config) -> dict[str, int]:
     `active_non_embedding` leaves both out.
     """
     shapes = tensor_shapes(config)
-    total = sum(int(np.prod(s)) for s in shapes.values())
+    total = sum(math.prod(s) for s in shapes.values())   # math.prod: Python ints never overflow
     idle = 0
     for i, mlp in enumerate(config.mlp_types):
         if mlp == "moe":
-            per_expert = sum(int(np.prod(shapes[f"model.layers.{i}.mlp.experts.{p}"][1:]))
+            per_expert = sum(math.prod(shapes[f"model.layers.{i}.mlp.experts.{p}"][1:])
                              for p in ("gate_proj", "up_proj", "down_proj"))
             idle += (config.num_experts - config.num_experts_per_tok) * per_expert
-    embedding = int(np.prod(shapes["model.embed_tokens.weight"]))
-    embedding += int(np.prod(shapes.get("lm_head.weight", (0,))))
+    embedding = math.prod(shapes["model.embed_tokens.weight"])
+    embedding += math.prod(shapes.get("lm_head.weight", (0,)))
     return {"total": total, "active": total - idle, "active_non_embedding": total - idle - embedding,
             "embedding": embedding}

@@ -23,6 +23,8 @@ the closed forms above; `sample` draws from it.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .errors import InputError
@@ -34,7 +36,7 @@ def check_options(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, 
     def bad(name, expected, found):
         raise InputError(f"{name}: expected {expected}, found {found!r}")
 
-    if not _is_number(temperature) or not np.isfinite(temperature) or temperature < 0:
+    if not _is_finite(temperature) or temperature < 0:
         bad("temperature", "a finite number >= 0 (0 = greedy)", temperature)
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
         bad("top_k", "an integer >= 0 (0 = off)", top_k)
@@ -42,12 +44,20 @@ def check_options(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, 
         bad("top_p", "a number in (0, 1] (1 = off)", top_p)
     if not _is_number(min_p) or not 0 <= min_p <= 1:
         bad("min_p", "a number in [0, 1] (0 = off)", min_p)
-    if not _is_number(repetition_penalty) or not np.isfinite(repetition_penalty) or repetition_penalty <= 0:
+    if not _is_finite(repetition_penalty) or repetition_penalty <= 0:
         bad("repetition_penalty", "a finite number > 0 (1 = off)", repetition_penalty)
 
 
 def _is_number(x) -> bool:
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+
+def _is_finite(x) -> bool:
+    """A finite number (a Python int too big for a float is not)."""
+    try:
+        return _is_number(x) and math.isfinite(float(x))
+    except OverflowError:
+        return False
 
 
 def apply_repetition_penalty(logits: np.ndarray, previous_ids, penalty: float) -> np.ndarray:
@@ -61,8 +71,10 @@ def apply_repetition_penalty(logits: np.ndarray, previous_ids, penalty: float) -
     ids = np.unique(np.asarray(previous_ids, dtype=np.int64))
     if ids.size == 0:
         return out
-    seen = out[ids]
-    out[ids] = np.where(seen > 0, seen / penalty, seen * penalty).astype(out.dtype)
+    seen = out[ids].astype(np.float64)
+    scaled = np.where(seen > 0, seen / penalty, seen * penalty)
+    big = np.finfo(out.dtype).max if np.issubdtype(out.dtype, np.floating) else np.inf
+    out[ids] = np.clip(scaled, -big, big)   # extreme penalties saturate instead of overflowing to inf
     return out
 
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from typing import Callable, Mapping
 
 import numpy as np
 
+from .config import read_json
 from .dtypes import STORAGE_DTYPES, TAG_OF, tag
 from .errors import WeightsError
 
@@ -47,10 +49,12 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
         raise WeightsError(f"{path}: weights file not found") from None
     except IsADirectoryError:
         raise WeightsError(f"{path}: expected a safetensors file, found a directory") from None
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read the weights file: {e.strerror}") from None
 
     try:
         header = json.loads(header_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:   # bad UTF-8 or JSON, ints over 4,300 digits
         raise WeightsError(f"{path}: header is not valid UTF-8 JSON ({e})") from None
     if not isinstance(header, dict):
         raise WeightsError(f"{path}: header must be a JSON object, found {type(header).__name__}")
@@ -80,7 +84,7 @@ def _check_entry(path: str, name: str, info, data_size: int):
     if not isinstance(info, dict):
         raise WeightsError(f"{where}: expected an object with dtype, shape, data_offsets, found {info!r}")
     dtype_tag, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-    if dtype_tag not in STORAGE_DTYPES:
+    if not isinstance(dtype_tag, str) or dtype_tag not in STORAGE_DTYPES:
         raise WeightsError(f"{where}: unsupported dtype: expected one of "
                            f"{', '.join(STORAGE_DTYPES)}, found {dtype_tag!r}")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
@@ -134,7 +138,7 @@ def write_safetensors(path: str | os.PathLike,
     header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
     header_bytes += b" " * (-len(header_bytes) % 8)  # data starts 8-aligned
 
-    tmp = path + ".tmp"
+    tmp = temporary_name(path)
     try:
         with open(tmp, "wb") as f:
             f.write(len(header_bytes).to_bytes(8, "little"))
@@ -148,6 +152,8 @@ def write_safetensors(path: str | os.PathLike,
                 if progress:
                     progress(end, offset)
         os.replace(tmp, path)
+    except OSError as e:   # disk full, a read-only or vanished directory
+        raise WeightsError(f"{path}: cannot write the weights file: {e.strerror}") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -163,15 +169,13 @@ def read_model_tensors(model_dir: str | os.PathLike) -> tuple[dict[str, np.ndarr
     index_path = os.path.join(model_dir, "model.safetensors.index.json")
     if os.path.exists(single):
         tensors, _ = read_safetensors(single)
+        if not tensors:
+            raise WeightsError(f"{single}: expected the model's tensors, found a file that holds none")
         return tensors, {name: single for name in tensors}
     if not os.path.exists(index_path):
         raise WeightsError(f"{model_dir}: expected model.safetensors or model.safetensors.index.json, "
                            f"found neither")
-    try:
-        with open(index_path, encoding="utf-8") as f:
-            index = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise WeightsError(f"{index_path}: expected valid JSON, found a parse error: {e}") from None
+    index = read_json(index_path, WeightsError, "shard index")
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise WeightsError(f"{index_path}: expected a 'weight_map' object of tensor name -> shard file, "
@@ -190,6 +194,8 @@ def read_model_tensors(model_dir: str | os.PathLike) -> tuple[dict[str, np.ndarr
                 raise WeightsError(f"{shard_path}: holds tensor '{name}', which the index maps to "
                                    f"{weight_map.get(name)!r}")
             tensors[name], origin[name] = array, shard_path
+    if not tensors:
+        raise WeightsError(f"{index_path}: expected the model's tensors, found an index that maps none")
     for name, shard in weight_map.items():
         if name not in tensors:
             raise WeightsError(f"{os.path.join(model_dir, shard)}: the index maps tensor '{name}' here, "
@@ -221,8 +227,49 @@ def write_sharded(model_dir: str | os.PathLike, tensors: Mapping[str, np.ndarray
 
 def write_json(path: str | os.PathLike, obj) -> None:
     """Write JSON atomically (a temporary name, then rename)."""
-    tmp = os.fspath(path) + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    path = os.fspath(path)
+    tmp = temporary_name(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot write: {e.strerror}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+_TEMPORARY = re.compile(r".+\.(\d+)\.cogcore-tmp")
+
+
+def temporary_name(path: str) -> str:
+    """`path.<pid>.cogcore-tmp`, the name a file is written under before its rename.
+
+    A process killed mid-write (SIGKILL, power loss) leaves its temporary behind: the
+    next write to the same directory removes every such file whose process is gone.
+    """
+    folder = os.path.dirname(path) or "."
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        names = []   # the open() that follows reports what is wrong with the folder
+    for name in names:
+        m = _TEMPORARY.fullmatch(name)
+        if m and not _process_alive(int(m.group(1))):
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError:
+                pass   # another writer cleaned it first
+    return f"{path}.{os.getpid()}.cogcore-tmp"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True

@@ -41,7 +41,10 @@ class Tokenizer:
         if config is not None:   # the model's ids rule when the tokenizer has none of its own
             self.bos_id = config.bos_token_id if self.bos_id is None else self.bos_id
             self.eos_id = config.eos_token_id if self.eos_id is None else self.eos_id
-        self._piece_bytes: list[bytes] | None = None
+        try:   # every piece read now: a corrupt file fails here, naming itself, not mid-generation
+            self._piece_bytes = [self._bytes_of(j) for j in range(self.vocab_size)]
+        except (UnicodeDecodeError, ValueError, RuntimeError) as e:
+            raise InputError(f"{source}: a piece of this sentencepiece model cannot be read ({e})") from None
 
     # ---- loading -----------------------------------------------------------
     @classmethod
@@ -85,6 +88,7 @@ class Tokenizer:
         """`[bos]? + sp.encode(text) + [eos]?` as a list of ints."""
         if not isinstance(text, str):
             raise InputError(f"text: expected a str, found {type(text).__name__}")
+        check_text(text)
         ids = list(self.sp.encode(text))
         if bos:
             ids.insert(0, self._need(self.bos_id, "bos"))
@@ -105,8 +109,6 @@ class Tokenizer:
 
     def piece_bytes(self, i: int) -> bytes:
         """The UTF-8 bytes token `i` adds to a text (b"" for control tokens)."""
-        if self._piece_bytes is None:
-            self._piece_bytes = [self._bytes_of(j) for j in range(self.vocab_size)]
         return self._piece_bytes[int(i)]
 
     def _bytes_of(self, i: int) -> bytes:
@@ -133,6 +135,15 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.source!r}, vocab_size={self.vocab_size}, bos={self.bos_id}, eos={self.eos_id})"
+
+
+def check_text(text: str, what: str = "text") -> None:
+    """An InputError when `text` cannot be UTF-8 (a lone surrogate, e.g. from non-UTF-8 bytes on argv)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"{what}: expected valid UTF-8 text, found {text[e.start]!r} at character {e.start} "
+                         f"(a lone surrogate: undecodable bytes in the input?)") from None
 
 
 class StreamDecoder:

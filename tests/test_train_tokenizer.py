@@ -37,11 +37,21 @@ def test_the_sets_are_the_ones_tested():
     assert sorted(TOKENIZERS) == sorted(SETS) and SHIPPED_TOKENIZER in SETS
 
 
-@pytest.fixture(scope="module", params=sorted(SETS))
+_TRAINED = {}
+
+
+def train(name, tmp_path_factory):
+    """The tokenizer of piece set `name`, trained once per session."""
+    if name not in _TRAINED:
+        path = str(tmp_path_factory.mktemp("tok") / "tokenizer.model")
+        n = train_tokenizer(path, seed=tasks.TRAIN_SEED, extra=TOKENIZERS[name])
+        _TRAINED[name] = spm.SentencePieceProcessor(model_file=path), n, name
+    return _TRAINED[name]
+
+
+@pytest.fixture(params=sorted(SETS))
 def trained(request, tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("tok") / "tokenizer.model")
-    n = train_tokenizer(path, seed=tasks.TRAIN_SEED, extra=TOKENIZERS[request.param])
-    return spm.SentencePieceProcessor(model_file=path), n, request.param
+    return train(request.param, tmp_path_factory)
 
 
 def test_piece_inventory(trained):
@@ -61,19 +71,15 @@ def test_prompts_split_as_expected(trained, task):
             assert sp.decode(sp.encode(text)) == text
 
 
-def test_recall_set_puts_each_value_right_after_its_key(trained):
-    sp, _, name = trained
-    if name != "recall":
-        pytest.skip("only the recall set fuses keys and values")
+def test_recall_set_puts_each_value_right_after_its_key(tmp_path_factory):
+    sp, _, _ = train("recall", tmp_path_factory)     # the only set that fuses keys and values
     assert sp.encode("recall ab=3 cd=7 ? cd =", out_type=str) == \
         list("recall") + ["\u2581ab", "=3", "\u2581cd", "=7", "\u2581", "?", "\u2581cd", "\u2581="]
 
 
 @pytest.mark.skipif(not os.path.exists(SHIPPED), reason="no shipped tokenizer")
-def test_recipe_reproduces_the_shipped_tokenizer(trained):
-    sp, n, name = trained
-    if name != SHIPPED_TOKENIZER:
-        pytest.skip(f"the shipped model uses {SHIPPED_TOKENIZER!r}")
+def test_recipe_reproduces_the_shipped_tokenizer(tmp_path_factory):
+    sp, n, _ = train(SHIPPED_TOKENIZER, tmp_path_factory)
     shipped = spm.SentencePieceProcessor(model_file=SHIPPED)
     assert [shipped.id_to_piece(i) for i in range(shipped.get_piece_size())] == \
         [sp.id_to_piece(i) for i in range(n)]

@@ -6,9 +6,10 @@ memory-bandwidth bound; prefill as a fraction of sgemm; sparse against full atte
 decode at long context. Medians of repeated timings; compilation reported separately.
 """
 
-import json
+import os
 
 from ..bench import PRECISIONS, SECTIONS
+from ..errors import InputError
 
 
 def add_arguments(p):
@@ -27,13 +28,35 @@ def add_arguments(p):
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
 
 
+def check_args(args) -> None:
+    """Refuse bad --threads and an unwritable --json now, not after minutes of measuring."""
+    import numba
+    cores = numba.config.NUMBA_NUM_THREADS
+    if args.threads is not None and not 1 <= args.threads <= cores:
+        raise InputError(f"--threads: expected 1..{cores} (the threads numba can use here), found {args.threads}")
+    for name in ("context", "prefill"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name}: expected an integer >= 1, found {getattr(args, name)}")
+    for path in args.model:
+        if not os.path.isdir(path):
+            found = "a file" if os.path.exists(path) else "nothing"
+            raise InputError(f"--model {path}: expected a model directory, found {found}")
+    if args.json:
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if os.path.isdir(args.json):
+            raise InputError(f"--json {args.json}: expected a file name, found a directory")
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise InputError(f"--json {args.json}: cannot write there ({folder} is not a writable directory)")
+
+
 def run(args):
     from ..bench import run as bench
+    from ..tensorfile import write_json
+    check_args(args)
     rep = bench(only=args.only, quick=args.quick, threads=args.threads, precisions=args.dtype or PRECISIONS,
                 context=args.context, prefill_len=args.prefill, model_dirs=args.model)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"facts": rep.facts,
-                       "rows": [{"section": r.section, "name": r.name, "numba_s": r.numba, "numpy_s": r.numpy,
-                                 "note": r.note} for r in rep.rows]}, f, indent=1)
+        write_json(args.json, {"facts": rep.facts,
+                               "rows": [{"section": r.section, "name": r.name, "numba_s": r.numba,
+                                         "numpy_s": r.numpy, "note": r.note} for r in rep.rows]})
     return 0

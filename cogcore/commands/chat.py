@@ -1,33 +1,43 @@
 """Chat with the model: each line read from stdin gets a streamed reply; the cache is kept between turns.
 
 Works with a terminal or a pipe; end of input (Ctrl-D) ends the chat. A line
-`/reset` starts a fresh conversation; empty lines are skipped. Each turn is fed as
-`[bos] + sp.encode(line)` after the previous turn (closed with EOS), so the model
-sees the whole conversation. Sampling options as for `generate`.
+`/reset` starts a fresh conversation; empty lines are skipped. With --history keep,
+each turn is fed as `[bos] + sp.encode(line)` after the previous turn (closed with
+EOS), so the model sees the whole conversation; with --history reset, each line is
+answered on its own, as `generate` would. The default is the model's choice (the
+`chat_history` key of generation_config.json; the shipped model, trained on one
+question per sequence, says reset), else keep. A conversation that outgrows the
+context starts afresh, with a notice; a line that cannot be answered gets an error
+on stderr and the chat goes on. Sampling options as for `generate`.
 """
 
 import sys
 
 from ..cli import add_model_argument, load_model
-from .generate import add_sampling_arguments, print_stats, sampling_options
+from ..errors import InputError
+from .generate import add_sampling_arguments, lenient_stdin, print_stats, report_context_full, sampling_options
 
 
 def add_arguments(p):
     add_model_argument(p)
     add_sampling_arguments(p)
     p.add_argument("--speed", action="store_true", help="print each turn's speed to stderr")
+    p.add_argument("--history", choices=("keep", "reset"), default=None,
+                   help="keep the conversation in the cache between turns, or answer each line on its own "
+                        "(default: the model's generation_config.json chat_history, else keep)")
 
 
 def run(args):
     from ..generate import Conversation
     model = load_model(args)
     _ = model.tokenizer                      # a model without tokenizer fails before reading input
-    chat = Conversation(model, stats=args.stats, **sampling_options(args))
-    tty = sys.stdin.isatty()
+    chat = Conversation(model, stats=args.stats, history=args.history, **sampling_options(args))
+    stdin = lenient_stdin()
+    tty = stdin.isatty()
     while True:
         if tty:
             print("> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
+        line = stdin.readline()
         if not line:                         # EOF
             if tty:
                 print(file=sys.stderr)
@@ -39,7 +49,13 @@ def run(args):
             chat.reset()
             print("(conversation reset)", file=sys.stderr)
             continue
-        reply = chat.send(line)
+        try:
+            reply = chat.send(line)
+        except InputError as e:              # this line cannot be answered (too long, not UTF-8): say so, go on
+            print(f"cogcore chat: error: {e}", file=sys.stderr)
+            continue
+        if chat.notice:
+            print(f"({chat.notice})", file=sys.stderr)
         for piece in reply:
             sys.stdout.write(piece)
             sys.stdout.flush()
@@ -47,5 +63,6 @@ def run(args):
         sys.stdout.flush()
         if args.speed:
             print(reply.result.speed_line(), file=sys.stderr)
+        report_context_full(reply.result, model)
         if args.stats:
             print_stats(reply.result)

@@ -71,6 +71,21 @@ def print_stats(result, file=None):
         print(f"layer {layer} blocks selected by the last query (per kv head): {shown}", file=file)
 
 
+def report_context_full(result, model, file=None) -> None:
+    """Say plainly, on stderr, when a reply was cut because the context is full."""
+    if result.finish_reason == "context":
+        print(f"cogcore: the reply stopped after {len(result.token_ids)} tokens because the model's context "
+              f"of {model.config.max_position_embeddings} positions is full", file=file or sys.stderr)
+
+
+def lenient_stdin():
+    """sys.stdin, with bytes that are not UTF-8 read as lone surrogates (as Python does for argv):
+    the tokenizer then reports them as an InputError naming the character, not a decoding traceback."""
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")
+    return sys.stdin
+
+
 def add_arguments(p):
     add_model_argument(p)
     p.add_argument("prompt", metavar="PROMPT", help="the text to continue ('-' reads it from stdin)")
@@ -79,7 +94,9 @@ def add_arguments(p):
 
 def run(args):
     from ..generate import stream
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = args.prompt
+    if prompt == "-":   # drop the newline that ends the input (echo adds one): it is no part of the question
+        prompt = lenient_stdin().read().rstrip("\r\n")
     model = load_model(args)
     s = stream(model, prompt, stats=args.stats, **sampling_options(args))
     for piece in s:
@@ -89,6 +106,7 @@ def run(args):
     sys.stdout.flush()
     result = s.result
     print(result.speed_line(), file=sys.stderr)
+    report_context_full(result, model)
     if args.stats:
         print_stats(result)
     return 0

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..config import Config
 from ..dtypes import tag
-from ..model import parameter_counts
+from ..model import check_model_dir, parameter_counts
 from ..tensorfile import read_model_tensors
 
 
@@ -17,7 +17,7 @@ def add_arguments(p):
 
 
 def run(args):
-    cfg = Config.from_file(os.path.join(args.model_dir, "config.json"))
+    cfg = Config.from_file(os.path.join(check_model_dir(args.model_dir), "config.json"))
     tensors, origin = read_model_tensors(args.model_dir)
     counts = parameter_counts(cfg)
     on_disk = sum(a.nbytes for a in tensors.values())
