@@ -9,7 +9,8 @@ shared machine:
   a big model is bound by reading weights);
 - sgemm FLOP/s: a square float32 matmul (prefill is bound by matmul FLOPs).
 
-Sections (`--only`): limits, kernels, model, sparse. Compilation is done (or loaded
+Sections (`--only`): limits, kernels, model, sparse, and prompt_cache (only when named;
+cogcore/prompt_cache_bench.py). Compilation is done (or loaded
 from Numba's cache) before anything is timed and reported on its own line.
 """
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from .config import Config, preset
 
-SECTIONS = ("limits", "kernels", "model", "sparse")
+SECTIONS = ("limits", "kernels", "model", "sparse", "prompt_cache")   # prompt_cache: only when asked
 PRECISIONS = ("float32", "bfloat16")      # whole-model decode is benchmarked at each; a new storage type is one entry
 
 
@@ -435,7 +436,7 @@ def run(only: list[str] | None = None, quick: bool = False, threads: int | None 
     from .kernels.threads import set_threads
 
     rep = Report(out, progress)
-    sections = only or list(SECTIONS)
+    sections = only or [s for s in SECTIONS if s != "prompt_cache"]
     blas_set = set_threads(threads) if threads else None
     rep.line(f"# cogcore bench{' --quick' if quick else ''}")
     rep.line(f"  machine: {platform.processor() or platform.machine()}, {numba.config.NUMBA_NUM_THREADS} cores; "
@@ -458,4 +459,8 @@ def run(only: list[str] | None = None, quick: bool = False, threads: int | None 
         context = 4096 if quick and context == 16384 else context
         rep.header(f"sparse against full attention decode at context {context}")
         sparse_rows(rep, context, quick)
+    if "prompt_cache" in sections:
+        from .prompt_cache_bench import prompt_cache_rows
+        rep.header("prompt cache: time to first token, 4096-token context + 16-token query")
+        prompt_cache_rows(rep, quick)
     return rep

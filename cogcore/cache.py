@@ -40,6 +40,14 @@ class GrowingBuffer:
     def view(self) -> np.ndarray:
         return self.data[:self.n]
 
+    @classmethod
+    def holding(cls, rows: np.ndarray) -> "GrowingBuffer":
+        """A buffer whose rows are `rows`, shared, not copied: it is full, so the first append
+        copies them into new memory and `rows` (possibly a read-only map) is never written."""
+        buf = cls(rows.shape[1:], rows.dtype)
+        buf.data, buf.n = rows, len(rows)
+        return buf
+
 
 class KVCache:
     """Keys and values of every position so far (positions 0..n-1 in order)."""

@@ -191,10 +191,11 @@ class GenerationResult:
     prompt_ids: list[int]              # what was fed before generating (BOS included)
     token_ids: list[int]               # every token drawn, the final EOS or stop token included
     finish_reason: str                 # "eos", "stop", "length" (max_new_tokens) or "context" (cache full)
-    prompt_seconds: float              # prefill time
+    prompt_seconds: float              # prefill time (restoring from a prompt cache included)
     generate_seconds: float            # drawing tokens and feeding them back
     cache: object                      # the cache (prompt + token_ids[:-1])
     stats: GenerationStats | None = None
+    cached_tokens: int = 0             # prompt tokens restored from a prompt cache, not computed
 
     @property
     def pending_ids(self) -> list[int]:
@@ -214,6 +215,7 @@ class GenerationResult:
         return (f"prompt: {len(self.prompt_ids)} tokens in {self.prompt_seconds:.3f} s "
                 f"({self.prompt_tokens_per_second:.1f} tokens/s); generated: {len(self.token_ids)} tokens "
                 f"in {self.generate_seconds:.3f} s ({self.tokens_per_second:.1f} tokens/s); "
+                + (f"restored from the prompt cache: {self.cached_tokens} tokens; " if self.cached_tokens else "") +
                 f"finish: {self.finish_reason}")
 
 
@@ -238,9 +240,13 @@ class Stream:
     """
 
     def __init__(self, model, prompt, *, cache=None, bos: bool | None = None, stats: bool = False,
-                 prefix_ids: Sequence[int] = (), **options):
+                 prefix_ids: Sequence[int] = (), prompt_cache=None, **options):
         self.model = model
         self.options = resolve_options(model, **options)
+        if prompt_cache is not None and (cache is not None or prompt_cache.model is not model):
+            raise InputError("prompt_cache: expected a PromptCache of this model and no cache=, found "
+                             + ("cache= as well" if cache is not None else "one made for another model"))
+        self.prompt_cache = prompt_cache
         self.cache = cache if cache is not None else model.new_cache()
         bos = (self.cache.length == 0) if bos is None else bos
         self.prompt_ids = [int(i) for i in prefix_ids] + encode_prompt(model, prompt, bos)
@@ -269,18 +275,22 @@ class Stream:
             pass
         return self._result
 
-    def _forward(self, ids) -> np.ndarray:
-        logits = self.model.forward(np.asarray(ids, np.int64), cache=self.cache)
+    def _forward(self, ids, cache=None) -> np.ndarray:
+        logits = self.model.forward(np.asarray(ids, np.int64), cache=self.cache if cache is None else cache)
         if self.stats is not None:
             self.stats.add(self.model.last_pass)
-        return logits[-1]
+        return logits
 
     def _run(self) -> Iterator[str]:
-        opt, model, cache = self.options, self.model, self.cache
+        opt, model = self.options, self.model
         start = time.perf_counter()
-        ids, chunk = self.prompt_ids, opt.prefill_chunk
-        for a in range(0, len(ids), chunk):
-            logits = self._forward(ids[a:a + chunk])
+        ids, chunk, restored = self.prompt_ids, opt.prefill_chunk, 0
+        if self.prompt_cache is not None:   # restore the longest stored prefix, prefill the rest
+            self.cache, logits, restored, recorder = self.prompt_cache.prefill(ids, chunk, self._forward)
+        else:
+            for a in range(0, len(ids), chunk):
+                logits = self._forward(ids[a:a + chunk])[-1]
+        cache = self.cache
         prefilled = time.perf_counter()
 
         rng = np.random.default_rng(opt.seed)
@@ -310,14 +320,16 @@ class Stream:
             if cache.length + 1 > limit:
                 reason = "context"
                 break
-            logits = self._forward([tok])
+            logits = self._forward([tok])[-1]
         if reason != "stop" and opt.max_new_tokens:
             text += self.decoder.flush()
+        if self.prompt_cache is not None:   # offer what the generated tokens added
+            self.prompt_cache.extend(recorder, list(ids) + drawn[:-1], cache, logits)
         done = time.perf_counter()
         self._result = GenerationResult(
             text=text, prompt_ids=list(ids), token_ids=drawn, finish_reason=reason,
             prompt_seconds=prefilled - start, generate_seconds=done - prefilled, cache=cache,
-            stats=self.stats.finish() if self.stats is not None else None)
+            stats=self.stats.finish() if self.stats is not None else None, cached_tokens=restored)
         if len(text) > emitted:
             yield text[emitted:]
 
@@ -345,7 +357,9 @@ def stream(model, prompt, **options) -> Stream:
 
     Options: max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed,
     stop (str or list; replaces the default "\\n"), eos_token_id, prefill_chunk, and
-    cache (continue it), bos (default: only on an empty cache), stats (collect GenerationStats).
+    cache (continue it), bos (default: only on an empty cache), stats (collect GenerationStats),
+    prompt_cache (a `cogcore.PromptCache`: restore the longest stored prefix of the prompt, feed
+    only the rest, and offer the result back; not with cache=).
     """
     return Stream(model, prompt, **options)
 
@@ -378,10 +392,14 @@ class Conversation:
     an earlier turn they answer wrongly (docs/generation.md, "Conversations").
 
     The default is the `chat_history` key of generation_config.json, else "keep".
+
+    With `prompt_cache=` the conversation keeps no cache of its own: each turn is the
+    whole conversation so far, whose computed state the prompt cache restores (and
+    keeps, on disk too when it has a directory).
     """
 
-    def __init__(self, model, stats: bool = False, history: str | None = None, **options):
-        self.model, self.stats, self.options = model, stats, options
+    def __init__(self, model, stats: bool = False, history: str | None = None, prompt_cache=None, **options):
+        self.model, self.stats, self.options, self.prompt_cache = model, stats, options, prompt_cache
         resolve_options(model, **options)        # bad options fail now, not at the first turn
         if history is None:
             history = read_generation_config(getattr(model, "path", None)).get("chat_history", "keep")
@@ -392,7 +410,8 @@ class Conversation:
         self.reset()
 
     def reset(self) -> None:
-        self.cache = self.model.new_cache()
+        self.cache = self.model.new_cache() if self.prompt_cache is None else None
+        self.past_ids: list[int] = []            # with a prompt cache: every token of the conversation
         self.last: Stream | None = None
 
     def send(self, text: str, **overrides) -> Stream:
@@ -407,14 +426,17 @@ class Conversation:
             prefix = result.pending_ids
             if not prefix or prefix[-1] not in self.last.eos_ids:
                 prefix = prefix + [self.model.config.eos_token_id]
+            if self.prompt_cache is not None:
+                self.past_ids = result.prompt_ids + result.token_ids[:-1]
+            length = self.cache.length if self.cache is not None else len(self.past_ids)
             limit = self.model.config.max_position_embeddings
             needed = (len(prefix) + len(encode_prompt(self.model, text))
                       + resolve_options(self.model, **options).max_new_tokens)
-            if self.cache.length + needed > limit:
+            if length + needed > limit:
                 self.reset()
                 prefix = []
                 self.notice = (f"the conversation outgrew the model's context of {limit} positions; "
                                f"it starts afresh with this turn")
         self.last = Stream(self.model, text, cache=self.cache, bos=True, stats=self.stats,
-                           prefix_ids=prefix, **options)
+                           prefix_ids=self.past_ids + prefix, prompt_cache=self.prompt_cache, **options)
         return self.last

@@ -59,6 +59,7 @@ class Model:
         """backend: a name in cogcore.ops.BACKENDS, or an ops table."""
         self.ops = ops = backend if isinstance(backend, Ops) else ops_for(backend)
         self.config, self.backend, self.path = config, ops.name, path
+        self.weights = weights            # the tensors by name (a prompt cache hashes them)
         cfg, D, V = config, config.hidden_size, config.vocab_size
 
         def norm(prefix):

@@ -8,14 +8,17 @@ answered on its own, as `generate` would. The default is the model's choice (the
 `chat_history` key of generation_config.json; the shipped model, trained on one
 question per sequence, says reset), else keep. A conversation that outgrows the
 context starts afresh, with a notice; a line that cannot be answered gets an error
-on stderr and the chat goes on. Sampling options as for `generate`.
+on stderr and the chat goes on. Sampling options as for `generate`; with --prompt-cache
+DIR the conversation's cache lives in that store (a later chat that starts the same way
+resumes from it).
 """
 
 import sys
 
 from ..cli import add_model_argument, load_model
 from ..errors import InputError
-from .generate import add_sampling_arguments, lenient_stdin, print_stats, report_context_full, sampling_options
+from .generate import (add_sampling_arguments, lenient_stdin, open_prompt_cache, print_stats,
+                       report_context_full, sampling_options)
 
 
 def add_arguments(p):
@@ -31,7 +34,8 @@ def run(args):
     from ..generate import Conversation
     model = load_model(args)
     _ = model.tokenizer                      # a model without tokenizer fails before reading input
-    chat = Conversation(model, stats=args.stats, history=args.history, **sampling_options(args))
+    chat = Conversation(model, stats=args.stats, history=args.history,
+                        prompt_cache=open_prompt_cache(args, model), **sampling_options(args))
     stdin = lenient_stdin()
     tty = stdin.isatty()
     while True:

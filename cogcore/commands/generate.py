@@ -1,11 +1,13 @@
 """Continue a prompt with the model, printing the text as it is generated.
 
 The continuation streams to stdout; at the end the prompt and generation speeds
-(tokens per second) go to stderr. Generation stops at EOS, at a newline (unless
+(tokens per second) go to stderr. With --prompt-cache DIR the longest prefix of the
+prompt computed before is restored from DIR and only the rest is computed. Generation stops at EOS, at a newline (unless
 --multiline), at a --stop string, or after --max-new-tokens. Sampling options left
 out come from the model's generation_config.json, else greedy decoding.
 """
 
+import argparse
 import sys
 
 from ..cli import add_model_argument, load_model
@@ -33,6 +35,29 @@ def add_sampling_arguments(p):
                    help="feed the prompt N tokens at a time (default 256)")
     g.add_argument("--stats", action="store_true",
                    help="also print tokens per expert for each MoE layer to stderr")
+    g.add_argument("--prompt-cache", metavar="DIR", default=None,
+                   help="restore the longest prefix of the prompt computed before from DIR, and store "
+                        "what is computed now there (made by `cogcore cache` or earlier runs)")
+    g.add_argument("--prompt-cache-bytes", type=parse_size, default=2**30, metavar="BYTES",
+                   help="most bytes the prompt-cache directory may hold, least recently used files "
+                        "dropped first (default 1G; suffixes K, M, G)")
+
+
+def parse_size(text: str) -> int:
+    """'1G', '512M', '100000' -> bytes."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    try:
+        return int(float(text[:-1]) * units[text[-1].upper()]) if text[-1:].upper() in units else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size like 1G, 512M or 100000, found {text!r}") from None
+
+
+def open_prompt_cache(args, model):
+    """The PromptCache named by --prompt-cache, or None."""
+    if args.prompt_cache is None:
+        return None
+    from ..prompt_cache import PromptCache
+    return PromptCache(model, max_bytes=args.prompt_cache_bytes, directory=args.prompt_cache)
 
 
 def sampling_options(args) -> dict:
@@ -98,7 +123,8 @@ def run(args):
     if prompt == "-":   # drop the newline that ends the input (echo adds one): it is no part of the question
         prompt = lenient_stdin().read().rstrip("\r\n")
     model = load_model(args)
-    s = stream(model, prompt, stats=args.stats, **sampling_options(args))
+    s = stream(model, prompt, stats=args.stats, prompt_cache=open_prompt_cache(args, model),
+               **sampling_options(args))
     for piece in s:
         sys.stdout.write(piece)
         sys.stdout.flush()
