@@ -240,8 +240,9 @@ class Stream:
     """
 
     def __init__(self, model, prompt, *, cache=None, bos: bool | None = None, stats: bool = False,
-                 prefix_ids: Sequence[int] = (), prompt_cache=None, **options):
+                 prefix_ids: Sequence[int] = (), prompt_cache=None, on_token=None, **options):
         self.model = model
+        self.on_token = on_token          # on_token(token_id, logits) for each token drawn
         self.options = resolve_options(model, **options)
         if prompt_cache is not None and (cache is not None or prompt_cache.model is not model):
             raise InputError("prompt_cache: expected a PromptCache of this model and no cache=, found "
@@ -302,6 +303,8 @@ class Stream:
             tok = sample_next(logits, rng, context, opt.temperature, opt.top_k, opt.top_p, opt.min_p,
                               opt.repetition_penalty, model.ops.token_probabilities)
             drawn.append(tok)
+            if self.on_token is not None:
+                self.on_token(tok, logits)
             if tok in self.eos_ids:
                 reason = "eos"
                 break
@@ -360,6 +363,8 @@ def stream(model, prompt, **options) -> Stream:
     cache (continue it), bos (default: only on an empty cache), stats (collect GenerationStats),
     prompt_cache (a `cogcore.PromptCache`: restore the longest stored prefix of the prompt, feed
     only the rest, and offer the result back; not with cache=).
+    on_token (called as on_token(token_id, logits) for each token drawn, with the logits it was
+    drawn from; the server's logprobs come from it).
     """
     return Stream(model, prompt, **options)
 
