@@ -12,11 +12,36 @@ import time
 import numpy as np
 
 from .blocks import ReferenceOps, sparse_attention
+from .blocks.moe import grouped_experts
 from .blocks.rope import inv_freq
 from .blocks.sparse_attention import NSAShape
 from .dtypes import to_bf16
-from .kernels import attention, linear, moe, norm, rope, rwkv7, sampling, threads
+from .kernels import attention, linear, moe, norm, quant, rope, rwkv7, sampling, threads
 from .kernels import sparse_attention as nsa
+from .quant import QuantTensor, quantize_tensor
+
+
+def _linear(x, W):
+    """kernels.linear over a stored float weight; kernels.quant over a quantized one."""
+    if isinstance(W, QuantTensor):
+        return quant.linear(x, W.data, W.qtype, W.shape[-1])
+    return linear.linear(x, W)
+
+
+def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk):
+    """kernels.moe over stored float experts. Over quantized ones: the fused GEMV of kernels.quant
+    for a few tokens (decode) when the three projections share one format; otherwise (prefill, or
+    mixed formats) the experts grouped as in the reference, each through `_linear`."""
+    experts = (gate_proj, up_proj, down_proj)
+    if not any(isinstance(W, QuantTensor) for W in experts):
+        return moe.moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk)
+    x = np.ascontiguousarray(x, np.float32)
+    top, wts = moe.route(_linear(x, router), k, bool(norm_topk))
+    counts = np.bincount(top.ravel(), minlength=router.shape[0])
+    if len(x) > linear.SMALL_T or len({getattr(W, "qtype", None) for W in experts}) > 1:
+        return grouped_experts(x, top, wts, counts, gate_proj, up_proj, down_proj, _linear), counts
+    y = quant.experts_decode(x, top, wts, gate_proj.data, up_proj.data, down_proj.data, gate_proj.qtype)
+    return y, counts
 
 
 class NumbaOps:
@@ -24,7 +49,7 @@ class NumbaOps:
 
     name = "numba"
 
-    linear = staticmethod(linear.linear)
+    linear = staticmethod(_linear)
     embed = staticmethod(ReferenceOps.embed)         # reference: a row gather, nothing to compile
     sigmoid = staticmethod(ReferenceOps.sigmoid)     # reference: one vectorised expression
     rmsnorm = staticmethod(norm.rmsnorm)
@@ -35,13 +60,13 @@ class NumbaOps:
     attention = staticmethod(attention.attention)
     nsa_attention = staticmethod(nsa.nsa_attention)
     wkv7 = staticmethod(rwkv7.wkv7)
-    moe = staticmethod(moe.moe)
+    moe = staticmethod(_moe)
     token_probabilities = staticmethod(sampling.token_probabilities)
 
     @staticmethod
     def nsa_compress(X, first, last, pos, fc1, fc2, shape):
         """Reference: the block gather and its two small layers, over the kernels' linear."""
-        return sparse_attention.compress(X, first, last, pos, fc1, fc2, shape, linear=linear.linear)
+        return sparse_attention.compress(X, first, last, pos, fc1, fc2, shape, linear=_linear)
 
     @classmethod
     def warm_up(cls) -> float:
@@ -64,6 +89,13 @@ def _exercise(ops):
         for xs in (x, np.repeat(x, 8, 0)):
             ops.linear(xs, Ws)
             ops.moe(xs, Ws[:2], E, E, Ed, 1, True)
+    xq = rng.standard_normal((2, 32), np.float32)
+    for qtype in ("q8_0", "q4_0"):
+        Wq = quantize_tensor(rng.standard_normal((3, 32), np.float32), qtype)
+        Eq = quantize_tensor(rng.standard_normal((2, 32, 32), np.float32), qtype)
+        ops.linear(xq, Wq)
+        ops.linear(np.repeat(xq, 8, 0), Wq)
+        ops.moe(xq, rng.standard_normal((2, 32), np.float32), Eq, Eq, Eq, 1, True)
     w = np.ones(16, np.float32)
     for n in (x, np.repeat(x, 64, 0)):
         ops.rmsnorm(n, w, 1e-5), ops.layernorm(n, w, w, 1e-5)

@@ -19,6 +19,8 @@ from .config import Config
 from .dtypes import to_storage
 from .errors import ConfigError, InputError
 from .model import tensor_shapes
+from .quant import check_qtype, describe_entries, quantizable
+from .quantizer import quantized_source
 from .tensorfile import write_json, write_safetensors
 
 DTYPE_TAGS = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
@@ -61,21 +63,49 @@ def random_weights(config: Config, seed: int = 0, dtype: str = "float32") -> dic
 
 
 def init_model(out_dir: str | os.PathLike, config: Config, dtype: str = "float32", seed: int = 0,
-               progress=None) -> None:
-    """Write config.json and model.safetensors of a random model, one tensor at a time."""
+               progress=None, qtype: str | None = None) -> None:
+    """Write config.json and model.safetensors of a random model, one tensor at a time.
+
+    qtype "q8_0" / "q4_0": the tensors `quant.quantizable` picks are written quantized
+    (straight from the random float32 values, with no float copy on disk); the rest in `dtype`.
+    """
     tag = _dtype_tag(dtype)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InputError(f"seed: expected an integer >= 0, found {seed!r}")
+    if qtype is not None:
+        check_qtype(qtype)
     out_dir = os.fspath(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:   # a file in the way, a read-only parent
         raise InputError(f"{out_dir}: cannot create the model directory: {e.strerror}") from None
-    lazy = {name: (tag, shape, lambda n=name, s=shape: to_storage(init_tensor(n, s, seed), tag))
-            for name, shape in tensor_shapes(config).items()}
-    write_safetensors(os.path.join(out_dir, "model.safetensors"), lazy,
-                      metadata={"format": "cogcore", "init_seed": str(seed)}, progress=progress)
+    lazy, quantized = {}, {}
+    for name, shape in tensor_shapes(config).items():
+        if qtype is not None and quantizable(name, shape):
+            lazy[name] = quantized_source(name, shape, qtype, _random_rows(name, shape, seed))
+            quantized[name] = (qtype, shape)
+        else:
+            lazy[name] = (tag, shape, lambda n=name, s=shape: to_storage(init_tensor(n, s, seed), tag))
+    metadata = {"format": "cogcore", "init_seed": str(seed)}
+    if qtype is not None:
+        metadata.update(describe_entries(quantized))
+    write_safetensors(os.path.join(out_dir, "model.safetensors"), lazy, metadata=metadata, progress=progress)
     write_json(os.path.join(out_dir, "config.json"), config.to_dict())
+
+
+def _random_rows(name: str, shape: tuple[int, ...], seed: int):
+    """rows_of(r0, r1) over the tensor's random values seen as [rows, cols], made on first use and
+    dropped after the last rows are handed out (the writer asks for them in order)."""
+    made = []
+
+    def rows_of(r0, r1):
+        if not made:
+            made.append(init_tensor(name, shape, seed).reshape(-1, shape[-1]))
+        rows = made[0][r0:r1]
+        if r1 == len(made[0]):
+            made.clear()
+        return rows
+    return rows_of
 
 
 def _dtype_tag(dtype: str) -> str:

@@ -3,12 +3,17 @@
 NumPy has no bfloat16, so a bfloat16 tensor is carried as its raw bits in a uint16
 array: within cogcore a uint16 weight always means bfloat16. `f32` widens any
 stored tensor for arithmetic; the Numba kernels widen inside their loops instead.
+A uint8 tensor is the packed blocks of a quantized weight (cogcore/quant.py); it is
+carried as a `QuantTensor`, which `f32` dequantizes.
 """
 
 import numpy as np
 
+from .quant import QuantTensor
+
 # safetensors dtype tag -> NumPy dtype of the carried array
-STORAGE_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+STORAGE_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
+                  "U8": np.dtype("u1")}
 TAG_OF = {dt: tag for tag, dt in STORAGE_DTYPES.items()}
 
 
@@ -19,6 +24,8 @@ def tag(a: np.ndarray) -> str:
 
 def f32(a: np.ndarray) -> np.ndarray:
     """Widen a stored tensor to float32 (no copy when it already is float32)."""
+    if isinstance(a, QuantTensor):
+        return a.dequantize()
     if a.dtype == np.uint16:  # bfloat16 bits are the top half of a float32
         return (a.astype(np.uint32) << 16).view(np.float32)
     return np.asarray(a, dtype=np.float32)

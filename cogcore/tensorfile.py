@@ -23,6 +23,7 @@ import numpy as np
 from .config import read_json
 from .dtypes import STORAGE_DTYPES, TAG_OF, tag
 from .errors import WeightsError
+from .quant import wrap_quantized
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
 
@@ -113,8 +114,8 @@ def write_safetensors(path: str | os.PathLike,
                       progress: Callable[[int, int], None] | None = None) -> None:
     """Write a safetensors file atomically (a temporary name, then rename).
 
-    `tensors` maps a name to either an array (float32, float16, or uint16 = bfloat16
-    bits) or a lazy triple (dtype tag, shape, make) whose `make()` returns the array;
+    `tensors` maps a name to either an array (float32, float16, uint16 = bfloat16
+    bits, or uint8 = quantized blocks) or a lazy triple (dtype tag, shape, make) whose `make()` returns the array;
     lazy tensors are produced and written one at a time, so a file larger than
     memory can be made. `progress(bytes_written, bytes_total)` is called per tensor.
     """
@@ -123,8 +124,8 @@ def write_safetensors(path: str | os.PathLike,
     for name, item in tensors.items():
         if isinstance(item, np.ndarray):
             if item.dtype.newbyteorder("<") not in TAG_OF:
-                raise WeightsError(f"{path}: tensor '{name}': expected dtype float32, float16 or uint16 "
-                                   f"(bfloat16 bits), found {item.dtype}")
+                raise WeightsError(f"{path}: tensor '{name}': expected dtype float32, float16, uint16 "
+                                   f"(bfloat16 bits) or uint8 (quantized blocks), found {item.dtype}")
             dtype_tag, shape, make = tag(item), item.shape, (lambda a=item: a)
         else:
             dtype_tag, shape, make = item
@@ -163,15 +164,16 @@ def read_model_tensors(model_dir: str | os.PathLike) -> tuple[dict[str, np.ndarr
     """All tensors of a model directory (SPEC Section 1): one file or a sharded index.
 
     Returns ({name: array}, {name: file it came from}), the second for error messages.
+    Quantized tensors come back as `quant.QuantTensor`s (their file's metadata says which).
     """
     model_dir = os.fspath(model_dir)
     single = os.path.join(model_dir, "model.safetensors")
     index_path = os.path.join(model_dir, "model.safetensors.index.json")
     if os.path.exists(single):
-        tensors, _ = read_safetensors(single)
+        tensors, metadata = read_safetensors(single)
         if not tensors:
             raise WeightsError(f"{single}: expected the model's tensors, found a file that holds none")
-        return tensors, {name: single for name in tensors}
+        return wrap_quantized(single, tensors, metadata), {name: single for name in tensors}
     if not os.path.exists(index_path):
         raise WeightsError(f"{model_dir}: expected model.safetensors or model.safetensors.index.json, "
                            f"found neither")
@@ -188,7 +190,8 @@ def read_model_tensors(model_dir: str | os.PathLike) -> tuple[dict[str, np.ndarr
             raise WeightsError(f"{index_path}: shard '{shard}' must be a file name inside the model directory")
         if not os.path.exists(shard_path):
             raise WeightsError(f"{index_path}: names shard '{shard}', but {shard_path} does not exist")
-        shard_tensors, _ = read_safetensors(shard_path)
+        shard_tensors, metadata = read_safetensors(shard_path)
+        shard_tensors = wrap_quantized(shard_path, shard_tensors, metadata)
         for name, array in shard_tensors.items():
             if weight_map.get(name) != shard:
                 raise WeightsError(f"{shard_path}: holds tensor '{name}', which the index maps to "

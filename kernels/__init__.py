@@ -15,6 +15,7 @@ across threads come in a serial and a parallel variant (`threads.twins`).
 | nsa_attention              | compressed / scored / selected / window branches per (query, group) | sparse_attention.py |
 | wkv7                       | one fused pass per token and head                          | rwkv7.py          |
 | moe                        | router top-k; fused expert GEMVs (decode); grouped BLAS (prefill) | moe.py     |
+| linear, moe over q8_0 / q4_0 | fused dequantize-dot GEMV (decode); block-dequantized BLAS (prefill) | quant.py |
 | token_probabilities        | top-k / top-p / min-p ranking only the top m ids           | sampling.py       |
 | (threads)                  | serial / parallel twins, `pick`, thread counts             | threads.py        |
 """

@@ -35,14 +35,19 @@ def moe(x, router, gate_proj, up_proj, down_proj, k: int, norm_topk: bool):
     Returns y [T, D] and the number of tokens each expert received [E].
     """
     top, wts = route(linear(x, router), k, norm_topk)              # [T, k], [T, k]
-    E = router.shape[0]
+    counts = np.bincount(top.ravel(), minlength=router.shape[0])
+    return grouped_experts(x, top, wts, counts, gate_proj, up_proj, down_proj, linear), counts
+
+
+def grouped_experts(x, top, wts, counts, gate_proj, up_proj, down_proj, linear) -> np.ndarray:
+    """sum over chosen experts of wts * swiglu_e(x), each expert run once on the tokens it got
+    (top, wts [T, k] from `route`, counts [E]); `linear` the backend's."""
     y = np.zeros_like(x)
-    counts = np.bincount(top.ravel(), minlength=E)
     for e in np.flatnonzero(counts):
         rows, slot = np.nonzero(top == e)                          # tokens that chose e
         out = swiglu(x[rows], gate_proj[e], up_proj[e], down_proj[e], linear)
         np.add.at(y, rows, wts[rows, slot][:, None] * out)
-    return y, counts
+    return y
 
 
 class MoE:

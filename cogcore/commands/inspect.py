@@ -1,4 +1,9 @@
-"""Show a model directory: its config, parameter counts (total and active per token), and tensors."""
+"""Show a model directory: its config, parameter counts (total and active per token), and tensors.
+
+Each tensor's storage format (F32, F16, BF16, q8_0, q4_0), its bytes, and the bytes a
+decoded token reads from it: one row of the embedding (all of it when tied to lm_head),
+k of E experts of a stacked expert tensor, all of any other tensor.
+"""
 
 import json
 import os
@@ -8,6 +13,7 @@ import numpy as np
 from ..config import Config
 from ..dtypes import tag
 from ..model import check_model_dir, parameter_counts
+from ..quant import QuantTensor
 from ..tensorfile import read_model_tensors
 
 
@@ -21,12 +27,15 @@ def run(args):
     tensors, origin = read_model_tensors(args.model_dir)
     counts = parameter_counts(cfg)
     on_disk = sum(a.nbytes for a in tensors.values())
-    rows = [(name, tag(a), list(a.shape), int(np.prod(a.shape)), os.path.basename(origin[name]))
+    rows = [(name, a.qtype if isinstance(a, QuantTensor) else tag(a), list(a.shape), int(np.prod(a.shape)),
+             os.path.basename(origin[name]), a.nbytes, bytes_per_token(name, a, cfg))
             for name, a in tensors.items()]
+    per_token = sum(r[-1] for r in rows)
     if args.json:
         print(json.dumps({"config": cfg.to_dict(), "parameters": counts, "bytes": on_disk,
-                          "tensors": [dict(zip(("name", "dtype", "shape", "numel", "file"), r))
-                                      for r in rows]}, indent=2))
+                          "bytes_per_token": per_token,
+                          "tensors": [dict(zip(("name", "dtype", "shape", "numel", "file", "bytes",
+                                                "bytes_per_token"), r)) for r in rows]}, indent=2))
         return
     print(f"# {args.model_dir}\n\n## config")
     for key, value in cfg.to_dict().items():
@@ -38,7 +47,17 @@ def run(args):
           f"  active per token                   {counts['active']:>15,}")
     print(f"  active per token, no embeddings    {counts['active_non_embedding']:>15,}")
     print(f"  weights on disk                    {on_disk:>15,} bytes")
-    print(f"\n## tensors ({len(rows)})")
+    print(f"  weights read per decoded token     {per_token:>15,} bytes")
+    print(f"\n## tensors ({len(rows)}): name, format, shape, parameters, bytes, bytes read per token, file")
     width = max(len(r[0]) for r in rows)
-    for name, dtype, shape, numel, file in rows:
-        print(f"  {name:{width}s}  {dtype:4s}  {str(shape):18s} {numel:>13,}  {file}")
+    for name, dtype, shape, numel, file, nbytes, read in rows:
+        print(f"  {name:{width}s}  {dtype:4s}  {str(shape):18s} {numel:>13,} {nbytes:>14,} {read:>14,}  {file}")
+
+
+def bytes_per_token(name: str, a, cfg) -> int:
+    """Bytes of tensor `name` that decoding one token reads."""
+    if name == "model.embed_tokens.weight" and not cfg.tie_word_embeddings:
+        return a.nbytes // a.shape[0]
+    if ".mlp.experts." in name:
+        return a.nbytes * cfg.num_experts_per_tok // cfg.num_experts
+    return a.nbytes

@@ -1,0 +1,26 @@
+"""Quantize a model directory's linear weights to GGML q8_0 or q4_0 blocks (docs/format.md).
+
+Tensor by tensor from the memory-mapped input, so the peak memory is far below the
+model's size; written to OUT_DIR.partial and renamed at the end, so an interrupted
+run leaves nothing half-written.
+"""
+
+import time
+
+from ..quant import QTYPES
+from ..quantizer import quantize
+from .init import progress_printer
+
+
+def add_arguments(p):
+    p.add_argument("in_dir", metavar="IN_DIR", help="a float model directory")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="directory to write (must be new or empty)")
+    p.add_argument("--type", dest="qtype", choices=QTYPES, default="q4_0", help="block format (default q4_0)")
+
+
+def run(args):
+    start = time.perf_counter()
+    chosen = quantize(args.in_dir, args.out_dir, args.qtype, progress=progress_printer(start))
+    n = sum(t == args.qtype for t in chosen.values())
+    print(f"wrote {args.out_dir}: {n} of {len(chosen)} tensors {args.qtype}, the rest kept float "
+          f"({time.perf_counter() - start:.1f} s)")

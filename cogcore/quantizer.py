@@ -1,0 +1,90 @@
+"""Quantizing a model directory (`cogcore quantize`, `cogcore.quantize`), tensor by tensor.
+
+The input stays memory-mapped; each tensor is widened, quantized and written in
+chunks of rows, so the peak memory is a few chunks, not the model. The output is
+written into a temporary directory beside OUT_DIR and renamed at the end: an
+interrupted run leaves no half-written model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Callable
+
+import numpy as np
+
+from .config import Config
+from .dtypes import f32, tag
+from .errors import WeightsError
+from .quant import QuantTensor, check_qtype, describe_entries, packed_shape, quantizable, quantize_tensor
+from .tensorfile import read_model_tensors, write_safetensors
+
+CHUNK_VALUES = 1 << 22           # float32 values widened and quantized at a time (16 MiB)
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+def quantized_source(name: str, shape: tuple[int, ...], qtype: str,
+                     rows_of: Callable[[int, int], np.ndarray]):
+    """A lazy tensor for write_safetensors: ("U8", packed shape, make) quantizing chunks of rows.
+
+    `rows_of(r0, r1)` gives rows r0:r1 of the tensor seen as [rows, cols], as float32.
+    """
+    cols = shape[-1]
+    rows = int(np.prod(shape[:-1]))
+    step = max(1, CHUNK_VALUES // max(1, cols))
+
+    def make():
+        out = np.empty((rows, packed_shape(shape, qtype)[-1]), np.uint8)
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            out[r0:r1] = quantize_tensor(rows_of(r0, r1), qtype, name).data
+        return out.reshape(packed_shape(shape, qtype))
+    return "U8", packed_shape(shape, qtype), make
+
+
+def quantize(in_dir: str | os.PathLike, out_dir: str | os.PathLike, qtype: str = "q4_0",
+             progress: Callable[[int, int], None] | None = None) -> dict[str, str]:
+    """Write a copy of the model in `in_dir` with its linear weights quantized to `qtype`.
+
+    Returns {tensor name: "q8_0" / "q4_0" / the float dtype tag it kept}. The other
+    files of the directory (config, tokenizer, generation config) are copied.
+    `progress(bytes_written, bytes_total)` is called per tensor.
+    """
+    check_qtype(qtype)
+    in_dir, out_dir = os.fspath(in_dir), os.fspath(out_dir)
+    Config.from_file(os.path.join(in_dir, "config.json"))            # a valid model, before any work
+    tensors, origin = read_model_tensors(in_dir)
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise WeightsError(f"{out_dir}: expected a new or empty directory, found an existing "
+                           f"{'directory with files' if os.path.isdir(out_dir) else 'file'}")
+    lazy, chosen = {}, {}
+    for name, a in tensors.items():
+        if isinstance(a, QuantTensor):
+            raise WeightsError(f"{origin[name]}: tensor '{name}' is already {a.qtype}: quantize a float model")
+        if quantizable(name, a.shape):
+            flat = a.reshape(-1, a.shape[-1])
+            lazy[name] = quantized_source(name, a.shape, qtype, lambda r0, r1, flat=flat: f32(flat[r0:r1]))
+            chosen[name] = qtype
+        else:
+            lazy[name], chosen[name] = a, tag(a)
+
+    tmp = out_dir.rstrip(os.sep) + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        for entry in os.listdir(in_dir):                               # config, tokenizer, ...
+            src = os.path.join(in_dir, entry)
+            if os.path.isfile(src) and entry not in WEIGHT_FILES and not entry.endswith(".safetensors"):
+                shutil.copy2(src, os.path.join(tmp, entry))
+        write_safetensors(os.path.join(tmp, "model.safetensors"), lazy,
+                          metadata={"format": "cogcore",
+                                    **describe_entries({n: (qtype, tensors[n].shape)
+                                                        for n, t in chosen.items() if t == qtype})},
+                          progress=progress)
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)                                          # empty, checked above
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return chosen

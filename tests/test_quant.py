@@ -1,0 +1,306 @@
+"""Quantized weights (SPEC Section 9): GGML q8_0 / q4_0 blocks, kernels, model directories, CLI.
+
+The independent implementation is the `gguf` package's NumPy port of ggml-quants.c
+(`gguf.quants`): our blocks must equal its bytes, and a quantized model's logits must
+equal those of its weights dequantized by gguf and run through the naive float forward.
+"""
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+gguf_quants = pytest.importorskip("gguf.quants")
+from gguf import GGMLQuantizationType  # noqa: E402
+
+import cogcore  # noqa: E402
+from cogcore.blocks import ReferenceOps  # noqa: E402
+from cogcore.cli import main  # noqa: E402
+from cogcore.errors import WeightsError  # noqa: E402
+from cogcore.quant import (DEQUANTIZE, QUANTIZE, QTYPES, QuantTensor, quantizable,  # noqa: E402
+                           quantize_tensor)
+from cogcore.tensorfile import read_model_tensors, write_safetensors  # noqa: E402
+
+import naive  # noqa: E402
+
+GGML = {"q8_0": GGMLQuantizationType.Q8_0, "q4_0": GGMLQuantizationType.Q4_0}
+
+
+def awkward_rows(rng, cols=160):
+    """Rows that exercise every branch of the reference quantizers."""
+    x = rng.standard_normal((23, cols)).astype(np.float32)
+    x[0] = 0                                                # all-zero blocks: d = 0
+    x[1] *= 1e-6                                            # float16-subnormal scales
+    x[2] *= 300                                             # large values
+    x[3, :32] = np.arange(32) - 16                          # exact halves after scaling
+    x[4, :32] = 0.49999997                                  # where floor(a + 0.5) would round up
+    x[5, :32] = 1.0
+    x[5, 7] = -1.0                                          # ties of |max|: the first one wins
+    x[6, :32] = np.linspace(-1, 1, 32)                      # values exactly at q +- 0.5
+    x[7] = np.float32(2.0) ** rng.integers(-20, 10, cols)   # powers of two
+    return x
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_blocks_are_bit_identical_to_ggml(qtype):
+    x = awkward_rows(np.random.default_rng(0))
+    ours = QUANTIZE[qtype](x)
+    theirs = gguf_quants.quantize(x, GGML[qtype])
+    assert ours.dtype == np.uint8 and ours.shape == theirs.shape
+    np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(DEQUANTIZE[qtype](ours), gguf_quants.dequantize(theirs, GGML[qtype]))
+    stacked = np.stack([x, -x])                              # leading (expert) axes keep their shape
+    np.testing.assert_array_equal(QUANTIZE[qtype](stacked)[1], gguf_quants.quantize(-x, GGML[qtype]))
+
+
+def test_layouts_from_their_definition():
+    """One hand-computed block of each format (SPEC: scale first, then the values)."""
+    x = np.array([(j % 16 - 8) * 0.5 for j in range(32)], np.float32)   # max magnitude -4.0 at j = 0
+    q4 = QUANTIZE["q4_0"](x[None])[0]
+    assert q4[:2].view(np.float16)[0] == 0.5                             # d = -4 / -8
+    assert list(q4[2:]) == [j | (j << 4) for j in range(16)]             # low nibble j, high j + 16
+    q8 = QUANTIZE["q8_0"](x[None])[0]
+    assert q8[:2].view(np.float16)[0] == np.float16(np.float32(4) / 127)
+    np.testing.assert_array_equal(q8[2:].view(np.int8), np.round(x / 4 * 127).astype(np.int8))
+    np.testing.assert_array_equal(DEQUANTIZE["q4_0"](q4[None])[0], x)
+
+
+def test_quantize_tensor_errors():
+    with pytest.raises(WeightsError, match="multiple of 32"):
+        quantize_tensor(np.ones((3, 40), np.float32), "q8_0", "w")
+    with pytest.raises(WeightsError, match="'w'.*non-finite"):
+        quantize_tensor(np.full((3, 32), np.inf, np.float32), "q4_0", "w")
+    with pytest.raises(WeightsError, match="q8_0, q4_0.*'q5'"):
+        quantize_tensor(np.ones((3, 32), np.float32), "q5", "w")
+
+
+def test_quantizable_choice():
+    assert quantizable("model.layers.0.self_attn.q_proj.weight", (64, 64))
+    assert quantizable("model.layers.0.mlp.experts.down_proj", (8, 64, 32))
+    assert quantizable("lm_head.weight", (256, 64)) and quantizable("model.embed_tokens.weight", (256, 64))
+    assert not quantizable("model.layers.0.mlp.gate.weight", (8, 64))              # router
+    assert not quantizable("model.layers.0.rwkv.w1", (64, 32))                      # low-rank
+    assert not quantizable("model.norm.weight", (64,))
+    assert not quantizable("model.layers.0.self_attn.o_proj.weight", (64, 48))      # 48 % 32 != 0
+
+
+# ---- kernels: the Numba backend against the NumPy reference on odd sizes -----------------------
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("T", [1, 3, 8, 9, 33])
+def test_linear_kernel_matches_reference(qtype, T):
+    from cogcore.backends import NumbaOps
+    rng = np.random.default_rng(T)
+    for rows, cols in [(1, 32), (37, 96), (131, 160)]:
+        W = quantize_tensor(rng.standard_normal((rows, cols)).astype(np.float32), qtype)
+        x = rng.standard_normal((T, cols)).astype(np.float32)
+        want = x.astype(np.float64) @ W.dequantize().T.astype(np.float64)
+        for got in (NumbaOps.linear(x, W), ReferenceOps.linear(x, W)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_serial_and_parallel_gemv_agree(qtype):
+    from cogcore.kernels import quant as kq
+    rng = np.random.default_rng(5)
+    W = quantize_tensor(rng.standard_normal((77, 224)).astype(np.float32), qtype)
+    x = rng.standard_normal((2, 224)).astype(np.float32)
+    want = x @ W.dequantize().T
+    for fn in (kq._gemv_1, kq._gemv_p):
+        got = fn(x, W.data, kq.CODE[qtype], kq.HALF_TO_FLOAT)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    out = np.empty((77, 224), np.float32)
+    for fn in (kq._dequantize_rows_1, kq._dequantize_rows_p):
+        fn(W.data, 0, 77, kq.CODE[qtype], kq.HALF_TO_FLOAT, out)
+        np.testing.assert_array_equal(out, W.dequantize())
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("T", [1, 2, 11])
+def test_moe_kernel_matches_reference(qtype, T):
+    from cogcore.backends import NumbaOps
+    from cogcore.kernels import quant as kq
+    rng = np.random.default_rng(T)
+    E, D, F = 5, 64, 96
+    gate, up = (quantize_tensor(rng.standard_normal((E, F, D)).astype(np.float32), qtype) for _ in "gu")
+    down = quantize_tensor(rng.standard_normal((E, D, F)).astype(np.float32), qtype)
+    router = rng.standard_normal((E, D)).astype(np.float32)
+    x = rng.standard_normal((T, D)).astype(np.float32)
+    want, want_counts = ReferenceOps().moe(x, router, gate, up, down, 2, True)
+    got, counts = NumbaOps().moe(x, router, gate, up, down, 2, True)
+    np.testing.assert_array_equal(counts, want_counts)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    top, wts = np.array([[4, 0]] * T), np.full((T, 2), 0.5, np.float32)
+    args = (x, top, wts, gate.data, up.data, down.data, kq.CODE[qtype], kq.HALF_TO_FLOAT)
+    serial = kq._experts_1(*args)
+    np.testing.assert_allclose(kq._experts_p(*args), serial, rtol=1e-5, atol=1e-5 * np.abs(serial).max())
+
+
+# ---- model directories -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def float_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quant") / "tiny"
+    assert main(["init", "--preset", "tiny", str(out), "--seed", "4"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_quantized_model_equals_ggml_dequantized_float_path(float_dir, tmp_path, qtype):
+    out = tmp_path / qtype
+    chosen = cogcore.quantize(float_dir, out, qtype)
+    assert not os.path.exists(str(out) + ".partial")
+    tensors, _ = read_model_tensors(out)
+    floats, _ = read_model_tensors(float_dir)
+    assert {n for n, t in chosen.items() if t == qtype} == {n for n, a in tensors.items()
+                                                            if isinstance(a, QuantTensor)}
+    assert all(quantizable(n, a.shape) == isinstance(a, QuantTensor) for n, a in tensors.items())
+    ggml = {n: (gguf_quants.dequantize(np.asarray(a.data), GGML[qtype]).reshape(a.shape)
+                if isinstance(a, QuantTensor) else np.asarray(a)) for n, a in tensors.items()}
+    for n, a in tensors.items():                                   # the bytes are GGML's quantizer's
+        if isinstance(a, QuantTensor):
+            np.testing.assert_array_equal(a.data, gguf_quants.quantize(np.asarray(floats[n]), GGML[qtype]))
+    cfg = json.loads((out / "config.json").read_text())
+    ids = [1, 5, 9, 200, 3, 3, 17, 42, 8, 99, 100, 7]
+    want, _ = naive.forward(ggml, cfg, ids)
+    tol = dict(rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    for backend in ("numpy", "numba"):
+        model = cogcore.load(out, backend=backend)
+        np.testing.assert_allclose(model.forward(ids), want, **tol)
+        cache = model.new_cache()                                  # prefill then decode, token by token
+        parts = [model.forward(ids[:9], cache)] + [model.forward([t], cache) for t in ids[9:]]
+        np.testing.assert_allclose(np.concatenate(parts), want, **tol)
+
+
+def test_init_type_writes_the_same_blocks_as_quantize(float_dir, tmp_path):
+    assert main(["init", "--preset", "tiny", "--type", "q4_0", "--seed", "4", str(tmp_path / "i")]) == 0
+    assert main(["quantize", str(float_dir), str(tmp_path / "q"), "--type", "q4_0"]) == 0
+    a, _ = read_model_tensors(tmp_path / "i")
+    b, _ = read_model_tensors(tmp_path / "q")
+    assert a.keys() == b.keys()
+    for n in a:
+        if isinstance(a[n], QuantTensor):
+            np.testing.assert_array_equal(a[n].data, b[n].data)
+        else:
+            np.testing.assert_array_equal(a[n], b[n])
+
+
+def test_quantize_errors(float_dir, tmp_path, capsys):
+    assert main(["quantize", str(float_dir), str(tmp_path / "q")]) == 0          # default q4_0
+    assert "q4_0" in capsys.readouterr().out
+    assert main(["quantize", str(tmp_path / "q"), str(tmp_path / "qq")]) == 1    # already quantized
+    assert "already q4_0" in capsys.readouterr().err
+    assert main(["quantize", str(float_dir), str(tmp_path / "q")]) == 1          # not empty
+    assert "new or empty directory" in capsys.readouterr().err
+    assert main(["quantize", str(tmp_path / "nothing"), str(tmp_path / "x")]) == 1
+    with pytest.raises(WeightsError, match="q8_0, q4_0"):
+        cogcore.quantize(float_dir, tmp_path / "y", "q3")
+
+
+def test_interrupted_quantize_leaves_nothing(float_dir, tmp_path):
+    def stop(done, total):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        cogcore.quantize(float_dir, tmp_path / "q", "q8_0", progress=stop)
+    assert os.listdir(tmp_path) == []
+
+
+def test_reader_rejects_bad_quantization_metadata(tmp_path):
+    """Fuzz the self-description: every lie is an error naming the file and tensor."""
+    good = quantize_tensor(np.ones((4, 64), np.float32), "q8_0")
+    path = str(tmp_path / "model.safetensors")
+    cases = [
+        ("not json", "not valid JSON"),
+        ("[1]", "must be an object"),
+        ('{"w": {"type": "q5", "shape": [4, 64]}}', "'w'.*expected"),
+        ('{"w": {"type": "q8_0", "shape": [4, 60]}}', "'w'.*multiple of 32"),
+        ('{"w": {"type": "q8_0", "shape": [4]}}', "'w'.*at least 2"),
+        ('{"w": {"type": "q8_0", "shape": [5, 64]}}', "'w'.*U8 \\[5, 68\\].*found uint8 \\[4, 68\\]"),
+        ('{"w": {"type": "q4_0", "shape": [4, 64]}}', "'w'.*U8 \\[4, 36\\]"),
+        ('{"v": {"type": "q8_0", "shape": [4, 64]}}', "'v'.*absent"),
+        (None, "'w' is U8 but"),
+    ]
+    for meta, message in cases:
+        write_safetensors(path, {"w": good.data}, metadata=None if meta is None else {"cogcore.quantized": meta})
+        with pytest.raises(WeightsError, match=message) as e:
+            read_model_tensors(tmp_path)
+        assert path in str(e.value)
+    write_safetensors(path, {"w": np.ones((4, 64), np.float32)},
+                      metadata={"cogcore.quantized": '{"w": {"type": "q8_0", "shape": [4, 64]}}'})
+    with pytest.raises(WeightsError, match="'w'.*found float32"):
+        read_model_tensors(tmp_path)
+    rng = np.random.default_rng(0)
+    for _ in range(50):                                    # random byte damage: an error or a valid file
+        write_safetensors(path, {"w": good.data}, metadata={"cogcore.quantized":
+                                                            '{"w": {"type": "q8_0", "shape": [4, 64]}}'})
+        blob = bytearray(open(path, "rb").read())
+        for i in rng.integers(8, 150, 3):
+            blob[i] = rng.integers(0, 256)
+        open(path, "wb").write(bytes(blob))
+        try:
+            tensors, _ = read_model_tensors(tmp_path)
+        except WeightsError:
+            continue
+        assert all(isinstance(a, (QuantTensor, np.ndarray)) for a in tensors.values())
+
+
+def test_inspect_shows_formats_and_bytes_per_token(float_dir, tmp_path, capsys):
+    cogcore.quantize(float_dir, tmp_path / "q", "q8_0")
+    capsys.readouterr()
+    assert main(["inspect", "--json", str(tmp_path / "q")]) == 0
+    data = json.loads(capsys.readouterr().out)
+    cfg = cogcore.preset("tiny")
+    rows = {t["name"]: t for t in data["tensors"]}
+    experts = rows["model.layers.0.mlp.experts.up_proj"]
+    E, F, D = experts["shape"]
+    assert experts["dtype"] == "q8_0" and experts["bytes"] == E * F * D // 32 * 34
+    assert experts["bytes_per_token"] == experts["bytes"] * cfg.num_experts_per_tok // E
+    assert rows["model.embed_tokens.weight"]["bytes_per_token"] == D // 32 * 34       # one row
+    assert rows["model.layers.0.mlp.gate.weight"]["dtype"] == "F32"
+    assert data["bytes_per_token"] == sum(t["bytes_per_token"] for t in rows.values())
+    assert main(["inspect", str(tmp_path / "q")]) == 0
+    assert re.search(r"experts\.up_proj\s+q8_0", capsys.readouterr().out)
+
+
+def test_eval_compare(float_dir, tmp_path, capsys):
+    from cogcore.evaluate import compare, comparison_inputs
+    model = cogcore.load(float_dir, backend="numpy")
+    inputs = comparison_inputs(model, n=3)                   # no tokenizer: seeded random ids
+    same = compare(model, model, inputs)
+    assert same.positions == 3 * 64 and same.top1_agreement == 1.0 and same.mean_kl == 0.0
+    cogcore.quantize(float_dir, tmp_path / "q", "q4_0")
+    quantized = cogcore.load(tmp_path / "q", backend="numpy")
+    c = compare(quantized, model, inputs)
+    logp = quantized.forward(inputs[0][0]).astype(np.float64)    # KL(ref || model) by hand, row 0
+    logq = model.forward(inputs[0][0]).astype(np.float64)
+    p, q = (np.exp(z - z.max(-1, keepdims=True)) for z in (logp, logq))
+    p, q = p / p.sum(-1, keepdims=True), q / q.sum(-1, keepdims=True)
+    assert 0 < c.mean_kl and c.max_kl >= (q * np.log(q / p)).sum(-1).max() - 1e-9
+    assert 0 < c.top1_agreement <= 1
+    capsys.readouterr()
+    assert main(["eval", "--model", str(tmp_path / "q"), "--compare", str(float_dir), "--no-tasks",
+                 "-n", "2", "--backend", "numpy"]) == 0
+    out = capsys.readouterr().out
+    assert "mean KL divergence" in out and "top-1 agreement" in out and "128 positions" in out
+
+
+def test_odd_widths_stay_float_and_mixed_storage_runs():
+    """Widths that are not multiples of 32 keep their tensors float; every layer kind still runs,
+    the MoE with quantized gate/up but a float down projection included."""
+    from conftest import build_model, small_config
+    from cogcore.create import random_weights
+    cfg = cogcore.Config.from_dict(small_config(hidden_size=64, rwkv_head_size=16, moe_intermediate_size=48))
+    floats = random_weights(cfg, seed=2)
+    tensors = {n: quantize_tensor(a, "q4_0", n) if quantizable(n, a.shape) else a for n, a in floats.items()}
+    assert isinstance(tensors["model.layers.0.mlp.experts.gate_proj"], QuantTensor)
+    assert not isinstance(tensors["model.layers.0.mlp.experts.down_proj"], QuantTensor)     # 48 wide
+    assert not isinstance(tensors["model.layers.1.self_attn.o_proj.weight"], QuantTensor)   # 36 wide
+    ggml = {n: (gguf_quants.dequantize(a.data, GGML["q4_0"]).reshape(a.shape) if isinstance(a, QuantTensor)
+                else a) for n, a in tensors.items()}
+    ids = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]
+    want, _ = naive.forward(ggml, cfg.to_dict(), ids)
+    for backend in ("numpy", "numba"):
+        model, _ = build_model(cfg, backend=backend, tensors=tensors)
+        cache = model.new_cache()                                  # prefill 4, then decode
+        got = np.concatenate([model.forward(ids[:4], cache)] + [model.forward([t], cache) for t in ids[4:]])
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
