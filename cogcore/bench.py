@@ -4,8 +4,9 @@ Every figure is a median of repeated timings taken in one run, next to the machi
 limits measured in the same run, so that ratios stay meaningful on a noisy,
 shared machine:
 
-- read bandwidth: the best of a Numba parallel sum and a BLAS sgemv over an array
-  larger than the last-level cache (decode of a big model is bound by reading weights);
+- read bandwidth: the best of a numpy sum, Numba serial and parallel sums and a BLAS
+  sgemv, at 1 and 2 threads, over an array larger than the last-level cache (decode of
+  a big model is bound by reading weights);
 - sgemm FLOP/s: a square float32 matmul (prefill is bound by matmul FLOPs).
 
 Sections (`--only`): limits, kernels, model, sparse, and prompt_cache (only when named;
@@ -16,6 +17,7 @@ from Numba's cache) before anything is timed and reported on its own line.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from typing import Callable
@@ -25,6 +27,7 @@ import numpy as np
 from .config import Config, preset
 
 SECTIONS = ("limits", "kernels", "model", "sparse", "prompt_cache")   # prompt_cache: only when asked
+PRECISIONS = ("float32", "bfloat16")      # whole-model decode is benchmarked at each; a new storage type is one entry
 
 
 def bench_config(layers: int = 8, width: int = 1024, experts: int = 32, expert_width: int = 512,
@@ -107,48 +110,83 @@ class Report:
 
 # ---- machine limits -----------------------------------------------------------------------------
 
-def _psum():
+def _sums():
+    """A serial and a parallel Numba sum over a float32 array (each its own function: Numba's
+    disk cache does not key on `parallel=`). Both vectorise; the parallel one is a prange reduction."""
     from numba import njit, prange
 
-    @njit(parallel=True, fastmath=True, cache=True)
-    def psum(a):
-        n = a.size
-        nc = 256
-        cs = (n + nc - 1) // nc
-        out = np.zeros(nc, np.float32)
-        for c in prange(nc):
-            acc = np.zeros(16, np.float32)
-            lo, hi = c * cs, min(n, (c + 1) * cs)
-            for i in range(lo, hi - 15, 16):
-                for j in range(16):
-                    acc[j] += a[i + j]
-            out[c] = acc.sum()
-        return out.sum()
-    return psum
+    @njit(fastmath=True, cache=True)
+    def serial_sum(a):
+        s = np.float32(0.0)
+        for i in range(a.size):
+            s += a[i]
+        return s
+
+    @njit(fastmath=True, cache=True, parallel=True)
+    def parallel_sum(a):
+        s = np.float32(0.0)
+        for i in prange(a.size):
+            s += a[i]
+        return s
+    return serial_sum, parallel_sum
+
+
+def read_bandwidth(nbytes: int, reps: int, threads=(1, 2)) -> tuple[float, str, dict[str, float]]:
+    """The best read rate this machine reaches now: the best of several ways of streaming an array
+    larger than the last-level cache once (numpy sum, Numba serial and parallel sums, BLAS sgemv
+    against ones), at each thread count, `reps` times each. A single method or thread count
+    under-reports on some machines (numpy's sum is not always vectorised for float32, OpenBLAS sgemv
+    reaches ~half the rate of a plain sum here), and a model can read at any of these rates, so the
+    bound is their best. Returns (bytes/s, winning method, best rate of every method)."""
+    import numba
+
+    from .kernels.threads import set_threads
+
+    a = np.ones(nbytes // 4, np.float32)
+    W, ones = a.reshape(-1, 1024), np.ones(1024, np.float32)
+    serial_sum, parallel_sum = _sums()
+    serial_sum(a[:64]), parallel_sum(a[:64])
+    methods = {"numpy sum": a.sum, "numba sum": lambda: serial_sum(a), "numba parallel sum": lambda: parallel_sum(a),
+               "BLAS sgemv with ones": lambda: W @ ones}
+    before = numba.get_num_threads()
+    rates: dict[str, float] = {}
+    try:
+        for n in sorted({min(t, numba.config.NUMBA_NUM_THREADS) for t in threads}):
+            set_threads(n)
+            for name, fn in methods.items():
+                if name == "numba sum" and n > 1:
+                    continue                      # one thread whatever the setting
+                fn()
+                best = min(_once(fn) for _ in range(reps))
+                rates[f"{name}, {n} thread{'s' * (n > 1)}"] = a.nbytes / best
+    finally:
+        set_threads(before)
+    winner = max(rates, key=rates.get)
+    return rates[winner], winner, rates
+
+
+def _once(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def machine_limits(rep: Report, quick: bool) -> dict[str, float]:
     """Read bandwidth (bytes/s) and sgemm FLOP/s, measured now."""
-    n = (512 if quick else 1024) * 2**20 // 4
-    rep.step(f"read bandwidth over {n * 4 / 2**20:.0f} MiB")
-    a = np.ones(n, np.float32)
-    psum = _psum()
-    psum(a[:4096])
-    t_sum = timeit(lambda: psum(a), 3 if quick else 5)
-    W, x = a.reshape(-1, 1024), np.ones(1024, np.float32)
-    t_gemv = timeit(lambda: W @ x, 3 if quick else 5)
-    t_npsum = timeit(lambda: a.sum(), 3)
-    del a, W
-    bw = max(n * 4 / t_sum, n * 4 / t_gemv)
+    nbytes = (512 if quick else 1024) * 2**20
+    rep.step(f"read bandwidth over {nbytes / 2**20:.0f} MiB: 4 methods x 1 and 2 threads")
+    bw, winner, rates = read_bandwidth(nbytes, 3 if quick else 5)
     m = 1024 if quick else 2048
     rep.step(f"sgemm {m}^3")
     A = np.random.default_rng(0).standard_normal((m, m), np.float32)
     t_mm = timeit(lambda: A @ A, 3 if quick else 5)
     flops = 2 * m**3 / t_mm
-    rep.line(f"  read bandwidth: {bw / 1e9:.1f} GB/s  (numba parallel sum {n * 4 / t_sum / 1e9:.1f}, "
-             f"BLAS sgemv {n * 4 / t_gemv / 1e9:.1f}, numpy sum {n * 4 / t_npsum / 1e9:.1f} GB/s)")
+    rep.line(f"  read bandwidth: {bw / 1e9:.1f} GB/s, best of {len(rates)} ways over {nbytes / 2**20:.0f} MiB "
+             f"(won by {winner}; each the best of {3 if quick else 5}):")
+    rep.line("    " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in rates.items()))
     rep.line(f"  sgemm: {flops / 1e9:.1f} GFLOP/s  ({m}x{m}x{m} float32)")
-    rep.facts.update(bandwidth_GBps=bw / 1e9, sgemm_GFLOPs=flops / 1e9)
+    rep.facts.update(bandwidth_GBps=bw / 1e9, bandwidth_method=winner, sgemm_GFLOPs=flops / 1e9,
+                     **{f"bandwidth_GBps[{k}]": v / 1e9 for k, v in rates.items()})
     return {"bandwidth": bw, "flops": flops}
 
 
@@ -241,37 +279,71 @@ def kernel_rows(rep: Report, lim: dict, quick: bool) -> None:
 
 # ---- whole model --------------------------------------------------------------------------------
 
-def model_rows(rep: Report, lim: dict, quick: bool, dtype: str, prefill_len: int) -> None:
+def decode_row(rep: Report, name: str, models: dict, bpt: int, lim: dict, reps: int, context: int = 64) -> float:
+    """Median seconds of one decode step at `context` for each backend in `models`; adds a row with
+    tokens/s and the fraction of the bandwidth bound (`bpt` bytes read per token). Returns numba's."""
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(0, next(iter(models.values())).config.vocab_size, context)
+    dec = {}
+    for b, m in models.items():
+        rep.step(f"{name}: decode at context {context}, {b}")
+        cache = m.new_cache()
+        m.forward(prompt, cache)
+        dec[b] = timeit(lambda: m.forward([7], cache), reps if b == "numba" else max(3, reps // 3))
+    # The machine's read rate moves with other programs' load: measure it again right after the
+    # decode timings and keep the best seen in this run, so that a slow moment of the first
+    # measurement cannot make decode look faster than the bound.
+    rep.step("read bandwidth again")
+    lim["bandwidth"] = max(lim["bandwidth"], read_bandwidth(512 * 2**20, 2)[0])
+    bound = bpt / lim["bandwidth"]
+    t = dec["numba"]
+    note = (f"{1 / t:6.1f} tok/s, {bound / t:4.0%} of bound ({bound * 1e3:.1f} ms: {bpt / 2**20:.0f} MiB/token "
+            f"at {lim['bandwidth'] / 1e9:.1f} GB/s)")
+    if "numpy" in dec:
+        note += f"; numpy {bound / dec['numpy']:.0%}"
+    rep.add(Row("model", f"decode 1 token, {name}", t, dec.get("numpy"), note))
+    rep.facts.update({f"decode_tok_s[{name}]": 1 / t, f"decode_bound_fraction[{name}]": bound / t,
+                      f"bandwidth_GBps[best before {name}]": lim["bandwidth"] / 1e9})
+    return t
+
+
+def model_rows(rep: Report, lim: dict, quick: bool, precisions: tuple[str, ...], prefill_len: int,
+               model_dirs: tuple[str, ...] = ()) -> None:
+    """Decode of the 8 x 1024 hybrid at every precision (and of model directories, e.g. the 4b
+    preset written by `cogcore init`), then prefill at the first precision."""
     from .create import random_weights
-    from .model import Model
+    from .model import Model, load
+    from .tensorfile import read_model_tensors
     from .weights import Weights
 
     cfg = bench_config()
-    rep.step(f"random {dtype} weights of the 8-layer bench model")
-    t0 = time.perf_counter()
-    tensors = random_weights(cfg, seed=0, dtype=dtype)
-    rep.step(f"  made in {time.perf_counter() - t0:.1f} s")
-    bpt = bytes_per_token(cfg, tensors)
-    params_pt = sum(a.size for a in tensors.values()) * bpt / sum(a.nbytes for a in tensors.values())
-    bound = bpt / lim["bandwidth"]
-    rep.line(f"  model: 8 layers x 1024, recurrent/sparse_attention, 32 experts x 512 top-2, vocab 32000, "
-             f"{dtype}; {sum(a.nbytes for a in tensors.values()) / 2**20:,.0f} MiB of weights, "
-             f"{bpt / 2**20:.1f} MiB read per decoded token -> bound {bound * 1e3:.2f} ms/token")
-    models = {b: Model(cfg, Weights(tensors), backend=b) for b in ("numba", "numpy")}
-    rng = np.random.default_rng(0)
-    prompt = rng.integers(0, cfg.vocab_size, 64)
-    dec = {}
     reps = 5 if quick else 15
-    for b, m in models.items():
-        rep.step(f"decode at context 64, {b}")
-        cache = m.new_cache()
-        m.forward(prompt, cache)
-        dec[b] = timeit(lambda: m.forward([7], cache), reps)
-    r = rep.add(Row("model", "decode 1 token at context 64", dec["numba"], dec["numpy"],
-                    f"{bound / dec['numba']:.0%} of bandwidth bound (numpy {bound / dec['numpy']:.0%})"))
-    rep.facts.update(decode_tok_s=1 / dec["numba"], decode_bound_fraction=bound / dec["numba"],
-                     decode_numpy_bound_fraction=bound / dec["numpy"])
-    ids = rng.integers(0, cfg.vocab_size, prefill_len)
+    rep.line("  model: 8 layers x 1024, recurrent/sparse_attention, 32 experts x 512 top-2, vocab 32000; "
+             "context 64; bound = bytes read per token / read bandwidth")
+    first = None
+    for precision in precisions:
+        rep.step(f"random {precision} weights of the 8-layer bench model")
+        tensors = random_weights(cfg, seed=0, dtype=precision)
+        models = {b: Model(cfg, Weights(tensors), backend=b) for b in ("numba", "numpy")}
+        t = decode_row(rep, f"8x1024 {precision}", models, bytes_per_token(cfg, tensors), lim, reps)
+        if first is None:
+            first = (precision, tensors, models, t)
+        else:
+            del tensors, models
+    for path in model_dirs:
+        rep.step(f"loading {path} (memory-mapped)")
+        m = load(path)
+        tensors, _ = read_model_tensors(path)
+        rep.line(f"  {path}: {m.config.num_hidden_layers} layers x {m.config.hidden_size}, "
+                 f"{m.config.num_experts} experts x {m.config.moe_intermediate_size} top-{m.config.num_experts_per_tok}")
+        decode_row(rep, os.path.basename(os.path.normpath(path)), {"numba": m},
+                   bytes_per_token(m.config, tensors), lim, max(3, reps // 3))
+    if first is None:
+        return
+    precision, tensors, models, t_dec = first
+    params_pt = sum(a.size for a in tensors.values()) * bytes_per_token(cfg, tensors) / sum(
+        a.nbytes for a in tensors.values())
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, prefill_len)
     pre = {}
     for b, m in models.items():
         if b == "numpy" and quick:
@@ -280,38 +352,11 @@ def model_rows(rep: Report, lim: dict, quick: bool, dtype: str, prefill_len: int
         pre[b] = timeit(lambda: m.forward(ids), 1 if b == "numpy" else 2)
     flop = 2 * params_pt * prefill_len
     per_tok = pre["numba"] / prefill_len
-    rep.add(Row("model", f"prefill {prefill_len} tokens", pre["numba"], pre.get("numpy"),
+    rep.add(Row("model", f"prefill {prefill_len} tokens, 8x1024 {precision}", pre["numba"], pre.get("numpy"),
                 f"{flop / pre['numba'] / lim['flops']:.0%} of sgemm; {per_tok * 1e3:.2f} ms/token = "
-                f"{dec['numba'] / per_tok:.1f}x faster per token than decode"))
+                f"{t_dec / per_tok:.1f}x faster per token than decode"))
     rep.facts.update(prefill_sgemm_fraction=flop / pre["numba"] / lim["flops"],
-                     prefill_per_token_over_decode=per_tok / dec["numba"])
-    del r
-
-
-def model_dir_rows(rep: Report, model_dir: str, quick: bool, prefill_len: int) -> None:
-    """Decode and prefill of a model directory (cogcore's or a public family's), numba against numpy."""
-    from .model import load
-
-    models = {b: load(model_dir, backend=b) for b in ("numba", "numpy")}
-    cfg = models["numba"].config
-    prefill_len = min(prefill_len, cfg.max_position_embeddings - 1)
-    rep.line(f"  model: {model_dir} ({cfg.family or 'cogcore'}, {cfg.num_hidden_layers} layers x "
-             f"{cfg.hidden_size}, vocab {cfg.vocab_size})")
-    rng = np.random.default_rng(0)
-    prompt = rng.integers(0, cfg.vocab_size, min(64, prefill_len))
-    dec, pre = {}, {}
-    for b, m in models.items():
-        rep.step(f"decode at context {len(prompt)}, {b}")
-        cache = m.new_cache()
-        m.forward(prompt, cache)
-        dec[b] = timeit(lambda: m.forward([7], cache), 5 if quick else 15)
-    rep.add(Row("model", f"decode 1 token at context {len(prompt)}", dec["numba"], dec["numpy"], ""))
-    ids = rng.integers(0, cfg.vocab_size, prefill_len)
-    for b, m in models.items():
-        rep.step(f"prefill {prefill_len} tokens, {b}")
-        pre[b] = timeit(lambda: m.forward(ids), 1 if b == "numpy" else 2)
-    rep.add(Row("model", f"prefill {prefill_len} tokens", pre["numba"], pre["numpy"], ""))
-    rep.facts.update(decode_tok_s=1 / dec["numba"], prefill_tok_s=prefill_len / pre["numba"])
+                     prefill_per_token_over_decode=per_tok / t_dec)
 
 
 # ---- sparse against full attention at long context ---------------------------------------------
@@ -381,8 +426,8 @@ def sparse_rows(rep: Report, context: int, quick: bool) -> None:
 # ---- entry --------------------------------------------------------------------------------------
 
 def run(only: list[str] | None = None, quick: bool = False, threads: int | None = None,
-        dtype: str = "float32", context: int = 16384, prefill_len: int = 2048,
-        out=sys.stdout, progress=sys.stderr, model_dir: str | None = None) -> Report:
+        precisions: tuple[str, ...] = PRECISIONS, context: int = 16384, prefill_len: int = 2048,
+        model_dirs: tuple[str, ...] = (), out=sys.stdout, progress=sys.stderr) -> Report:
     import platform
 
     import numba
@@ -407,12 +452,9 @@ def run(only: list[str] | None = None, quick: bool = False, threads: int | None 
     if "kernels" in sections:
         rep.header("kernels")
         kernel_rows(rep, lim, quick)
-    if "model" in sections and model_dir:
+    if "model" in sections:
         rep.header("whole model")
-        model_dir_rows(rep, model_dir, quick, 512 if quick else prefill_len)
-    elif "model" in sections:
-        rep.header("whole model")
-        model_rows(rep, lim, quick, dtype, 512 if quick else prefill_len)
+        model_rows(rep, lim, quick, tuple(precisions), 512 if quick else prefill_len, tuple(model_dirs))
     if "sparse" in sections:
         context = 4096 if quick and context == 16384 else context
         rep.header(f"sparse against full attention decode at context {context}")

@@ -5,7 +5,8 @@
 - decode (a few tokens): the k chosen experts run as fused GEMVs straight over
   the stored expert slices: silu(gate_e x) * (up_e x) with the gate and up rows
   read together, then down_e with the routing weight folded into the scatter;
-  rows split across threads; bfloat16/float16 rows widened one at a time.
+  rows split across threads; bfloat16 widened in registers inside the dot,
+  float16 rows widened one at a time.
 - prefill: tokens grouped by expert with one stable sort, each expert runs once
   on its tokens through kernels.linear (BLAS, block-widened for narrow dtypes),
   and the weighted outputs are added back (a token meets an expert at most once,
@@ -20,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .linear import FAST, SMALL_T, kind_of, linear, raw, widen_into
+from .linear import BF16, F32, FAST, SMALL_T, dot, dot_bf16, kind_of, linear, raw, widen_into
 from .threads import pick, twins
 
 
@@ -73,12 +74,12 @@ def _experts_decode(x, top, wts, Wg, Wu, Wd, kind):
                 bu = np.empty(D, np.uint32)
                 bf = bu.view(np.float32)
                 for o in range(blk * 32, min(F, blk * 32 + 32)):
-                    if kind == 0:
-                        gsum = np.float32(0.0)
-                        usum = np.float32(0.0)
-                        for j in range(D):
-                            gsum += xt[j] * np.float32(Wg[e, o, j])
-                            usum += xt[j] * np.float32(Wu[e, o, j])
+                    if kind == F32:
+                        gsum = dot(xt, Wg[e, o])
+                        usum = dot(xt, Wu[e, o])
+                    elif kind == BF16:
+                        gsum = dot_bf16(xt, Wg[e, o])
+                        usum = dot_bf16(xt, Wu[e, o])
                     else:
                         widen_into(Wg[e, o], bu, bf, kind)
                         gsum = np.float32(0.0)
@@ -94,14 +95,13 @@ def _experts_decode(x, top, wts, Wg, Wu, Wd, kind):
                 bu = np.empty(F, np.uint32)
                 bf = bu.view(np.float32)
                 for o in range(blk * 32, min(D, blk * 32 + 32)):
-                    s = np.float32(0.0)
-                    if kind == 0:
-                        for j in range(F):
-                            s += hbuf[j] * np.float32(Wd[e, o, j])
+                    if kind == F32:
+                        s = dot(hbuf, Wd[e, o])
+                    elif kind == BF16:
+                        s = dot_bf16(hbuf, Wd[e, o])
                     else:
                         widen_into(Wd[e, o], bu, bf, kind)
-                        for j in range(F):
-                            s += hbuf[j] * bf[j]
+                        s = dot(hbuf, bf)
                     y[t, o] += wt * s
     return y
 

@@ -275,7 +275,8 @@ def test_init_negative_seed(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,fragment", [(["--threads", "0"], "--threads"), (["--threads", "99999"], "--threads"),
                                            (["--json", "/proc/x/y.json"], "cannot write there"),
-                                           (["--json", "/tmp"], "found a directory")])
+                                           (["--json", "/tmp"], "found a directory"),
+                                           (["--model", "/nonexistent/model"], "expected a model directory")])
 def test_bench_arguments_checked_before_running(capsys, argv, fragment):
     start = time.perf_counter()
     cli_error(capsys, ["bench", "--quick", *argv], fragment)

@@ -8,7 +8,7 @@ decode at long context. Medians of repeated timings; compilation reported separa
 
 import os
 
-from ..bench import SECTIONS
+from ..bench import PRECISIONS, SECTIONS
 from ..errors import InputError
 
 
@@ -18,13 +18,14 @@ def add_arguments(p):
                    help=f"run only this section (repeatable): {', '.join(SECTIONS)} (limits always run)")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for the kernels and for BLAS (default: numba's default, all cores)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                   help="storage dtype of the whole-model benchmark (default float32)")
+    p.add_argument("--dtype", action="append", choices=("float32", "bfloat16", "float16"), metavar="TYPE",
+                   help=f"storage type of the whole-model benchmark (repeatable; default: {', '.join(PRECISIONS)})")
+    p.add_argument("--model", action="append", default=[], metavar="DIR",
+                   help="also time decode of this model directory, e.g. one made by `cogcore init --preset 4b` "
+                        "(repeatable)")
     p.add_argument("--context", type=int, default=16384, help="context of the sparse-vs-full comparison")
     p.add_argument("--prefill", type=int, default=2048, help="prefill length of the model benchmark")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    p.add_argument("--model", metavar="DIR", help="time this model directory (cogcore's or a Hugging Face "
-                   "family's) instead of the random 8-layer bench model")
 
 
 def check_args(args) -> None:
@@ -36,6 +37,10 @@ def check_args(args) -> None:
     for name in ("context", "prefill"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name}: expected an integer >= 1, found {getattr(args, name)}")
+    for path in args.model:
+        if not os.path.isdir(path):
+            found = "a file" if os.path.exists(path) else "nothing"
+            raise InputError(f"--model {path}: expected a model directory, found {found}")
     if args.json:
         folder = os.path.dirname(os.path.abspath(args.json))
         if os.path.isdir(args.json):
@@ -48,8 +53,8 @@ def run(args):
     from ..bench import run as bench
     from ..tensorfile import write_json
     check_args(args)
-    rep = bench(only=args.only, quick=args.quick, threads=args.threads, dtype=args.dtype,
-                context=args.context, prefill_len=args.prefill, model_dir=args.model)
+    rep = bench(only=args.only, quick=args.quick, threads=args.threads, precisions=args.dtype or PRECISIONS,
+                context=args.context, prefill_len=args.prefill, model_dirs=args.model)
     if args.json:
         write_json(args.json, {"facts": rep.facts,
                                "rows": [{"section": r.section, "name": r.name, "numba_s": r.numba,
