@@ -102,12 +102,9 @@ def main(argv=None) -> int:
     print(f"{args.clients} clients x {args.requests} requests, system prompt of "
           f"{len(model.tokenizer.encode(system))} tokens, max_tokens {args.max_tokens}", flush=True)
     runs, alone = {}, {}
-    cache_class = getattr(cogcore, "PromptCache", None)
-    if cache_class is None and not args.no_cache:
-        print("cogcore.PromptCache is not available: running without a prompt cache only", flush=True)
     kinds = [("no cache", lambda: None)]
-    if cache_class is not None and not args.no_cache:
-        kinds.append(("prompt cache", lambda: cache_class(model, max_bytes=args.cache_bytes)))
+    if not args.no_cache:
+        kinds.append(("prompt cache", lambda: cogcore.PromptCache(model, max_bytes=args.cache_bytes)))
     for name, make_cache in kinds:
         r = runs[name] = run(model, make_cache(), args, system, questions, alone)
         print(f"{name:13s} requests {r['requests']}  failed {r['failed']}  differ from served alone "

@@ -338,8 +338,6 @@ def test_client_disconnect_while_waiting_cancels_the_request(text_model):
 
 
 def test_prompt_cache_restores_the_shared_system_prompt(shipped):
-    if not hasattr(cogcore, "PromptCache"):
-        pytest.skip("cogcore.PromptCache is not there yet")
     system = "Answer with the sum only. " * 12
     questions = ["12+345=", "48+7=", "9+16="]
 

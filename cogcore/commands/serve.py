@@ -5,7 +5,6 @@ The model loads once; requests are queued and served by one worker thread that
 interleaves up to --parallel generations token by token. See docs/serving.md.
 """
 
-import sys
 
 from ..cli import add_model_argument, load_model
 from ..errors import CogcoreError
@@ -45,11 +44,8 @@ def run(args):
 
 
 def open_prompt_cache(args, model):
-    """The server's PromptCache, or None when turned off (or not in this build: branch pcache)."""
+    """The server's PromptCache, or None when turned off (--prompt-cache-bytes 0)."""
     import cogcore
     if args.prompt_cache_bytes == 0:
-        return None
-    if not hasattr(cogcore, "PromptCache"):
-        print("cogcore serve: this build has no cogcore.PromptCache; serving without one", file=sys.stderr)
         return None
     return cogcore.PromptCache(model, max_bytes=args.prompt_cache_bytes, directory=args.prompt_cache)
