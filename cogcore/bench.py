@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from .config import Config, preset
+from .model import decode_bytes
 
 SECTIONS = ("limits", "kernels", "model", "sparse", "prompt_cache")   # prompt_cache: only when asked
 PRECISIONS = ("float32", "bfloat16")      # whole-model decode is benchmarked at each; a new storage type is one entry
@@ -41,18 +42,8 @@ def bench_config(layers: int = 8, width: int = 1024, experts: int = 32, expert_w
 
 
 def bytes_per_token(config: Config, weights: dict[str, np.ndarray]) -> int:
-    """Bytes of weights a decode step reads: all of them, except the unchosen experts and all but
-    one row of the embedding table (lm_head is read whole)."""
-    k, E = config.num_experts_per_tok, config.num_experts
-    total = 0
-    for name, a in weights.items():
-        if name == "model.embed_tokens.weight":
-            total += a.nbytes // a.shape[0] + (a.nbytes if config.tie_word_embeddings else 0)
-        elif ".mlp.experts." in name:
-            total += a.nbytes * k // E
-        else:
-            total += a.nbytes
-    return total
+    """Bytes of weights a decode step reads (`model.decode_bytes` summed over the tensors)."""
+    return sum(decode_bytes(name, a, config) for name, a in weights.items())
 
 
 # ---- timing -------------------------------------------------------------------------------------

@@ -282,3 +282,14 @@ def parameter_counts(config: Config) -> dict[str, int]:
     embedding += math.prod(shapes.get("lm_head.weight", (0,)))
     return {"total": total, "active": total - idle, "active_non_embedding": total - idle - embedding,
             "embedding": embedding}
+
+
+def decode_bytes(name: str, a, config: Config) -> int:
+    """Bytes of tensor `name` (array or QuantTensor `a`) that decoding one token reads: all of
+    it, except the unchosen experts' share and all but one row of the embedding table (which,
+    when tied, lm_head then reads whole)."""
+    if name == "model.embed_tokens.weight":
+        return a.nbytes // a.shape[0] + (a.nbytes if config.tie_word_embeddings else 0)
+    if ".mlp.experts." in name:
+        return a.nbytes * config.num_experts_per_tok // config.num_experts
+    return a.nbytes

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..config import Config
 from ..dtypes import tag
-from ..model import check_model_dir, parameter_counts
+from ..model import check_model_dir, decode_bytes, parameter_counts
 from ..quant import QuantTensor
 from ..tensorfile import read_model_tensors
 
@@ -28,7 +28,7 @@ def run(args):
     counts = parameter_counts(cfg)
     on_disk = sum(a.nbytes for a in tensors.values())
     rows = [(name, a.qtype if isinstance(a, QuantTensor) else tag(a), list(a.shape), int(np.prod(a.shape)),
-             os.path.basename(origin[name]), a.nbytes, bytes_per_token(name, a, cfg))
+             os.path.basename(origin[name]), a.nbytes, decode_bytes(name, a, cfg))
             for name, a in tensors.items()]
     per_token = sum(r[-1] for r in rows)
     if args.json:
@@ -54,10 +54,3 @@ def run(args):
         print(f"  {name:{width}s}  {dtype:4s}  {str(shape):18s} {numel:>13,} {nbytes:>14,} {read:>14,}  {file}")
 
 
-def bytes_per_token(name: str, a, cfg) -> int:
-    """Bytes of tensor `name` that decoding one token reads."""
-    if name == "model.embed_tokens.weight" and not cfg.tie_word_embeddings:
-        return a.nbytes // a.shape[0]
-    if ".mlp.experts." in name:
-        return a.nbytes * cfg.num_experts_per_tok // cfg.num_experts
-    return a.nbytes
