@@ -16,7 +16,7 @@ import time
 
 from .errors import CogcoreError
 
-COMMANDS = ("generate", "chat", "cache", "serve", "eval", "trace", "inspect", "init", "quantize", "bench")
+COMMANDS = ("generate", "chat", "cache", "serve", "eval", "trace", "inspect", "init", "quantize", "convert", "bench")
 # The shipped model: in a checkout (or editable install) under weights/, in a wheel install
 # under <prefix>/share/cogcore/ (pyproject's data-files). The first that exists is the default.
 MODEL_PLACES = (os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "cogcore-tiny"),
