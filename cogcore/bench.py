@@ -304,7 +304,6 @@ def model_rows(rep: Report, lim: dict, quick: bool, precisions: tuple[str, ...],
     preset written by `cogcore init`), then prefill at the first precision."""
     from .create import random_weights
     from .model import Model, load
-    from .tensorfile import read_model_tensors
     from .weights import Weights
 
     cfg = bench_config()
@@ -324,7 +323,7 @@ def model_rows(rep: Report, lim: dict, quick: bool, precisions: tuple[str, ...],
     for path in model_dirs:
         rep.step(f"loading {path} (memory-mapped)")
         m = load(path)
-        tensors, _ = read_model_tensors(path)
+        tensors = m.weights.tensors                  # cogcore's names (a family's or a GGUF file's mapped)
         rep.line(f"  {path}: {m.config.num_hidden_layers} layers x {m.config.hidden_size}, "
                  f"{m.config.num_experts} experts x {m.config.moe_intermediate_size} top-{m.config.num_experts_per_tok}")
         decode_row(rep, os.path.basename(os.path.normpath(path)), {"numba": m},

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
     """--model DIR (default: the model shipped in weights/) and --backend."""
     parser.add_argument("--model", metavar="DIR", default=DEFAULT_MODEL,
-                        help=f"model directory (default: the shipped model, {DEFAULT_MODEL})")
+                        help=f"model directory or GGUF file (default: the shipped model, {DEFAULT_MODEL})")
     parser.add_argument("--backend", choices=("numba", "numpy"), default="numba",
                         help="numba (compiled, default) or numpy (the reference)")
 

@@ -32,7 +32,7 @@ from .errors import CogcoreError, ConfigError, InputError, WeightsError
 from .families import load_config
 from .gguf_names import ARCHES, METADATA, ROPE_FREQS, cogcore_name, unpermute_rows
 from .quant import QuantTensor
-from .weights import ExpertStack
+from .weights import stack_experts
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
@@ -43,6 +43,8 @@ VALUE_TYPES = {0: ("UINT8", 1), 1: ("INT8", 1), 2: ("UINT16", 2), 3: ("INT16", 2
                5: ("INT32", 4), 6: ("FLOAT32", 4), 7: ("BOOL", 1), 8: ("STRING", 8), 9: ("ARRAY", 12),
                10: ("UINT64", 8), 11: ("INT64", 8), 12: ("FLOAT64", 8)}
 STRING, ARRAY = 8, 9
+VOCABULARY_LISTS = {"tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
+                    "tokenizer.ggml.merges"}
 MAX_NESTING = 4
 # GGML tensor types cogcore runs: id -> (name, values per block, bytes per block)
 TENSOR_TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 30: ("BF16", 1, 2), 8: ("Q8_0", 32, 34), 2: ("Q4_0", 32, 18)}
@@ -191,10 +193,12 @@ def open_gguf(path: str):
         raise WeightsError(f"{path}: the gguf package cannot read this file ({type(e).__name__}: {e})") from None
 
 
-def metadata(reader, path: str) -> dict:
-    """{key: value} of every metadata key (the gguf package's `field.contents()`)."""
+def metadata(reader, path: str, vocabulary: bool = True) -> dict:
+    """{key: value} of the metadata keys (the gguf package's `field.contents()`); without
+    `vocabulary`, the tokenizer's long lists are left out (the model does not need them)."""
     try:
-        return {key: field.contents() for key, field in reader.fields.items()}
+        return {key: field.contents() for key, field in reader.fields.items()
+                if vocabulary or key not in VOCABULARY_LISTS}
     except (ValueError, UnicodeDecodeError, IndexError) as e:
         raise WeightsError(f"{path}: a metadata value cannot be read ({type(e).__name__}: {e})") from None
 
@@ -332,12 +336,7 @@ def read_tensors(reader, path: str) -> tuple[dict, dict[str, str]]:
             raise WeightsError(f"{path}: per-expert tensors of '{stacked}': expected experts 0..{max(by_index)}, "
                                f"found {sorted(by_index)}")
         arrays, names = zip(*(by_index[e] for e in range(E)))
-        if any(isinstance(a, QuantTensor) for a in arrays):    # stacked by a copy: the kernels take one block array
-            if len({(a.qtype, a.shape) if isinstance(a, QuantTensor) else None for a in arrays}) > 1:
-                raise WeightsError(f"{path}: tensor '{names[0]}': expected every expert in one type and shape")
-            tensors[stacked] = QuantTensor(np.stack([a.data for a in arrays]), arrays[0].qtype, (E, *arrays[0].shape))
-        else:
-            tensors[stacked] = ExpertStack(list(arrays), list(names), path)
+        tensors[stacked] = stack_experts(list(arrays), list(names), path)
         gguf_names[stacked] = names[0]
     return tensors, gguf_names
 
@@ -357,7 +356,7 @@ def read_gguf(path) -> tuple[Config, dict, dict[str, str]]:
     """(Config, {cogcore name: tensor}, {cogcore name: where it came from}) of a GGUF file."""
     path = os.fspath(path)
     reader = open_gguf(path)
-    meta = metadata(reader, path)
+    meta = metadata(reader, path, vocabulary=False)
     tensors, gguf_names = read_tensors(reader, path)
     config = read_config(meta, tensors, path)
     if ARCHES[meta["general.architecture"]].permute_qk:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..config import LLAMA3_KEYS
 from ..errors import ConfigError, WeightsError
-from ..weights import ExpertStack
+from ..weights import stack_experts
 
 _MISSING = object()
 
@@ -128,7 +128,8 @@ IGNORED = re.compile(r"rotary_emb\.inv_freq$")   # buffers some old checkpoints 
 
 def map_tensors(family, tensors: dict[str, np.ndarray], origin: dict[str, str], source: str,
                 tied: bool = False):
-    """Foreign names -> cogcore names (family.RENAMES), per-expert tensors -> ExpertStack.
+    """Foreign names -> cogcore names (family.RENAMES), per-expert tensors -> ExpertStack
+    (quantized ones, as `cogcore quantize` writes them: one stacked QuantTensor, weights.stack_experts).
 
     With tied embeddings a saved `lm_head.weight` is dropped, as transformers ties it
     to the embedding when it loads. Returns (tensors, origin) keyed by cogcore names;
@@ -156,6 +157,6 @@ def map_tensors(family, tensors: dict[str, np.ndarray], origin: dict[str, str], 
             raise WeightsError(f"{source}: expert tensors of '{stacked}': expected experts 0..{E - 1}, "
                                f"found none for expert {missing[0]}")
         parts = [by_index[e] for e in range(E)]
-        out[stacked] = ExpertStack([a for a, _ in parts], [n for _, n in parts], source)
+        out[stacked] = stack_experts([a for a, _ in parts], [n for _, n in parts], source)
         where[stacked] = origin.get(parts[0][1], source)
     return out, where
