@@ -71,6 +71,15 @@ def test_f32_gguf_matches_transformers(family, backend):
     assert greedy == ref["greedy"]
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("family", ["llama", "mixtral"])
+def test_f32_gguf_matches_llama_cpps_own_logits(family, backend):
+    _, ref, _ = reference(family)
+    want = np.load(os.path.join(GGUF_DIR, "llama_cpp_logits.npz"))[family]     # llama.cpp, F32 KV cache
+    got = cogcore.load(fixture(family), backend=backend).forward(ref["prompt"])
+    assert relative(got, want) < 1e-4
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_gguf_file_gives_the_config_of_its_hugging_face_directory(family):
     d, _, _ = reference(family)
