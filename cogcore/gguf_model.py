@@ -28,7 +28,7 @@ import struct
 import numpy as np
 
 from .config import Config
-from .errors import CogcoreError, ConfigError, InputError, WeightsError
+from .errors import ConfigError, InputError, WeightsError, reading
 from .families import load_config
 from .gguf_names import ARCHES, METADATA, ROPE_FREQS, cogcore_name, unpermute_rows
 from .quant import QuantTensor
@@ -178,19 +178,18 @@ def check_layout(path: str, buf) -> None:
 def open_gguf(path: str):
     """GGUFReader over a file whose header `check_layout` accepted."""
     from gguf import GGUFReader
-    try:
+    with reading(path, "GGUF file", WeightsError):
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size == 0:
                 raise WeightsError(f"{path}: expected a GGUF file, found an empty file")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
                 check_layout(path, buf)
-        return GGUFReader(path, "r")
-    except OSError as e:
-        raise WeightsError(f"{path}: cannot read the GGUF file: {e.strerror}") from None
-    except CogcoreError:
-        raise
-    except Exception as e:      # GGUFReader's own checks (ValueError, KeyError, ...): a file it refuses
-        raise WeightsError(f"{path}: the gguf package cannot read this file ({type(e).__name__}: {e})") from None
+        try:
+            return GGUFReader(path, "r")
+        except OSError:
+            raise
+        except Exception as e:      # GGUFReader's own checks (ValueError, KeyError, ...): a file it refuses
+            raise WeightsError(f"{path}: the gguf package cannot read this file ({type(e).__name__}: {e})") from None
 
 
 def metadata(reader, path: str, vocabulary: bool = True) -> dict:
@@ -244,18 +243,18 @@ def hf_config(meta: dict, tensors: dict, path: str) -> dict:
         value = _number(meta, f"{arch_name}.{key}", path, float if hf_key in ("rms_norm_eps", "rope_theta") else int)
         if value is not None:
             raw[hf_key] = float32_value(value) if isinstance(value, float) else value
-    for key in ("rope.scaling.type", "rope.dimension_count", "attention.value_length", "attention.sliding_window"):
-        value = meta.get(f"{arch_name}.{key}")
-        if key == "rope.scaling.type" and value not in (None, "none"):
-            raise ConfigError(f"{path}: key '{arch_name}.{key}': expected 'none' (the GGUF RoPE scalings cogcore "
-                              f"implements; Llama-3's comes as the tensor {ROPE_FREQS}), found {value!r}")
-        head_dim = raw.get("head_dim") or (raw.get("hidden_size", 0) // max(1, raw.get("num_attention_heads", 1)))
-        if key in ("rope.dimension_count", "attention.value_length") and value not in (None, head_dim):
-            raise ConfigError(f"{path}: key '{arch_name}.{key}': expected the head size {head_dim} (partial "
-                              f"RoPE and a value size unlike the key size are not implemented), found {value!r}")
-        if key == "attention.sliding_window" and value not in (None, 0):
-            raise ConfigError(f"{path}: key '{arch_name}.{key}': expected none (sliding-window layers of "
-                              f"these architectures are not implemented), found {value!r}")
+    scaling = meta.get(f"{arch_name}.rope.scaling.type")
+    if scaling not in (None, "none"):
+        raise ConfigError(f"{path}: key '{arch_name}.rope.scaling.type': expected 'none' (the GGUF RoPE scalings "
+                          f"cogcore implements; Llama-3's comes as the tensor {ROPE_FREQS}), found {scaling!r}")
+    head_dim = raw.get("head_dim") or raw["hidden_size"] // max(1, raw["num_attention_heads"])
+    for key in ("rope.dimension_count", "attention.value_length"):
+        if meta.get(f"{arch_name}.{key}") not in (None, head_dim):
+            raise ConfigError(f"{path}: key '{arch_name}.{key}': expected the head size {head_dim} (partial RoPE "
+                              f"and values unlike keys are not implemented), found {meta[f'{arch_name}.{key}']!r}")
+    if meta.get(f"{arch_name}.attention.sliding_window") not in (None, 0):
+        raise ConfigError(f"{path}: key '{arch_name}.attention.sliding_window': expected none (sliding-window "
+                          f"layers are not implemented), found {meta[f'{arch_name}.attention.sliding_window']!r}")
     embed = tensors.get("model.embed_tokens.weight")
     if embed is not None and len(embed.shape) == 2:
         if raw.setdefault("vocab_size", embed.shape[0]) != embed.shape[0]:

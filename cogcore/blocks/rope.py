@@ -38,7 +38,7 @@ def inv_freq(head_dim: int, theta: float, scaling: dict | None = None, angles: s
     else:   # transformers: 1.0 / (base ** (arange(0, dim, 2).float() / dim)), all float32
         exponent = np.arange(0, head_dim, 2).astype(np.float32) / np.float32(head_dim)
         freq = np.float32(1.0) / (np.float32(theta) ** exponent)
-    if scaling is not None and scaling["rope_type"] == "factors":
+    if scaling is not None and scaling.get("rope_type") == "factors":
         freq = (freq / np.asarray(scaling["factors"], freq.dtype)).astype(freq.dtype)
     elif scaling is not None:
         freq = llama3_scaling(freq, scaling)
