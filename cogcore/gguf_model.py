@@ -30,6 +30,7 @@ import numpy as np
 from .config import Config
 from .errors import ConfigError, InputError, WeightsError, reading
 from .families import load_config
+from .families.hf import PER_EXPERT
 from .gguf_names import ARCHES, METADATA, ROPE_FREQS, cogcore_name, unpermute_rows
 from .quant import QuantTensor
 from .weights import stack_experts
@@ -324,9 +325,9 @@ def read_tensors(reader, path: str) -> tuple[dict, dict[str, str]]:
             raise WeightsError(f"{path}: tensor '{t.name}': expected one of the tensors of the architectures "
                                f"cogcore reads, found a name it does not know")
         array = tensor_array(t)
-        parts = name.split(".")
-        if len(parts) == 7 and parts[4].isdigit():    # model.layers.{i}.mlp.experts.{e}.{proj}.weight (old layout)
-            experts.setdefault(".".join(parts[:5]) + "." + parts[5], {})[int(parts[4])] = (array, t.name)
+        per_expert = PER_EXPERT.match(name)             # llama.cpp's older layout: one tensor per expert
+        if per_expert:
+            experts.setdefault(f"{per_expert[1]}.{per_expert[3]}", {})[int(per_expert[2])] = (array, t.name)
             continue
         tensors[name], gguf_names[name] = array, t.name
     for stacked, by_index in experts.items():

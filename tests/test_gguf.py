@@ -128,6 +128,38 @@ def test_quantized_tensors_are_views_of_the_file_but_llamas_q_and_k():
     assert np.array_equal(q.data, want)
 
 
+def per_expert_copy(src, out):
+    """`src` rewritten in llama.cpp's older Mixtral layout: blk.{i}.ffn_gate.{e}.weight per expert."""
+    reader = gguf.GGUFReader(src)
+    writer = gguf.GGUFWriter(out, "llama")
+    for key, field in reader.fields.items():
+        if not key.startswith("GGUF.") and key != "general.architecture":
+            sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+            writer.add_key_value(key, field.contents(), field.types[0], sub_type=sub)
+    for t in reader.tensors:
+        if "_exps." in t.name:
+            for e in range(t.data.shape[0]):
+                name = t.name.replace("_exps.", f".{e}.")
+                writer.add_tensor(name, np.ascontiguousarray(t.data[e]), raw_dtype=t.tensor_type)
+        else:
+            writer.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.mark.parametrize("kind", ["f32", "q8_0"])
+def test_the_older_per_expert_layout_reads_as_the_stacked_one(kind, tmp_path):
+    _, ref, _ = reference("mixtral")
+    per_expert_copy(fixture("mixtral", kind), tmp_path / "old.gguf")
+    assert "blk.0.ffn_up.3.weight" in {t.name for t in gguf.GGUFReader(tmp_path / "old.gguf").tensors}
+    want = cogcore.load(fixture("mixtral", kind), backend="numpy").forward(ref["prompt"])
+    for backend in ("numpy", "numba"):
+        got = cogcore.load(tmp_path / "old.gguf", backend=backend).forward(ref["prompt"])
+        assert relative(got, want) < 1e-5
+
+
 def converter_permute(w, n_head, n_head_kv):
     """llama.cpp's LlamaModel.permute (convert_hf_to_gguf), in NumPy."""
     if n_head_kv is not None and n_head != n_head_kv:
@@ -178,6 +210,22 @@ def test_a_cogcore_quantized_model_exports_its_blocks_unchanged(family, qtype, t
     if family in ("llama", "mixtral"):                                # GGUF's llama architecture
         stored = stored[unpermute_rows(before.config.num_attention_heads, stored.shape[0])]
     assert np.array_equal(stored, q.data)
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F16"])
+def test_16_bit_weights_export_and_read_back_unchanged(dtype, tmp_path):
+    from cogcore.dtypes import f32, to_storage
+    from cogcore.tensorfile import read_safetensors, write_safetensors
+    d, ref, _ = reference("qwen3_moe")
+    shutil.copytree(d, tmp_path / "m")
+    tensors, _ = read_safetensors(tmp_path / "m" / "model.safetensors")
+    write_safetensors(tmp_path / "m" / "model.safetensors", {n: to_storage(f32(a), dtype) for n, a in tensors.items()})
+    types = export_gguf(tmp_path / "m", tmp_path / "m.gguf")
+    assert types["blk.0.attn_q.weight"] == dtype and types["blk.0.attn_norm.weight"] == "F32"
+    want = cogcore.load(tmp_path / "m", backend="numpy").forward(ref["prompt"])
+    for backend in ("numpy", "numba"):
+        got = cogcore.load(tmp_path / "m.gguf", backend=backend).forward(ref["prompt"])
+        assert relative(got, want) < 1e-5
 
 
 MODEL_KEYS_SKIPPED = {"general.name", "general.size_label", "GGUF.kv_count"}    # cosmetic, or the vocabulary's

@@ -122,7 +122,7 @@ def sparse_layers(r: Reader) -> list[str]:
 
 # ---- tensors ---------------------------------------------------------------
 
-_EXPERT = re.compile(r"^(.*\.experts)\.(\d+)\.(\w+)\.weight$")
+PER_EXPERT = re.compile(r"^(.*\.experts)\.(\d+)\.(\w+)\.weight$")
 IGNORED = re.compile(r"rotary_emb\.inv_freq$")   # buffers some old checkpoints saved
 
 
@@ -142,7 +142,7 @@ def map_tensors(family, tensors: dict[str, np.ndarray], origin: dict[str, str], 
         new = name
         for pattern, repl in family.RENAMES:
             new = re.sub(pattern, repl, new)
-        m = _EXPERT.match(new)
+        m = PER_EXPERT.match(new)
         if m:
             experts.setdefault(f"{m[1]}.{m[3]}", {})[int(m[2])] = (array, name)
             continue
