@@ -94,10 +94,10 @@ def metadata(config, arch_name: str) -> dict:
 def _gguf_type(a, name: str):
     """(GGML type, the array to write) of a cogcore tensor, as the converter would store it."""
     from gguf import GGMLQuantizationType as T
+    if len(a.shape) == 1 or name.endswith("norm.weight") or name.endswith(KEPT_F32):
+        return T.F32, lambda: f32(a if isinstance(a, QuantTensor) else np.asarray(a))   # exact: widened
     if isinstance(a, QuantTensor):
         return T[a.qtype.upper()], lambda: a.data
-    if len(a.shape) == 1 or name.endswith("norm.weight") or name.endswith(KEPT_F32):
-        return T.F32, lambda: f32(np.asarray(a))
     kind = {np.dtype(np.float32): T.F32, np.dtype(np.float16): T.F16, np.dtype(np.uint16): T.BF16}[np.dtype(a.dtype)]
     return kind, lambda: np.asarray(a)       # an ExpertStack is stacked here, one tensor at a time
 
@@ -125,7 +125,7 @@ def plan(model, arch_name: str) -> list[tuple[str, object, int, Callable]]:
         if target is None:
             raise WeightsError(f"{model.path}: tensor '{name}': GGUF has no name for it")
         kind, make = _gguf_type(a, name)
-        shape = a.data.shape if isinstance(a, QuantTensor) else tuple(a.shape)
+        shape = a.data.shape if kind.name in ("Q8_0", "Q4_0") else tuple(a.shape)    # blocks: their bytes
         if ARCHES[arch_name].permute_qk and target.endswith(("attn_q.weight", "attn_k.weight", "attn_q.bias",
                                                               "attn_k.bias")):
             heads = config.num_attention_heads if ".attn_q." in target else config.num_key_value_heads
