@@ -266,7 +266,10 @@ def hf_config(meta: dict, tensors: dict, path: str) -> dict:
         if value is not None:
             raw[f"{which}_token_id"] = value
     raw["tie_word_embeddings"] = "lm_head.weight" not in tensors
-    n = raw.get("num_hidden_layers", 0)
+    n = 1 + max((int(name.split(".")[2]) for name in tensors if name.startswith("model.layers.")), default=-1)
+    if raw["num_hidden_layers"] != n:           # checked before anything counts layers up to it
+        raise ConfigError(f"{path}: key '{arch_name}.block_count': expected {n} (the layers whose blk.N "
+                          f"tensors the file holds), found {raw['num_hidden_layers']}")
     moe = [i for i in range(n) if f"model.layers.{i}.mlp.gate.weight" in tensors]
     raw["model_type"] = arch.moe_family if moe and arch.moe_family else arch.family
     if arch.norm_topk_prob is not None:
