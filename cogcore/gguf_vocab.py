@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .config import read_json
 from .errors import InputError
 from .tokenizer import HF_TOKENIZER_CONFIG, HF_TOKENIZER_FILE, TOKENIZER_FILE, HFTokenizer
 
@@ -155,7 +156,7 @@ def tokenizer_from_gguf(meta: Mapping[str, Any], source: str, config=None) -> HF
     `meta` maps each key to `ReaderField.contents()`; `source` (the file's path) names it in errors;
     `config` (the model's) is checked against it as for a tokenizer.json.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     m = _Meta(meta, source)
     kind = m.get("tokenizer.ggml.model", str)
@@ -208,14 +209,12 @@ def tokenizer_from_gguf(meta: Mapping[str, Any], source: str, config=None) -> HF
     if spm:
         steps = []
         if m.get("tokenizer.ggml.remove_extra_whitespaces", bool, False):
-            from tokenizers import Regex
             steps += [normalizers.Strip(), normalizers.Replace(Regex(" {2,}"), " ")]
         steps += [normalizers.Prepend(SPACE)] if add_space_prefix else []
         tok.normalizer = normalizers.Sequence(steps + [normalizers.Replace(" ", SPACE)])
         tok.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
                                         + ([decoders.Strip(" ", 1, 0)] if add_space_prefix else []))
     else:
-        from tokenizers import Regex
         tok.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZERS[pre]]
             + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
@@ -291,6 +290,14 @@ def add_vocab_to_gguf(writer, model_dir) -> None:
     token's score its merge rank, which llama.cpp leaves at -1000), then what gguf-py's SpecialVocab
     adds: the special ids, the add-BOS/EOS flags, the merges and the chat template."""
     model_dir = Path(os.fspath(model_dir))
+    try:
+        _add_vocab(writer, model_dir)
+    except (TypeError, AttributeError, KeyError, IndexError) as e:   # a JSON value of an unexpected shape
+        raise InputError(f"{model_dir}: its tokenizer files do not have the structure transformers writes "
+                         f"({type(e).__name__}: {e})") from None
+
+
+def _add_vocab(writer, model_dir: Path) -> None:
     n_vocab = _config_vocab_size(model_dir)
     if (model_dir / TOKENIZER_FILE).is_file():
         kind, pre, (tokens, scores, types) = "llama", "default", _sentencepiece_vocab(model_dir, n_vocab)
@@ -460,12 +467,8 @@ def _config_vocab_size(model_dir: Path) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def _read_json(path: Path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except (OSError, ValueError, RecursionError) as e:
-        raise InputError(f"{path}: expected valid JSON, found a parse error: {e}") from None
+def _read_json(path: Path) -> dict:
+    value = read_json(str(path), InputError)
     if not isinstance(value, dict):
         raise InputError(f"{path}: expected a JSON object, found {type(value).__name__}")
     return value

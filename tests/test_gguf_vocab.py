@@ -100,6 +100,15 @@ def test_special_ids_and_settings_come_from_the_metadata():
     assert len(think) == 1 and qwen2.decode(think) == "<think>"
 
 
+def test_a_sentencepiece_style_tokenizer_json_streams_as_it_decodes():
+    """The space sentencepiece puts before the text: decode strips it, so the stream does too."""
+    tok = HFTokenizer.from_model_dir(os.path.join(FIXTURES, "llama2_spm"))
+    assert tok.strip_first_space and not fixture_tok("qwen2_bpe").strip_first_space
+    for text, ref in reference("llama2_spm").items():
+        dec = tok.stream_decoder()
+        assert "".join(dec.push(i) for i in ref["ids"]) + dec.flush() == tok.decode(ref["ids"]) == ref["decoded"]
+
+
 def test_the_model_config_is_checked():
     class Config:
         vocab_size, bos_token_id, eos_token_id = 10, 1, 2
@@ -266,3 +275,28 @@ def test_fuzzed_metadata_gives_a_tokenizer_or_a_cogcore_error(name, key, value, 
     ids = tok.encode("Hello wörld 中 🦙 <s>", bos=True)
     assert all(0 <= i < tok.vocab_size for i in ids)
     tok.decode(ids)
+
+
+JSON_ODD = st.one_of(st.none(), st.booleans(), st.integers(-2, 5000), st.text(max_size=6),
+                     st.lists(st.one_of(st.integers(0, 3), st.text(max_size=3), st.none()), max_size=3),
+                     st.dictionaries(st.sampled_from(["type", "id", "content", "single", "processors", "special"]),
+                                     st.one_of(st.none(), st.text(max_size=3), st.integers(0, 3)), max_size=3))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(NAMES), file=st.sampled_from(["tokenizer.json", "tokenizer_config.json", "config.json"]),
+       key=st.sampled_from(["model", "post_processor", "pre_tokenizer", "added_tokens", "normalizer", "bos_token",
+                            "eos_token", "added_tokens_decoder", "chat_template", "add_bos_token", "vocab_size",
+                            "bos_token_id", "text_config"]), value=JSON_ODD)
+def test_fuzzed_tokenizer_files_write_or_give_a_cogcore_error(tmp_path, name, file, key, value):
+    work = tmp_path / f"{name}-{file}-{key}"
+    shutil.copytree(os.path.join(FIXTURES, name), work, dirs_exist_ok=True)
+    spec = json.loads((work / file).read_text(encoding="utf-8"))
+    spec[key] = value
+    (work / file).write_text(json.dumps(spec), encoding="utf-8")
+    try:
+        meta = write_vocab(work, work / "v.gguf")
+    except CogcoreError as e:
+        assert str(work) in str(e)
+        return
+    assert meta["tokenizer.ggml.tokens"]
