@@ -71,6 +71,8 @@ PRE_TOKENIZERS: dict[str, tuple[str, ...]] = {
     "qwen35": (_QWEN35,),
     **_names("starcoder refact command-r smollm codeshell exaone minerva-7b", (r"\p{N}", _GPT2)),
     "tekken": (_TEKKEN,),
+    "falcon": (r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, "[0-9][0-9][0-9]"),
+    "deepseek-coder": ("[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+", r"\p{N}"),
     **_names("gpt-4o llama4 kanana2", (_GPT4O,)),
 }
 # llama.cpp looks a whole pre-token up in the vocabulary before merging (HF: BPE ignore_merges)

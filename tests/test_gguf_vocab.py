@@ -8,6 +8,7 @@ whitespace runs, digits, special tokens in text), the ids of the `tokenizers` li
 tokenizer.json, of transformers, of sentencepiece, and of llama.cpp's own tokenizer.
 """
 
+import glob
 import json
 import os
 import shutil
@@ -98,6 +99,31 @@ def test_special_ids_and_settings_come_from_the_metadata():
     # user-defined tokens are matched whole but are not special: decode keeps them
     think = qwen2.encode("<think>")
     assert len(think) == 1 and qwen2.decode(think) == "<think>"
+
+
+LLAMA_CPP = os.environ.get("COGCORE_LLAMA_CPP")   # a llama.cpp source tree: its models/ggml-vocab-*.gguf
+LLAMA_CPP_VOCABS = sorted(glob.glob(os.path.join(LLAMA_CPP, "models", "ggml-vocab-*.gguf"))) if LLAMA_CPP else []
+
+
+@pytest.mark.skipif(not LLAMA_CPP_VOCABS, reason="set COGCORE_LLAMA_CPP to a llama.cpp source tree")
+@pytest.mark.parametrize("path", LLAMA_CPP_VOCABS or [""], ids=os.path.basename)
+def test_llama_cpp_vocab_files(path):
+    """Opt-in: llama.cpp's own tokenizer tests (published models' vocab-only GGUFs, texts, ids
+    without BOS); a tokenizer cogcore does not build is refused naming the key."""
+    meta = read_meta(path)
+    try:
+        tok = tokenizer_from_gguf(meta, path)
+    except InputError as e:
+        assert "tokenizer.ggml.model" in str(e) or "tokenizer.ggml.pre" in str(e)
+        return
+    if not os.path.exists(path + ".inp"):
+        return
+    with open(path + ".inp", encoding="utf-8") as f:
+        texts = f.read().split("\n__ggml_vocab_test__\n")
+    with open(path + ".out", encoding="utf-8") as f:
+        outs = f.read().split("\n")
+    for text, out in zip(texts, outs):
+        assert tok.encode(text) == [int(i) for i in out.split()], text
 
 
 def test_a_sentencepiece_style_tokenizer_json_streams_as_it_decodes():
