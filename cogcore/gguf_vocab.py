@@ -161,6 +161,9 @@ def tokenizer_from_gguf(meta: Mapping[str, Any], source: str, config=None) -> HF
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     m = _Meta(meta, source)
+    if not any(str(key).startswith("tokenizer.ggml.") for key in meta):
+        raise InputError(f"{source}: has no tokenizer (no tokenizer.ggml.* keys): text in/out needs one; "
+                         f"model.forward still takes token ids")
     kind = m.get("tokenizer.ggml.model", str)
     if kind not in ("llama", "gpt2"):
         raise m.fail("tokenizer.ggml.model", "'llama' (sentencepiece) or 'gpt2' (byte-level BPE)", repr(kind))

@@ -271,6 +271,12 @@ def test_malformed_metadata_is_named(name, changes, message):
         tokenizer_from_gguf(broken(name, **changes), "bad.gguf")
 
 
+def test_a_file_without_a_tokenizer_says_so():
+    meta = {k: v for k, v in fixture_meta("qwen2_bpe").items() if not k.startswith("tokenizer.")}
+    with pytest.raises(InputError, match="has no tokenizer .*token ids"):
+        tokenizer_from_gguf(meta, "bare.gguf")
+
+
 def test_not_a_mapping():
     with pytest.raises(InputError, match="mapping"):
         tokenizer_from_gguf([("tokenizer.ggml.model", "gpt2")], "bad.gguf")
