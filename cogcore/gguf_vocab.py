@@ -595,9 +595,9 @@ def _tokenizer_json_vocab(model_dir: Path, n_vocab: int | None):
     except Exception as e:      # the library raises a bare Exception for a file it cannot parse
         raise InputError(f"{path}: expected a tokenizers-library tokenizer.json, found a file it "
                          f"cannot load ({e})") from None
-    added = {i: t for i, t in tok.get_added_tokens_decoder().items()}
+    added = tok.get_added_tokens_decoder()
     id_to_token = {i: t for t, i in tok.get_vocab(with_added_tokens=True).items()}
-    size = max(n_vocab or 0, max(id_to_token) + 1)
+    size = max(n_vocab or 0, max(id_to_token, default=-1) + 1)
     byte_fallback = bool(bpe.get("byte_fallback"))
     settings = model_dir / HF_TOKENIZER_CONFIG
     unk = bpe.get("unk_token") or (_content(_read_json(settings).get("unk_token")) if settings.is_file() else None)
