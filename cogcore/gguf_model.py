@@ -219,7 +219,8 @@ def _number(meta: dict, key: str, path: str, kind=int):
 def float32_value(x: float) -> float:
     """A float32 metadata value as the shortest decimal that rounds to it (1e-05, not 9.99999974e-06),
     so that the Config equals the one read from the Hugging Face config.json."""
-    return float(str(np.float32(x)))
+    with np.errstate(over="ignore"):             # too big for float32: inf, which the Config refuses
+        return float(str(np.float32(x)))
 
 
 REQUIRED = ("block_count", "context_length", "embedding_length", "attention.head_count",
