@@ -24,6 +24,7 @@ from cogcore.dtypes import to_storage
 import cogcore.kernels
 from cogcore.kernels import threads
 from cogcore.ops import Compiled, FusedResidualNorm, Ops, members
+from cogcore.weights import ExpertStack
 
 REF, NB = ReferenceOps(), NumbaOps()
 DTYPES = ["F32", "F16", "BF16"]
@@ -197,6 +198,11 @@ def parity_moe():
             y2, c2 = REF.moe(x, router, gate, up, down, k, norm_topk)
             assert np.array_equal(c1, c2)
             close(y1, y2)
+            # experts held one array each (a family's lazy ExpertStack): decode runs per chosen expert
+            each = [ExpertStack(list(W), [f"{e}" for e in range(E)]) for W in (gate, up, down)]
+            y3, c3 = NB.moe(x, router, *each, k, norm_topk)
+            assert np.array_equal(c3, c2)
+            close(y3, y2)
 
 
 def parity_token_probabilities():
