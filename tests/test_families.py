@@ -263,3 +263,19 @@ def test_rwkv7_without_pre_norm_and_bias_keys_is_refused_by_tensor(tmp_path):
     d = copy_with(tmp_path, "rwkv7", {"norm_first": False})
     with pytest.raises(WeightsError, match="model.embed_norm"):
         cogcore.load(d, backend="numpy")
+
+
+@pytest.mark.parametrize("name, shape, named", [
+    ("model.layers.1.attn.x_r", (2, 16), "model.layers.1.rwkv.x_r"),                   # not [1, 1, D]
+    ("model.layers.1.attn.w_lora.lora.0.weight", (8, 32, 1), "model.layers.1.rwkv.w1"),
+    ("model.layers.2.attn.v_lora.lora.2.bias", (31,), "model.layers.2.rwkv.v0"),
+])
+def test_rwkv7_misshapen_tensors_are_named(tmp_path, name, shape, named):
+    from cogcore.tensorfile import read_safetensors, write_safetensors
+    d = copy_with(tmp_path, "rwkv7")
+    tensors, _ = read_safetensors(d / "model.safetensors")
+    tensors = {k: np.array(v) for k, v in tensors.items()}
+    tensors[name] = np.zeros(shape, np.float32)
+    write_safetensors(d / "model.safetensors", tensors)
+    with pytest.raises(WeightsError, match=named.replace(".", r"\.")):
+        cogcore.load(d, backend="numpy")

@@ -9,7 +9,7 @@ Per token, with x the normed input and x_prev the previous token's (zeros at fir
     w = exp(-exp(-0.5) * sigmoid(w0 + tanh(xw w1) w2))           decay in (0.545, 1) (Eq. 11)
     a = sigmoid(a0 + (xa a1) a2)                                 in-context learning rate (Eq. 6)
     g = sigmoid(xg g1) g2                                        output gate
-    kk = l2_normalize(k * k_k) per head;  k = k * (1 + (a - 1) * k_a)     (normalize: see KK_NORMS)
+    kk = l2_normalize(k * k_k) per head;  k = k * (1 + (a - 1) * k_a)
     v = v + (v_first - v) * sigmoid(v0 + (xv v1) v2)             value residual (not in the first layer)
     S = S diag(w) + (S (-kk)) (kk * a)^T + v k^T                 per head, S [N, N] value x key (Eq. 13)
     y = S r;  y = group_norm(y) * ln_x.w + ln_x.b + (sum(r * k * r_k) per head) * v;  out = output(y * g)
