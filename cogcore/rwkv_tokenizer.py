@@ -98,7 +98,9 @@ def _parse_line(line: str, path: str, n: int) -> tuple[int, bytes]:
     where = f"{path}: line {n}"
     try:
         first, last = line.index(" "), line.rindex(" ")
-        i, piece, length = int(line[:first]), ast.literal_eval(line[first:last].strip()), int(line[last:])
+        i, literal, length = int(line[:first]), line[first:last].strip(), int(line[last:])
+        plain = len(literal) >= 2 and literal[0] in "'\"" and literal[-1] == literal[0] and "\\" not in literal
+        piece = literal[1:-1] if plain else ast.literal_eval(literal)      # most lines: a quoted str, no escapes
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         raise InputError(f"{where}: expected '<id> <str or bytes literal> <length>', found {line[:80]!r}") from None
     if isinstance(piece, str):

@@ -279,3 +279,14 @@ def test_rwkv7_misshapen_tensors_are_named(tmp_path, name, shape, named):
     write_safetensors(d / "model.safetensors", tensors)
     with pytest.raises(WeightsError, match=named.replace(".", r"\.")):
         cogcore.load(d, backend="numpy")
+
+
+def test_rwkv7_directory_through_the_cli(capsys):
+    from cogcore import cli
+    d = os.path.join(HERE, "rwkv7")
+    assert cli.main(["inspect", d]) == 0
+    out = capsys.readouterr().out
+    assert '"rwkv7"' in out and "model.layers.0.attn.w_lora.lora.0.weight" in out   # the file's own names
+    assert cli.main(["generate", "--model", d, "--backend", "numpy", "-n", "4", "-t", "0", "Hello"]) == 0
+    model = cogcore.load(d, backend="numpy")
+    assert capsys.readouterr().out == model.generate("Hello", max_new_tokens=4, temperature=0.0) + "\n"
