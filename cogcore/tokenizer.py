@@ -162,10 +162,15 @@ class StreamDecoder:
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._strip_space = getattr(tokenizer, "strip_first_space", False)   # as decode does
 
     def push(self, token_id: int) -> str:
         """The text that token completes (possibly "" while a character is incomplete)."""
-        return self._utf8.decode(self.tokenizer.piece_bytes(token_id))
+        text = self._utf8.decode(self.tokenizer.piece_bytes(token_id))
+        if self._strip_space and text:
+            self._strip_space = False
+            text = text[1:] if text.startswith(" ") else text
+        return text
 
     def flush(self) -> str:
         """At the end: what is still held back (an incomplete character comes out as U+FFFD)."""
@@ -216,9 +221,11 @@ class HFTokenizer(_TokenizerBase):
     bos=False is `add_special_tokens=False`.
     """
 
-    def __init__(self, tok, settings: dict, config=None, source: str = "tokenizer", byte_level: bool = True):
+    def __init__(self, tok, settings: dict, config=None, source: str = "tokenizer", byte_level: bool = True,
+                 strip_first_space: bool = False):
         self.tok, self.settings, self.source = tok, settings, source
         self.byte_level = byte_level       # pieces spelled in GPT-2's byte characters (else sentencepiece's)
+        self.strip_first_space = strip_first_space   # decode drops the space encode put before the text
         self.n_tokens = tok.get_vocab_size(with_added_tokens=True)
         self.vocab_size = self.n_tokens     # the model's, once checked: ids past the tokenizer's
                                             # (embedding rows padded, as in Qwen) decode to nothing
@@ -259,7 +266,10 @@ class HFTokenizer(_TokenizerBase):
                 raise InputError(f"{settings_path}: expected a JSON object, found {type(settings).__name__}")
         with open(path, encoding="utf-8") as f:
             decoder = json.load(f).get("decoder") or {}
-        return cls(tok, settings, config, source=path, byte_level="ByteLevel" in json.dumps(decoder))
+        steps = decoder.get("decoders", [decoder]) if isinstance(decoder, dict) else []
+        strip = any(isinstance(d, dict) and d.get("type") == "Strip" and d.get("start") for d in steps)
+        return cls(tok, settings, config, source=path, byte_level="ByteLevel" in json.dumps(decoder),
+                   strip_first_space=strip)
 
     def _chat_template(self, value):
         """The template: a string, or the one named "default" of a list of {name, template}."""
