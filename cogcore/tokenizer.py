@@ -186,7 +186,8 @@ HF_TOKENIZER_CONFIG = "tokenizer_config.json"
 def load_tokenizer(model_dir, config=None):
     """The tokenizer of a model directory: tokenizer.model (sentencepiece) for cogcore's own
     models, tokenizer.json (the `tokenizers` library) for a public family's, or one of them
-    when only one is there; of a GGUF file, the one its metadata holds."""
+    when only one is there; else the RWKV world vocabulary (cogcore.rwkv_tokenizer); of a GGUF
+    file, the one its metadata holds."""
     if model_dir is None:
         return Tokenizer.from_model_dir(None)
     from .gguf_model import is_gguf, load_tokenizer as gguf_tokenizer
@@ -196,6 +197,9 @@ def load_tokenizer(model_dir, config=None):
     has_sp = os.path.isfile(os.path.join(os.fspath(model_dir), TOKENIZER_FILE))
     if has_json and (getattr(config, "family", None) or not has_sp):
         return HFTokenizer.from_model_dir(model_dir, config)
+    from .rwkv_tokenizer import RWKV_VOCAB_FILE, RWKVWorldTokenizer      # RWKV-7 directories of fla-hub
+    if not has_sp and os.path.isfile(os.path.join(os.fspath(model_dir), RWKV_VOCAB_FILE)):
+        return RWKVWorldTokenizer.from_model_dir(model_dir, config)
     return Tokenizer.from_model_dir(model_dir, config)
 
 
