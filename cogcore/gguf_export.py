@@ -24,6 +24,7 @@ import numpy as np
 
 from .dtypes import f32
 from .errors import ConfigError, WeightsError
+from .gguf_vocab import add_vocab_to_gguf
 from .gguf_names import ARCH_OF_FAMILY, ARCHES, METADATA, ROPE_FREQS, gguf_name, permute_rows
 from .quant import QuantTensor
 from .tensorfile import temporary_name
@@ -168,9 +169,10 @@ def export_gguf(in_dir, out_path, progress: Callable[[int, int], None] | None = 
         writer.add_name(os.path.basename(os.path.normpath(model.path)))
         writer.add_file_type(file_type(entries))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        add_vocab_to_gguf(writer, model.path)            # tokenizer.ggml.*, its special ids included
         for key, value in values.items():
-            (writer.add_float32 if isinstance(value, float) else writer.add_uint32)(key, value)
-        add_vocabulary(writer, model.path)
+            if key not in writer.kv_data[0]:              # the config's ids where the tokenizer has none
+                (writer.add_float32 if isinstance(value, float) else writer.add_uint32)(key, value)
         sizes = []
         for name, kind, shape, _ in entries:
             block, block_bytes = gguf.GGML_QUANT_SIZES[kind]
@@ -200,12 +202,3 @@ def export_gguf(in_dir, out_path, progress: Callable[[int, int], None] | None = 
         if os.path.exists(tmp):
             os.remove(tmp)
     return {name: kind.name for name, kind, _, _ in entries}
-
-
-def add_vocabulary(writer, model_dir: str) -> None:
-    """The tokenizer as tokenizer.ggml.* keys (cogcore.gguf_vocab), when this version has that module."""
-    try:
-        from .gguf_vocab import add_vocab_to_gguf
-    except ImportError:
-        return                                        # the file then holds the model without a vocabulary
-    add_vocab_to_gguf(writer, model_dir)

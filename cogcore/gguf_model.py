@@ -28,7 +28,7 @@ import struct
 import numpy as np
 
 from .config import Config
-from .errors import ConfigError, InputError, WeightsError, reading
+from .errors import ConfigError, WeightsError, reading
 from .families import load_config
 from .families.hf import PER_EXPERT
 from .gguf_names import ARCHES, METADATA, ROPE_FREQS, cogcore_name, unpermute_rows
@@ -373,12 +373,7 @@ def read_gguf(path) -> tuple[Config, dict, dict[str, str]]:
 
 
 def load_tokenizer(path, config=None):
-    """The tokenizer stored in a GGUF file's metadata (tokenizer.ggml.*)."""
-    try:
-        from .gguf_vocab import tokenizer_from_gguf
-    except ImportError:
-        raise InputError(f"{path}: reading the tokenizer from a GGUF file is not available in this version "
-                         f"of cogcore (cogcore.gguf_vocab); run the model on token ids (model.forward), or "
-                         f"load its Hugging Face directory for text") from None
+    """The tokenizer stored in a GGUF file's metadata (tokenizer.ggml.*: cogcore.gguf_vocab)."""
+    from .gguf_vocab import tokenizer_from_gguf
     path = os.fspath(path)
     return tokenizer_from_gguf(metadata(open_gguf(path), path), path, config)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 gguf = pytest.importorskip("gguf")
 
 import cogcore  # noqa: E402
-from cogcore.errors import CogcoreError, ConfigError, InputError, WeightsError  # noqa: E402
+from cogcore.errors import CogcoreError, ConfigError, WeightsError  # noqa: E402
 from cogcore.gguf_export import export_gguf  # noqa: E402
 from cogcore.gguf_model import read_gguf  # noqa: E402
 from cogcore.gguf_names import permute_rows, unpermute_rows  # noqa: E402
@@ -177,14 +177,14 @@ def test_the_qk_permutation_is_llama_cpps_and_is_undone(heads, hd):
     assert np.array_equal(gg[unpermute_rows(heads, heads * hd)], w)
 
 
-def test_text_needs_the_gguf_tokenizer():
-    import importlib.util
-    model = cogcore.load(fixture("qwen2"), backend="numpy")
-    if importlib.util.find_spec("cogcore.gguf_vocab") is None:
-        with pytest.raises(InputError, match="tokenizer from a GGUF file"):
-            model.generate("hello", max_new_tokens=2)
-    else:
-        assert isinstance(model.generate("hello", max_new_tokens=2), str)
+@pytest.mark.parametrize("family", ["llama", "qwen2_moe"])           # converter-made, cogcore-exported
+def test_a_gguf_file_reads_text_as_its_hugging_face_directory(family):
+    d, _, _ = reference(family)
+    hf, gg = cogcore.load(d, backend="numpy"), cogcore.load(fixture(family), backend="numpy")
+    text = "Hello wörld, 12+345= 東京 🙂"
+    ids = gg.tokenizer.encode(text)
+    assert ids == hf.tokenizer.encode(text) and gg.tokenizer.decode(ids) == hf.tokenizer.decode(ids)
+    np.testing.assert_allclose(gg.forward(ids), hf.forward(ids), rtol=0, atol=1e-4)
 
 
 # ---- writing -----------------------------------------------------------------------------------
