@@ -24,8 +24,8 @@ import numpy as np
 
 from .dtypes import f32
 from .errors import ConfigError, WeightsError
-from .gguf_vocab import add_vocab_to_gguf
 from .gguf_names import ARCH_OF_FAMILY, ARCHES, METADATA, ROPE_FREQS, gguf_name, permute_rows
+from .gguf_vocab import add_vocab_to_gguf
 from .quant import QuantTensor
 from .tensorfile import temporary_name
 
@@ -111,8 +111,9 @@ def _permuted(make: Callable, heads: int) -> Callable:
     return permuted
 
 
-def plan(model, arch_name: str) -> list[tuple[str, object, int, Callable]]:
-    """[(GGUF name, GGML type, shape of the array written, make)] in model order."""
+def plan(model, arch_name: str) -> list[tuple[str, object, tuple[int, ...], Callable]]:
+    """[(GGUF name, GGML type, shape of the array written, make)]: the embedding and rope_freqs
+    first, the output norm and head last, as the converter's files hold them."""
     from gguf import GGMLQuantizationType as T
     config, out = model.config, []
     if config.rope_scaling is not None:          # Llama-3's, or the factors a GGUF file gave

@@ -12,21 +12,20 @@ import random
 import shutil
 import struct
 
+import gguf
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-gguf = pytest.importorskip("gguf")
-
-import cogcore  # noqa: E402
-from cogcore.errors import CogcoreError, ConfigError, WeightsError  # noqa: E402
-from cogcore.gguf_export import export_gguf  # noqa: E402
-from cogcore.gguf_model import read_gguf  # noqa: E402
-from cogcore.gguf_names import permute_rows, unpermute_rows  # noqa: E402
-from cogcore.model import Model  # noqa: E402
-from cogcore.quant import QuantTensor  # noqa: E402
-from cogcore.weights import Weights  # noqa: E402
+import cogcore
+from cogcore.errors import CogcoreError, ConfigError, WeightsError
+from cogcore.gguf_export import export_gguf
+from cogcore.gguf_model import read_gguf
+from cogcore.gguf_names import permute_rows, unpermute_rows
+from cogcore.model import Model
+from cogcore.quant import QuantTensor
+from cogcore.weights import Weights
 
 HERE = os.path.join(os.path.dirname(__file__), "fixtures")
 GGUF_DIR = os.path.join(HERE, "gguf")
