@@ -186,6 +186,16 @@ def test_a_gguf_file_reads_text_as_its_hugging_face_directory(family):
     np.testing.assert_allclose(gg.forward(ids), hf.forward(ids), rtol=0, atol=1e-4)
 
 
+def test_a_gguf_file_has_the_chat_template_of_its_directory():
+    from cogcore.chat_template import chat_prompt_ids, model_chat_template
+    d, _, _ = reference("qwen2")
+    hf, gg = cogcore.load(d, backend="numpy"), cogcore.load(fixture("qwen2"), backend="numpy")
+    template = model_chat_template(gg)
+    assert template is not None and template[0] == model_chat_template(hf)[0]
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi ü"}]
+    assert chat_prompt_ids(gg, messages, template) == chat_prompt_ids(hf, messages, model_chat_template(hf))
+
+
 # ---- writing -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("family", FAMILIES)
 def test_export_then_load_gives_the_same_logits(family, tmp_path):
