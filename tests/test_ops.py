@@ -23,11 +23,12 @@ from cogcore.blocks.sparse_attention import NSAShape
 from cogcore.dtypes import to_storage
 import cogcore.kernels
 from cogcore.kernels import threads
-from cogcore.ops import Compiled, FusedResidualNorm, Ops, members
+from cogcore.ops import Compiled, FusedRecurrent, FusedResidualNorm, Ops, members
 
 REF, NB = ReferenceOps(), NumbaOps()
 DTYPES = ["F32", "F16", "BF16"]
-OPS = members(Ops) + members(FusedResidualNorm)
+OPTIONAL = (FusedResidualNorm, FusedRecurrent)           # capabilities only the Numba table has
+OPS = members(Ops) + [op for protocol in OPTIONAL for op in members(protocol)]
 
 
 def rand(rng, *shape, scale=1.0):
@@ -41,11 +42,12 @@ def close(a, b, tol=2e-5):
 
 
 def test_tables_implement_the_contract_with_its_signatures():
-    assert isinstance(REF, Ops) and isinstance(NB, Ops) and isinstance(NB, FusedResidualNorm)
-    assert isinstance(NB, Compiled) and not isinstance(REF, FusedResidualNorm)
+    assert isinstance(REF, Ops) and isinstance(NB, Ops) and isinstance(NB, Compiled)
+    for protocol in OPTIONAL:
+        assert isinstance(NB, protocol) and not isinstance(REF, protocol)
     for name in OPS:
-        want = [p for p in inspect.signature(getattr(Ops if name in members(Ops) else FusedResidualNorm,
-                                                     name)).parameters][1:]            # without self
+        protocol = next(p for p in (Ops, *OPTIONAL) if name in members(p))
+        want = [p for p in inspect.signature(getattr(protocol, name)).parameters][1:]   # without self
         for table in (REF, NB):
             if hasattr(table, name):
                 params = inspect.signature(getattr(table, name)).parameters
@@ -183,6 +185,49 @@ def parity_wkv7():
         y2, S2 = REF.wkv7(r, w, k, v, kk, a, S0.copy())
         close(y1, y2)
         close(S1, S2)
+
+
+def recurrent_steps(first: bool, chunks, seed: int, dtype: str = "float32"):
+    """One RWKV-7 mixer (D 30, 3 heads of 10, odd ranks) run over `chunks` of tokens by the reference
+    table and by the Numba one (whose fused ops take chunks up to FUSED_MAX_TOKENS): outputs, the
+    state and x_prev after each chunk, and v_first, which the first layer sets and later ones read."""
+    from cogcore.blocks.rwkv7 import FUSED_MAX_TOKENS, RecurrentMixer
+    from cogcore.cache import RecurrentState
+    from cogcore.config import Config
+    from cogcore.create import random_weights
+    from cogcore.model import Pass
+    from cogcore.weights import Weights
+
+    cfg = Config.from_dict(small_config(num_hidden_layers=1, layer_types=["recurrent"], mlp_types=["dense"]))
+    tensors = random_weights(cfg, seed, dtype)
+    mixers = [RecurrentMixer(Weights(tensors), "model.layers.0", cfg, ops, first) for ops in (REF, NB)]
+    assert mixers[1].fused and not mixers[0].fused and max(chunks) <= FUSED_MAX_TOKENS
+    states = [RecurrentState(30, 3, 10) for _ in mixers]
+    rng = np.random.default_rng(seed)
+    for T in chunks:
+        x = rand(rng, T, 30)
+        v_first = None if first else rand(rng, T, 30)
+        outs = []
+        for mixer, st in zip(mixers, states):
+            ctx = Pass(positions=np.arange(T), v_first=v_first)
+            outs.append((mixer(x, st, ctx), ctx.v_first))
+        (got, vf_got), (want, vf_want) = outs
+        close(got, want, 1e-4)
+        close(vf_got, vf_want)
+        close(states[1].S, states[0].S, 1e-4)
+        assert np.array_equal(states[1].x_prev, states[0].x_prev)
+
+
+def parity_rwkv7_inputs():
+    """The mixes and low-rank branches, seen through the whole mixer step (the first layer: no v gate)."""
+    recurrent_steps(True, (1, 3, 1), seed=1)
+    recurrent_steps(True, (2, 1), seed=2, dtype="bfloat16")
+
+
+def parity_rwkv7_output():
+    """The recurrence and everything after it, with the value residual of a later layer."""
+    recurrent_steps(False, (1, 1, 5, 8), seed=3)
+    recurrent_steps(False, (1, 4), seed=4, dtype="float16")
 
 
 def parity_moe():
