@@ -26,8 +26,9 @@ class Norm:
     """The norm named by `norm_type`, with its weights `{prefix}.weight` (and `.bias`)."""
 
     def __init__(self, weights, prefix: str, dim: int, norm_type: str, eps: float, ops):
-        self.w = weights.take(f"{prefix}.weight", (dim,))
-        self.b = weights.take(f"{prefix}.bias", (dim,)) if norm_type == "layernorm" else None
+        # widened to float32 once here, not on every call (a norm runs twice per layer per token)
+        self.w = f32(weights.take(f"{prefix}.weight", (dim,)))
+        self.b = f32(weights.take(f"{prefix}.bias", (dim,))) if norm_type == "layernorm" else None
         self.eps, self.ops = eps, ops
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
