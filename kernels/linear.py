@@ -2,9 +2,11 @@
 
 The NumPy twin is `cogcore.blocks.linear.linear` (widen W to float32, then BLAS). Here:
 
-- float32 weights: decode (T <= SMALL_T) runs the GEMV kernel below, prefill goes to
-  BLAS sgemm. On this machine the GEMV kernel matches OpenBLAS sgemv on one thread and
-  keeps its speed on two, where sgemv's thread pool stalled a decode step 4-8x.
+- Decode (T <= SMALL_T rows of x) runs a GEMV kernel per storage kind (`GEMV`), prefill
+  goes to BLAS. float32 dots four weight rows per pass over x; on this machine a whole
+  float32 decode step ties with OpenBLAS sgemv on one thread and keeps its speed on two,
+  where sgemv's thread pool stalled a decode step 3-8x (docs/performance.md), so the
+  GEMV is the default.
 - bfloat16 weights in decode are widened in registers inside the dot (`dot_bf16`),
   one pass over the stored row: memory-bound, not compute-bound.
 - float16/bfloat16 weights are never widened whole. For a few rows of x (decode)
