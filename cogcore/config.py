@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, reading
 
 MIXER_TYPES = ("full_attention", "sliding_attention", "sparse_attention", "recurrent")
 ATTENTION_TYPES = ("full_attention", "sliding_attention", "sparse_attention")
@@ -296,14 +296,8 @@ def is_int(v: Any) -> bool:
 def read_json(path: str, error: type[Exception], what: str = "file") -> Any:
     """Parse a JSON file, or raise `error` saying what is wrong with it (missing, a directory, bad JSON)."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with reading(path, f"JSON {what}", error), open(path, encoding="utf-8") as f:
             return json.load(f)
-    except FileNotFoundError:
-        raise error(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise error(f"{path}: expected a JSON {what}, found a directory") from None
-    except OSError as e:
-        raise error(f"{path}: cannot read the {what}: {e.strerror}") from None
     except (ValueError, RecursionError) as e:   # JSONDecodeError, bad UTF-8, ints over 4,300 digits
         raise error(f"{path}: expected valid JSON, found a parse error: {e}") from None
 
