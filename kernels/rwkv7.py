@@ -20,9 +20,10 @@ GEMV (the reference makes ~40 small NumPy calls, ~0.4 ms a layer at D = 1024):
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
-from .linear import FAST
+from .linear import FAST, as_float32
 from .threads import pick, twins
 
 DECAY_SCALE = np.float32(np.exp(-0.5))
@@ -79,9 +80,21 @@ def sigmoid(x):
     return np.float32(1.0) / (np.float32(1.0) + np.exp(-x))
 
 
+def widened(v):
+    """A stored weight value as float32: bfloat16 bits (uint16) widened in a register."""
+
+
+@overload(widened, inline="always")
+def _widened(v):
+    if v == types.uint16:
+        return lambda v: as_float32(np.uint32(v) << np.uint32(16))
+    return lambda v: v
+
+
 @njit(fastmath=FAST, inline="always")
 def rows_combination(coef, M, out):
-    """out = coef M = sum_i coef[i] M[i] (M [n, m], out [m]), four rows of M per pass over out."""
+    """out = coef M = sum_i coef[i] M[i] (M [n, m] float32 or bfloat16 bits, out [m]), four rows
+    of M per pass over out."""
     n = M.shape[0]
     out[:] = 0
     n4 = n - n % 4
@@ -89,11 +102,11 @@ def rows_combination(coef, M, out):
         c0, c1, c2, c3 = coef[i], coef[i + 1], coef[i + 2], coef[i + 3]
         M0, M1, M2, M3 = M[i], M[i + 1], M[i + 2], M[i + 3]
         for j in range(M.shape[1]):
-            out[j] += c0 * M0[j] + c1 * M1[j] + c2 * M2[j] + c3 * M3[j]
+            out[j] += (c0 * widened(M0[j]) + c1 * widened(M1[j])) + (c2 * widened(M2[j]) + c3 * widened(M3[j]))
     for i in range(n4, n):
         ci, Mi = coef[i], M[i]
         for j in range(M.shape[1]):
-            out[j] += ci * Mi[j]
+            out[j] += ci * widened(Mi[j])
 
 
 @njit(fastmath=FAST, inline="always")
@@ -140,8 +153,8 @@ def _time_mix_inputs(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0,
 
 def time_mix_inputs(x, x_prev, mix, lora, w0, a0, v0):
     """x [T, D] normed input, x_prev [D] the token before; mix [6, D] (x_r, x_w, x_k, x_v, x_a, x_g);
-    lora ((w1, w2), (a1, a2), (v1, v2) or None, (g1, g2)), A [D, R], B [R, D]; w0, a0, v0 [D];
-    all float32 -> [7, T, D]: xr, xk, xv (the projections' inputs), w, a, g, v_gate (slots above;
+    lora ((w1, w2), (a1, a2), (v1, v2) or None, (g1, g2)), A [D, R], B [R, D], float32 or all of
+    them bfloat16 bits (read as stored); w0, a0, v0 [D]; the rest float32 -> [7, T, D]: xr, xk, xv (the projections' inputs), w, a, g, v_gate (slots above;
     v_gate unset when the v pair is None)."""
     T, D = x.shape
     out = np.empty((7, T, D), np.float32)

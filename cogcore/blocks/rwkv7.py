@@ -91,7 +91,11 @@ class RecurrentMixer:
         self.fused = isinstance(ops, FusedRecurrent)
         if self.fused:                      # the fused ops' arguments, gathered once
             self.mix = np.stack([self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g])   # [6, D]
-            self.lora_pairs = tuple(None if (name == "v" and first) else lora[name] for name in "wavg")
+            # the low-rank pairs as stored when bfloat16 (the kernel widens in registers: half the bytes)
+            stored = {name: tuple(weights.take(f"{p}.{name}{i}", A.shape) for i, A in zip("12", pair))
+                      for name, pair in lora.items()}
+            as_read = stored if all(A.dtype == np.uint16 for pair in stored.values() for A in pair) else lora
+            self.lora_pairs = tuple(None if (name == "v" and first) else as_read[name] for name in "wavg")
 
     def new_state(self) -> RecurrentState:
         return RecurrentState(self.Hr * self.N, self.Hr, self.N)
