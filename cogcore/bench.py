@@ -61,16 +61,17 @@ def timeit(fn: Callable[[], object], reps: int, min_time: float = 0.0, mean: boo
 
 
 def wall_and_cpu(fn: Callable[[], object], reps: int) -> tuple[float, float]:
-    """Medians of wall-clock and of process CPU seconds over the same `reps` calls (after one untimed
-    call). With one thread, CPU time is the time the call held a core: on a machine shared with
-    other jobs it leaves out the time slices the scheduler gave to them, which wall time counts."""
+    """Medians of wall-clock and of the calling thread's CPU seconds over the same `reps` calls (after
+    one untimed call). With one thread (the kernels then run in the caller), CPU time is the time the
+    call held a core: on a machine shared with other jobs it leaves out the time slices the scheduler
+    gave to them, which wall time counts."""
     fn()
     wall, cpu = [], []
     for _ in range(reps):
-        t, c = time.perf_counter(), time.process_time()
+        t, c = time.perf_counter(), time.thread_time()
         fn()
         wall.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
+        cpu.append(time.thread_time() - c)
     return float(np.median(wall)), float(np.median(cpu))
 
 
@@ -313,7 +314,7 @@ def decode_row(rep: Report, name: str, models: dict, bpt: int, lim: dict, reps: 
     if "numpy" in dec:
         note += f"; numpy {bound / dec['numpy']:.0%}"
     single = numba.get_num_threads() == 1
-    if single:              # with more threads, process CPU time adds up the threads' times
+    if single:              # with more threads, the work runs on threads the caller's CPU time misses
         note += f"; CPU time {cpu * 1e3:.1f} ms: {bound / cpu:.0%} of bound"
     rep.add(Row("model", f"decode 1 token, {name}", t, dec.get("numpy"), note))
     rep.facts.update({f"decode_tok_s[{name}]": 1 / t, f"decode_bound_fraction[{name}]": bound / t,
@@ -350,8 +351,11 @@ def model_rows(rep: Report, lim: dict, quick: bool, precisions: tuple[str, ...],
         rep.step(f"loading {path} (memory-mapped)")
         m = load(path)
         tensors, _ = read_model_tensors(path)
-        rep.line(f"  {path}: {m.config.num_hidden_layers} layers x {m.config.hidden_size}, "
-                 f"{m.config.num_experts} experts x {m.config.moe_intermediate_size} top-{m.config.num_experts_per_tok}")
+        c = m.config
+        experts = (f"{c.num_experts} experts x {c.moe_intermediate_size} top-{c.num_experts_per_tok}"
+                   if c.num_experts else "/".join(sorted(set(c.mlp_types))))
+        rep.line(f"  {path}: {c.num_hidden_layers} layers x {c.hidden_size}, "
+                 f"{'/'.join(sorted(set(c.layer_types)))}, {experts}")
         decode_row(rep, os.path.basename(os.path.normpath(path)), {"numba": m},
                    bytes_per_token(m.config, tensors), lim, max(3, reps // 3))
     if first is None:

@@ -122,15 +122,17 @@ class FusedRecurrent(Protocol):
                      w0: np.ndarray, a0: np.ndarray, v0: np.ndarray) -> np.ndarray:
         """Token shift, mixes and low-rank branches: x [T, D], x_prev [D], mix [6, D] (x_r, x_w, x_k,
         x_v, x_a, x_g), lora ((w1, w2), (a1, a2), (v1, v2) or None, (g1, g2)) with A [D, R], B [R, D];
-        w0, a0, v0 [D] -> [7, T, D]: xr, xk, xv, w, a, g, v_gate (v_gate unset without the v pair)."""
+        w0, a0, v0 [D] (v0 None without the v pair) -> [7, T, D]: xr, xk, xv, w, a, g, v_gate (v_gate
+        unset without the v pair)."""
 
     def rwkv7_output(self, r: np.ndarray, w: np.ndarray, k: np.ndarray, v: np.ndarray, a: np.ndarray,
                      g: np.ndarray, v_gate: np.ndarray | None, v_first: np.ndarray | None, k_k: np.ndarray,
                      k_a: np.ndarray, r_k: np.ndarray, ln_w: np.ndarray, ln_b: np.ndarray, eps: float,
-                     S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """kk, the key update, the value residual (v_gate, v_first None: none), the recurrence, the
-        group norm, the bonus and the gate: [T, D] inputs, r_k [Hr, N], S [Hr, N, N] (may be updated
-        in place) -> (the output projection's input [T, D], the final state)."""
+                     kk_norm: str, S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """kk (l2-normalised as `kk_norm` says: "clamp" or "epsilon", blocks.rwkv7.l2_normalize), the
+        key update, the value residual (v_gate, v_first None: none), the recurrence, the group norm
+        (eps), the bonus and the gate: [T, D] inputs, r_k [Hr, N], S [Hr, N, N] (may be updated in
+        place) -> (the output projection's input [T, D], the final state)."""
 
 
 @runtime_checkable

@@ -27,7 +27,9 @@ from .linear import FAST, as_float32
 from .threads import pick, twins
 
 DECAY_SCALE = np.float32(np.exp(-0.5))
-L2_EPS = np.float32(1e-12)
+L2_EPS = np.float32(1e-12)          # kk_norm "clamp": kk / max(|kk|, 1e-12)
+L2_EPS_INSIDE = np.float32(1e-6)    # kk_norm "epsilon": kk / sqrt(|kk|^2 + 1e-6)
+KK_NORMS = ("clamp", "epsilon")
 # slots of time_mix_inputs' result [7, T, D]
 XR, XK, XV, W, A, G, V_GATE = range(7)
 
@@ -162,12 +164,13 @@ def time_mix_inputs(x, x_prev, mix, lora, w0, a0, v0):
     has_v = v_pair is not None
     v1, v2 = v_pair if has_v else (w1[:, :0], w2[:0])
     _time_mix_inputs(np.ascontiguousarray(x, np.float32), x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2,
-                     w0, a0, v0 if has_v else w0, has_v, out)
+                     w0, a0, v0 if has_v else w0, has_v, out)    # (w0, the empty v1, v2: unread)
     return out
 
 
 @njit(cache=True, fastmath=FAST)
-def _time_mix_output(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_b, gn_eps, residual, S, out):
+def _time_mix_output(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_b, gn_eps, kk_inside, residual,
+                     S, out):
     T, D = r.shape
     Hr, N = r_k.shape
     scratch = np.empty((5, N), np.float32)
@@ -179,7 +182,7 @@ def _time_mix_output(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_
             for j in range(N):
                 kk[j] = k[t, o + j] * k_k[o + j]
                 ss += kk[j] * kk[j]
-            inv = np.float32(1.0) / max(np.sqrt(ss), L2_EPS)
+            inv = np.float32(1.0) / (np.sqrt(ss + L2_EPS_INSIDE) if kk_inside else max(np.sqrt(ss), L2_EPS))
             bonus = np.float32(0.0)
             for j in range(N):
                 kk[j] *= inv
@@ -201,10 +204,13 @@ def _time_mix_output(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_
                 out[t, o + j] = ((y[j] - mu) * inv * ln_w[o + j] + ln_b[o + j] + bonus * vt[j]) * g[t, o + j]
 
 
-def time_mix_output(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_b, eps, S):
+def time_mix_output(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_b, eps, kk_norm, S):
     """r, k, v [T, D] projections, w, a, g, v_gate [T, D] from time_mix_inputs, v_first [T, D] (both
-    None in the first layer: no value residual); k_k, k_a, ln_w, ln_b [D], r_k [Hr, N]; S [Hr, N, N]
-    updated in place -> (y [T, D], the output projection's input, and S)."""
+    None in the first layer: no value residual); k_k, k_a, ln_w, ln_b [D], r_k [Hr, N]; eps the group
+    norm's; kk_norm "clamp" or "epsilon" (constants above); S [Hr, N, N] updated in place
+    -> (y [T, D], the output projection's input, and S)."""
+    if kk_norm not in KK_NORMS:
+        raise ValueError(f"kk_norm: expected one of {KK_NORMS}, found {kk_norm!r}")
     c = lambda a_: np.ascontiguousarray(a_, np.float32)
     residual = v_first is not None
     if not (S.flags.c_contiguous and S.flags.writeable and S.dtype == np.float32):
@@ -213,5 +219,5 @@ def time_mix_output(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_b
         v_gate = v_first = r
     out = np.empty(r.shape, np.float32)
     _time_mix_output(c(r), c(w), c(k), c(v), c(a), c(g), c(v_gate), c(v_first), k_k, k_a, r_k, ln_w, ln_b,
-                     np.float32(eps), residual, S, out)
+                     np.float32(eps), kk_norm == "epsilon", residual, S, out)
     return out, S

@@ -23,7 +23,7 @@ def test_bytes_per_token_counts_chosen_experts_and_one_embedding_row():
 
 
 def test_wall_and_cpu_time_the_same_calls():
-    """CPU time leaves out time the process did not run: a sleeping call takes wall time, no CPU."""
+    """CPU time leaves out time the caller did not run: a sleeping call takes wall time, no CPU."""
     import time
 
     from cogcore.bench import wall_and_cpu
