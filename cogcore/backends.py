@@ -118,8 +118,9 @@ def _exercise(ops):
     f32_pair = (rng.standard_normal((8, 3), np.float32), rng.standard_normal((3, 8), np.float32))
     cases = [(pair, v_pair) for pair in (f32_pair, tuple(map(to_bf16, f32_pair))) for v_pair in (pair, None)]
     for pair, v_pair in cases:                   # low-rank pairs as float32 / bfloat16; a later layer, the first
+        v0 = None if v_pair is None else v8
         xr, xk, xv, w, a, g, v_gate = ops.rwkv7_inputs(x8, v8, np.ones((6, 8), np.float32),
-                                                       (pair, pair, v_pair, pair), v8, v8, None if v_pair is None else v8)
+                                                       (pair, pair, v_pair, pair), v8, v8, v0)
         v_gate, v_first = (None, None) if v_pair is None else (v_gate, xv)
         ops.rwkv7_output(xr, w, xk, xv, a, g, v_gate, v_first, v8, v8, np.ones((2, 4), np.float32), v8, v8, 1e-3,
                          "clamp", np.zeros((2, 4, 4), np.float32))

@@ -29,7 +29,6 @@ from .threads import pick, twins
 DECAY_SCALE = np.float32(np.exp(-0.5))
 L2_EPS = np.float32(1e-12)          # kk_norm "clamp": kk / max(|kk|, 1e-12)
 L2_EPS_INSIDE = np.float32(1e-6)    # kk_norm "epsilon": kk / sqrt(|kk|^2 + 1e-6)
-KK_NORMS = ("clamp", "epsilon")
 # slots of time_mix_inputs' result [7, T, D]
 XR, XK, XV, W, A, G, V_GATE = range(7)
 
@@ -156,8 +155,9 @@ def _time_mix_inputs(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0,
 def time_mix_inputs(x, x_prev, mix, lora, w0, a0, v0):
     """x [T, D] normed input, x_prev [D] the token before; mix [6, D] (x_r, x_w, x_k, x_v, x_a, x_g);
     lora ((w1, w2), (a1, a2), (v1, v2) or None, (g1, g2)), A [D, R], B [R, D], float32 or all of
-    them bfloat16 bits (read as stored); w0, a0, v0 [D]; the rest float32 -> [7, T, D]: xr, xk, xv (the projections' inputs), w, a, g, v_gate (slots above;
-    v_gate unset when the v pair is None)."""
+    them bfloat16 bits (read as stored); w0, a0, v0 [D] (v0 None without the v pair); the rest
+    float32 -> [7, T, D]: xr, xk, xv (the projections' inputs), w, a, g, v_gate (slots above;
+    v_gate unset without the v pair)."""
     T, D = x.shape
     out = np.empty((7, T, D), np.float32)
     (w1, w2), (a1, a2), v_pair, (g1, g2) = lora
@@ -208,9 +208,7 @@ def time_mix_output(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_b
     """r, k, v [T, D] projections, w, a, g, v_gate [T, D] from time_mix_inputs, v_first [T, D] (both
     None in the first layer: no value residual); k_k, k_a, ln_w, ln_b [D], r_k [Hr, N]; eps the group
     norm's; kk_norm "clamp" or "epsilon" (constants above); S [Hr, N, N] updated in place
-    -> (y [T, D], the output projection's input, and S)."""
-    if kk_norm not in KK_NORMS:
-        raise ValueError(f"kk_norm: expected one of {KK_NORMS}, found {kk_norm!r}")
+    -> (y [T, D], the output projection's input, and S). (The config checks kk_norm's value.)"""
     c = lambda a_: np.ascontiguousarray(a_, np.float32)
     residual = v_first is not None
     if not (S.flags.c_contiguous and S.flags.writeable and S.dtype == np.float32):
