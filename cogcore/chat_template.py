@@ -32,6 +32,7 @@ import json
 import os
 
 from .errors import CogcoreError, InputError
+from .tokenizer import chat_template_files
 
 
 @functools.lru_cache(maxsize=8)
@@ -213,18 +214,21 @@ def default_chat_ids(model, turns: list[tuple[str, str]]) -> tuple[list[int], in
 
 
 def chat_template(model_dir: str | None) -> tuple[str, dict] | None:
-    """(`chat_template`, {bos_token, eos_token texts}) of model_dir/tokenizer_config.json, if it has one."""
+    """(`chat_template`, {bos_token, eos_token texts}) of model_dir/tokenizer_config.json, if it has
+    one; chat_template.jinja beside it, where transformers 5 saves it, comes first, as in transformers."""
     if model_dir is None or not os.path.isdir(model_dir):
         return None
     path = os.path.join(model_dir, TEMPLATE_CONFIG)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, ValueError) as e:
-        raise CogcoreError(f"{path}: expected valid JSON, found a parse error: {e}") from None
-    template = config.get("chat_template") if isinstance(config, dict) else None
+    config = {}
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                config = json.load(f)
+        except (OSError, ValueError) as e:
+            raise CogcoreError(f"{path}: expected valid JSON, found a parse error: {e}") from None
+    config = config if isinstance(config, dict) else {}
+    template = chat_template_files(model_dir)
+    template = config.get("chat_template") if template is None else template
     if isinstance(template, list):                       # [{"name": "default", "template": ...}, ...]
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default")

@@ -19,7 +19,8 @@ A GGUF file carries no tokenizer.json: llama.cpp's converter writes the vocabula
 
 `meta` is `{key: field.contents()}` of a `gguf.GGUFReader`. The tokenizer built encodes as
 llama.cpp does: control, unknown and user-defined tokens are matched whole in the text (control
-and unknown ones are special: decode drops them), a "llama" vocabulary gets a space before its
+and unknown ones are special: decode drops them), unused ones (the converter's `[PADn]`) are
+never produced and decode to nothing, a "llama" vocabulary gets a space before its
 text and after each special token, the BOS/EOS flags say what `encode(text, bos=True)` adds.
 Anything malformed is an InputError naming the key.
 """
@@ -35,7 +36,8 @@ from typing import Any
 
 from .config import read_json
 from .errors import InputError
-from .tokenizer import HF_TOKENIZER_CONFIG, HF_TOKENIZER_FILE, TOKENIZER_FILE, HFTokenizer
+from .tokenizer import (CHAT_TEMPLATE_FILE, HF_TOKENIZER_CONFIG, HF_TOKENIZER_FILE, TOKENIZER_FILE, HFTokenizer,
+                        chat_template_files)
 
 # gguf.TokenType, spelled here so that reading a file needs no gguf import
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -244,8 +246,11 @@ def tokenizer_from_gguf(meta: Mapping[str, Any], source: str, config=None) -> HF
     for name, tid in (("bos_token", bos), ("eos_token", eos), ("unk_token", unk), ("pad_token", pad)):
         if tid is not None:
             settings[name] = tokens[tid]
+    # unused tokens (the converter's [PADn] up to the model's vocab_size) print nothing, as in
+    # llama.cpp's token_to_piece and transformers (for which those ids are past the vocabulary)
     return HFTokenizer(tok, settings, config, source=source, byte_level=not spm,
-                       strip_first_space=spm and add_space_prefix)
+                       strip_first_space=spm and add_space_prefix,
+                       unused_ids=[i for i, ty in enumerate(types) if ty == UNUSED])
 
 
 def _bpe_merges(m: _Meta, vocab: dict[str, int]) -> list[tuple[str, str]]:
@@ -430,14 +435,8 @@ def _post_processor_flags(post, names: dict, has_settings: bool) -> dict[str, bo
 
 def _chat_template_files(model_dir: Path):
     """chat_template.jinja (with additional_chat_templates/*.jinja as named ones) or chat_template.json."""
-    jinja = model_dir / "chat_template.jinja"
-    if jinja.is_file():
-        template = jinja.read_text(encoding="utf-8")
-        extra = sorted((model_dir / "additional_chat_templates").glob("*.jinja"))
-        if extra:
-            return [{"name": "default", "template": template}] + [
-                {"name": p.stem, "template": p.read_text(encoding="utf-8")} for p in extra]
-        return template
+    if (model_dir / CHAT_TEMPLATE_FILE).is_file():
+        return chat_template_files(model_dir)
     if (model_dir / "chat_template.json").is_file():
         return _read_json(model_dir / "chat_template.json").get("chat_template")
     return None
@@ -581,7 +580,7 @@ def _add_sentencepiece_normalizer(writer, model_dir: Path) -> None:
 def _tokenizer_json_vocab(model_dir: Path, n_vocab: int | None):
     """(model, pre, tokens, scores, types) of a BPE tokenizer.json, as get_vocab_base (byte-level)
     or LlamaHfVocab (byte fallback) list them."""
-    from tokenizers import Tokenizer
+    from tokenizers import AddedToken, Tokenizer
 
     path = model_dir / HF_TOKENIZER_FILE
     spec = _read_json(path)
@@ -595,12 +594,16 @@ def _tokenizer_json_vocab(model_dir: Path, n_vocab: int | None):
     except Exception as e:      # the library raises a bare Exception for a file it cannot parse
         raise InputError(f"{path}: expected a tokenizers-library tokenizer.json, found a file it "
                          f"cannot load ({e})") from None
+    settings_path = model_dir / HF_TOKENIZER_CONFIG
+    settings = _read_json(settings_path) if settings_path.is_file() else {}
+    # the converter lists AutoTokenizer's vocabulary: the special tokens transformers appends come next
+    missing = [t for t in _transformers_special_tokens(model_dir, settings) if tok.token_to_id(t) is None]
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in dict.fromkeys(missing)])
     added = tok.get_added_tokens_decoder()
     id_to_token = {i: t for t, i in tok.get_vocab(with_added_tokens=True).items()}
     size = max(n_vocab or 0, max(id_to_token, default=-1) + 1)
     byte_fallback = bool(bpe.get("byte_fallback"))
-    settings = model_dir / HF_TOKENIZER_CONFIG
-    unk = bpe.get("unk_token") or (_content(_read_json(settings).get("unk_token")) if settings.is_file() else None)
+    unk = bpe.get("unk_token") or _content(settings.get("unk_token"))
     tokens, types = [], []
     for i in range(size):
         text = id_to_token.get(i)
@@ -637,6 +640,29 @@ def _tokenizer_json_vocab(model_dir: Path, n_vocab: int | None):
             ranked.add(i)
             scores[i] = -float(rank)
     return "llama", "default", tokens, scores, types
+
+
+# transformers' tokenizer classes whose constructor defaults name special tokens that a
+# tokenizer_config.json may leave unset (models/qwen2/tokenization_qwen2.py) ...
+CLASS_SPECIAL_DEFAULTS = {"Qwen2Tokenizer": {"unk_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+                                             "pad_token": "<|endoftext|>"}}
+# ... and the model types for which transformers 5's AutoTokenizer loads its own class whatever
+# tokenizer_config.json's tokenizer_class says (MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS)
+MODEL_TYPE_TOKENIZER_CLASS = {"qwen2": "Qwen2Tokenizer"}
+
+
+def _transformers_special_tokens(model_dir: Path, settings: dict) -> list[str]:
+    """The special tokens transformers 5's AutoTokenizer appends to a tokenizer.json's vocabulary when
+    it lacks them, in its order: tokenizer_config.json's bos..mask tokens (for an unset one, its
+    tokenizer class's default), then its extra (or additional) special tokens."""
+    config = _read_json(model_dir / "config.json") if (model_dir / "config.json").is_file() else {}
+    cls = settings.get("tokenizer_class")
+    cls = cls.removesuffix("Fast") if isinstance(cls, str) else None
+    defaults = CLASS_SPECIAL_DEFAULTS.get(MODEL_TYPE_TOKENIZER_CLASS.get(config.get("model_type"), cls), {})
+    names = [_content(settings.get(f"{t}_token")) or defaults.get(f"{t}_token") for t in SPECIAL_TYPES]
+    extra = settings.get("extra_special_tokens") or settings.get("additional_special_tokens") or []
+    extra = extra.values() if isinstance(extra, dict) else extra if isinstance(extra, list) else []
+    return [t for t in names + [_content(t) for t in extra] if t is not None]
 
 
 def _pre_name(path: Path, spec: dict) -> str:

@@ -181,6 +181,32 @@ class StreamDecoder:
 
 HF_TOKENIZER_FILE = "tokenizer.json"
 HF_TOKENIZER_CONFIG = "tokenizer_config.json"
+CHAT_TEMPLATE_FILE, CHAT_TEMPLATE_DIR = "chat_template.jinja", "additional_chat_templates"
+
+
+def chat_template_files(model_dir):
+    """The chat templates transformers 5 saves as files beside tokenizer_config.json, which take
+    priority over its `chat_template` (as in transformers' from_pretrained): chat_template.jinja
+    (the default) and additional_chat_templates/NAME.jinja (named ones). A string when there is
+    only the default, else [{"name", "template"}, ...] as tokenizer_config.json lists several;
+    None when there are none."""
+    model_dir = os.fspath(model_dir)
+    named = os.path.join(model_dir, CHAT_TEMPLATE_DIR)
+    paths = [("default", os.path.join(model_dir, CHAT_TEMPLATE_FILE))] + [
+        (name[:-len(".jinja")], os.path.join(named, name))
+        for name in (sorted(os.listdir(named)) if os.path.isdir(named) else []) if name.endswith(".jinja")]
+    templates = []
+    for name, path in paths:
+        if os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    templates.append({"name": name, "template": f.read()})
+            except (OSError, UnicodeDecodeError) as e:
+                raise InputError(f"{path}: expected a UTF-8 Jinja chat template, found a file that "
+                                 f"cannot be read ({e})") from None
+    if len(templates) == 1 and templates[0]["name"] == "default":
+        return templates[0]["template"]
+    return templates or None
 
 
 def load_tokenizer(model_dir, config=None):
@@ -226,7 +252,7 @@ class HFTokenizer(_TokenizerBase):
     """
 
     def __init__(self, tok, settings: dict, config=None, source: str = "tokenizer", byte_level: bool = True,
-                 strip_first_space: bool = False):
+                 strip_first_space: bool = False, unused_ids=()):
         self.tok, self.settings, self.source = tok, settings, source
         self.byte_level = byte_level       # pieces spelled in GPT-2's byte characters (else sentencepiece's)
         self.strip_first_space = strip_first_space   # decode drops the space encode put before the text
@@ -235,6 +261,8 @@ class HFTokenizer(_TokenizerBase):
                                             # (embedding rows padded, as in Qwen) decode to nothing
         self.special = {t.content: i for i, t in tok.get_added_tokens_decoder().items() if t.special}
         self.special_ids = set(self.special.values())
+        # placeholders that print nothing, as ids past the tokenizer's do (a GGUF file's [PADn] tokens)
+        self.unused_ids = frozenset(unused_ids)
         self.bos_id, self.eos_id = self._token_id("bos_token"), self._token_id("eos_token")
         if config is not None:
             if self.n_tokens > config.vocab_size:
@@ -268,6 +296,9 @@ class HFTokenizer(_TokenizerBase):
                 raise InputError(f"{settings_path}: expected valid JSON, found a parse error: {e}") from None
             if not isinstance(settings, dict):
                 raise InputError(f"{settings_path}: expected a JSON object, found {type(settings).__name__}")
+        template = chat_template_files(model_dir)
+        if template is not None:
+            settings = {**settings, "chat_template": template}
         with open(path, encoding="utf-8") as f:
             decoder = json.load(f).get("decoder") or {}
         steps = decoder.get("decoders", [decoder]) if isinstance(decoder, dict) else []
@@ -314,7 +345,8 @@ class HFTokenizer(_TokenizerBase):
     def decode(self, ids) -> str:
         """The text of token ids, special tokens (BOS, EOS, ...) printing nothing."""
         ids = self._check_ids(ids)
-        return self.tok.decode([i for i in ids if i < self.n_tokens], skip_special_tokens=True)
+        return self.tok.decode([i for i in ids if i < self.n_tokens and i not in self.unused_ids],
+                               skip_special_tokens=True)
 
     def id_to_piece(self, i: int) -> str:
         return self.tok.id_to_token(int(i))
@@ -328,7 +360,7 @@ class HFTokenizer(_TokenizerBase):
 
     def _bytes_of(self, i: int, byte_of: dict[str, int]) -> bytes:
         piece = self.tok.id_to_token(i)
-        if piece is None or i in self.special_ids:
+        if piece is None or i in self.special_ids or i in self.unused_ids:
             return b""
         if self.byte_level:                      # GPT-2 style: one stand-in character per byte
             if all(c in byte_of for c in piece):

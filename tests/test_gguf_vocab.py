@@ -156,6 +156,56 @@ def test_written_keys_equal_llama_cpp_converters(name, tmp_path):
         assert mine[key] == theirs[key], key
 
 
+GGUF_DIR = os.path.join(ROOT, "tests", "fixtures", "gguf")
+FAMILIES = os.path.join(ROOT, "tests", "fixtures", "families")
+with open(os.path.join(GGUF_DIR, "made_by.json"), encoding="utf-8") as f:
+    CONVERTED = sorted(name.removesuffix("-f32.gguf") for name, tool in json.load(f).items()
+                       if name.endswith("-f32.gguf") and tool.startswith("convert_hf_to_gguf.py"))
+
+
+@pytest.mark.parametrize("family", CONVERTED)
+def test_every_family_writes_the_keys_of_llama_cpps_converter(family, tmp_path):
+    """The family fixtures' GGUF files made by llama.cpp's converter: the same tokenizer.* keys.
+    The converter lists transformers' AutoTokenizer's vocabulary, which for model type qwen2 is
+    its Qwen2Tokenizer: a pad token "<|endoftext|>" by default, appended after the vocabulary."""
+    theirs = tokenizer_keys(read_meta(os.path.join(GGUF_DIR, f"{family}-f32.gguf")))
+    mine = tokenizer_keys(write_vocab(os.path.join(FAMILIES, family), tmp_path / "v.gguf"))
+    assert mine == theirs
+    n = len(json.load(open(os.path.join(FAMILIES, family, "tokenizer.json"), encoding="utf-8"))["model"]["vocab"])
+    appended = ["<|endoftext|>"] if family == "qwen2" else []
+    assert theirs["tokenizer.ggml.tokens"][n:] == appended + [f"[PAD{i}]" for i in range(n + len(appended), 320)]
+
+
+def test_special_tokens_transformers_appends_are_written_after_the_vocabulary(tmp_path):
+    """Special tokens tokenizer_config.json names but tokenizer.json lacks: transformers appends
+    them (bos..mask, then the extra ones), so llama.cpp's converter lists them there, as control."""
+    shutil.copytree(os.path.join(FAMILIES, "llama"), tmp_path / "m")
+    settings = json.load(open(tmp_path / "m" / "tokenizer_config.json", encoding="utf-8"))
+    settings.update(mask_token="<mask>", pad_token="<pad>", extra_special_tokens=["<x>", "<pad>"])
+    (tmp_path / "m" / "tokenizer_config.json").write_text(json.dumps(settings), encoding="utf-8")
+    meta = write_vocab(tmp_path / "m", tmp_path / "v.gguf")
+    assert meta["tokenizer.ggml.tokens"][312:316] == ["<pad>", "<mask>", "<x>", "[PAD315]"]
+    assert meta["tokenizer.ggml.token_type"][312:316] == [3, 3, 3, 5]
+
+
+@pytest.mark.parametrize("family", CONVERTED)
+def test_unused_tokens_decode_to_nothing(family):
+    """The converter's [PADn] placeholders (ids past the tokenizer, up to the model's vocab_size)
+    print nothing, as those ids do in the `tokenizers` library on the original tokenizer.json
+    (transformers' decode) and in llama.cpp's token_to_piece (an UNUSED token is no text)."""
+    from tokenizers import Tokenizer as Reference
+    path = os.path.join(GGUF_DIR, f"{family}-f32.gguf")
+    meta = read_meta(path)
+    tok, ref = tokenizer_from_gguf(meta, path), Reference.from_file(os.path.join(FAMILIES, family, "tokenizer.json"))
+    unused = [i for i, t in enumerate(meta["tokenizer.ggml.token_type"]) if t == 5]
+    assert unused and all(meta["tokenizer.ggml.tokens"][i].startswith("[PAD") for i in unused)
+    ids = [40, *unused[:2], 50, unused[-1], 60, 312, 2]
+    assert tok.decode(ids) == ref.decode(ids) == ref.decode([40, 50, 60])
+    dec = tok.stream_decoder()
+    assert "".join(dec.push(i) for i in ids) + dec.flush() == ref.decode(ids)
+    assert not set(tok.encode(" ".join(f"[PAD{i}]" for i in unused))) & set(unused)   # never produced
+
+
 def test_a_byte_fallback_tokenizer_json_alone_writes_scores_that_replay_its_merges(tmp_path):
     """No tokenizer.model: the "llama" vocabulary comes from tokenizer.json, each token scored by
     the rank of its merge, and reads back to the same ids."""

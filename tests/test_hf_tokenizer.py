@@ -152,3 +152,38 @@ def test_a_list_of_named_templates_takes_the_default(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(
         {"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}))
     assert HFTokenizer.from_model_dir(tmp_path).chat_template == "D"
+
+
+def test_chat_template_jinja_as_transformers_5_saves_it():
+    """A directory saved by transformers 5 (tests/fixtures/gguf_vocab/llama2_spm, by
+    make_gguf_vocab.py): the template is chat_template.jinja, tokenizer_config.json has none.
+    llama.cpp's converter read the same file into the GGUF's tokenizer.chat_template."""
+    gguf = pytest.importorskip("gguf")
+    from cogcore.chat_template import chat_template
+    d = os.path.join(os.path.dirname(HERE), "gguf_vocab", "llama2_spm")
+    converted = gguf.GGUFReader(os.path.join(d, "vocab.gguf")).fields["tokenizer.chat_template"].contents()
+    assert "[INST]" in converted
+    assert HFTokenizer.from_model_dir(d).chat_template == converted
+    assert chat_template(d) == (converted, {"bos_token": "<s>", "eos_token": "</s>"})
+
+
+def test_chat_template_files_come_before_tokenizer_config(tmp_path):
+    """transformers' from_pretrained: chat_template.jinja (the default) and
+    additional_chat_templates/NAME.jinja replace tokenizer_config.json's chat_template."""
+    import shutil
+    from cogcore.chat_template import chat_template
+    from cogcore.tokenizer import chat_template_files
+    shutil.copy(os.path.join(HERE, "llama", "tokenizer.json"), tmp_path / "tokenizer.json")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "C", "eos_token": "</s>"}))
+    assert chat_template_files(tmp_path) is None and HFTokenizer.from_model_dir(tmp_path).chat_template == "C"
+    (tmp_path / "chat_template.jinja").write_text("J ü", encoding="utf-8")
+    assert HFTokenizer.from_model_dir(tmp_path).chat_template == "J ü"
+    assert chat_template(str(tmp_path)) == ("J ü", {"eos_token": "</s>"})
+    (tmp_path / "additional_chat_templates").mkdir()
+    (tmp_path / "additional_chat_templates" / "tool_use.jinja").write_text("T")
+    assert chat_template_files(tmp_path) == [{"name": "default", "template": "J ü"},
+                                             {"name": "tool_use", "template": "T"}]
+    assert HFTokenizer.from_model_dir(tmp_path).chat_template == "J ü"
+    (tmp_path / "chat_template.jinja").write_bytes(b"\xff")
+    with pytest.raises(InputError, match="chat_template.jinja"):
+        HFTokenizer.from_model_dir(tmp_path)
