@@ -205,7 +205,7 @@ def tokenizer_from_gguf(meta: Mapping[str, Any], source: str, config=None) -> HF
         if flag and tid is None:
             raise InputError(f"{source}: tokenizer.ggml.add_{key}_token is true but tokenizer.ggml."
                              f"{key}_token_id is missing")
-    chat_template = m.get("tokenizer.chat_template", str, None)
+    chat_template = _chat_templates(m)
 
     has_bytes = BYTE in types
     model = models.BPE(vocab=vocab, merges=merges, byte_fallback=spm and has_bytes, fuse_unk=spm,
@@ -251,6 +251,20 @@ def tokenizer_from_gguf(meta: Mapping[str, Any], source: str, config=None) -> HF
     return HFTokenizer(tok, settings, config, source=source, byte_level=not spm,
                        strip_first_space=spm and add_space_prefix,
                        unused_ids=[i for i, ty in enumerate(types) if ty == UNUSED])
+
+
+def _chat_templates(m: _Meta):
+    """tokenizer.chat_template, the default; with named ones (tokenizer.chat_template.NAME, as
+    gguf-py writes a list of {name, template}; llama.cpp's llama_model_chat_template(model, name)
+    reads them), a list of {name, template} as tokenizer_config.json has it: the default stays
+    the one used."""
+    default = m.get("tokenizer.chat_template", str, None)
+    prefix = "tokenizer.chat_template."
+    named = [{"name": key[len(prefix):], "template": m.get(key, str)}
+             for key in sorted(k for k in m.meta if isinstance(k, str) and k.startswith(prefix))]
+    if not named:
+        return default
+    return ([{"name": "default", "template": default}] if default is not None else []) + named
 
 
 def _bpe_merges(m: _Meta, vocab: dict[str, int]) -> list[tuple[str, str]]:

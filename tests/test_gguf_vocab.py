@@ -382,3 +382,23 @@ def test_fuzzed_tokenizer_files_write_or_give_a_cogcore_error(tmp_path, name, fi
         assert str(work) in str(e)
         return
     assert meta["tokenizer.ggml.tokens"]
+
+
+def test_named_chat_templates_are_written_and_read_back(tmp_path):
+    """additional_chat_templates/NAME.jinja: written as gguf-py writes a list of templates
+    (tokenizer.chat_template.NAME, their names in tokenizer.chat_templates), read back beside
+    the default, which stays the one used."""
+    for f in ("tokenizer.json", "tokenizer_config.json", "config.json", "chat_template.jinja"):
+        shutil.copy(os.path.join(FIXTURES, "llama2_spm", f), tmp_path / f)
+    (tmp_path / "additional_chat_templates").mkdir()
+    (tmp_path / "additional_chat_templates" / "tool_use.jinja").write_text("T {{ tools }}")
+    meta = write_vocab(tmp_path, tmp_path / "v.gguf")
+    default = (tmp_path / "chat_template.jinja").read_text(encoding="utf-8")
+    assert meta["tokenizer.chat_template"] == default and meta["tokenizer.chat_templates"] == ["tool_use"]
+    assert meta["tokenizer.chat_template.tool_use"] == "T {{ tools }}"
+    tok = tokenizer_from_gguf(meta, "v.gguf")
+    assert tok.chat_template == default
+    assert tok.settings["chat_template"] == [{"name": "default", "template": default},
+                                             {"name": "tool_use", "template": "T {{ tools }}"}]
+    with pytest.raises(InputError, match="tokenizer.chat_template.tool_use: expected a string"):
+        tokenizer_from_gguf({**meta, "tokenizer.chat_template.tool_use": 3}, "v.gguf")
