@@ -37,7 +37,7 @@ from typing import Any
 from .config import read_json
 from .errors import InputError
 from .tokenizer import (CHAT_TEMPLATE_FILE, HF_TOKENIZER_CONFIG, HF_TOKENIZER_FILE, TOKENIZER_FILE, HFTokenizer,
-                        chat_template_files)
+                        add_transformers_special_tokens, chat_template_files)
 
 # gguf.TokenType, spelled here so that reading a file needs no gguf import
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -594,7 +594,7 @@ def _add_sentencepiece_normalizer(writer, model_dir: Path) -> None:
 def _tokenizer_json_vocab(model_dir: Path, n_vocab: int | None):
     """(model, pre, tokens, scores, types) of a BPE tokenizer.json, as get_vocab_base (byte-level)
     or LlamaHfVocab (byte fallback) list them."""
-    from tokenizers import AddedToken, Tokenizer
+    from tokenizers import Tokenizer
 
     path = model_dir / HF_TOKENIZER_FILE
     spec = _read_json(path)
@@ -610,9 +610,7 @@ def _tokenizer_json_vocab(model_dir: Path, n_vocab: int | None):
                          f"cannot load ({e})") from None
     settings_path = model_dir / HF_TOKENIZER_CONFIG
     settings = _read_json(settings_path) if settings_path.is_file() else {}
-    # the converter lists AutoTokenizer's vocabulary: the special tokens transformers appends come next
-    missing = [t for t in _transformers_special_tokens(model_dir, settings) if tok.token_to_id(t) is None]
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in dict.fromkeys(missing)])
+    add_transformers_special_tokens(tok, model_dir, settings)   # the converter lists AutoTokenizer's vocabulary
     added = tok.get_added_tokens_decoder()
     id_to_token = {i: t for t, i in tok.get_vocab(with_added_tokens=True).items()}
     size = max(n_vocab or 0, max(id_to_token, default=-1) + 1)
@@ -654,29 +652,6 @@ def _tokenizer_json_vocab(model_dir: Path, n_vocab: int | None):
             ranked.add(i)
             scores[i] = -float(rank)
     return "llama", "default", tokens, scores, types
-
-
-# transformers' tokenizer classes whose constructor defaults name special tokens that a
-# tokenizer_config.json may leave unset (models/qwen2/tokenization_qwen2.py) ...
-CLASS_SPECIAL_DEFAULTS = {"Qwen2Tokenizer": {"unk_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
-                                             "pad_token": "<|endoftext|>"}}
-# ... and the model types for which transformers 5's AutoTokenizer loads its own class whatever
-# tokenizer_config.json's tokenizer_class says (MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS)
-MODEL_TYPE_TOKENIZER_CLASS = {"qwen2": "Qwen2Tokenizer"}
-
-
-def _transformers_special_tokens(model_dir: Path, settings: dict) -> list[str]:
-    """The special tokens transformers 5's AutoTokenizer appends to a tokenizer.json's vocabulary when
-    it lacks them, in its order: tokenizer_config.json's bos..mask tokens (for an unset one, its
-    tokenizer class's default), then its extra (or additional) special tokens."""
-    config = _read_json(model_dir / "config.json") if (model_dir / "config.json").is_file() else {}
-    cls = settings.get("tokenizer_class")
-    cls = cls.removesuffix("Fast") if isinstance(cls, str) else None
-    defaults = CLASS_SPECIAL_DEFAULTS.get(MODEL_TYPE_TOKENIZER_CLASS.get(config.get("model_type"), cls), {})
-    names = [_content(settings.get(f"{t}_token")) or defaults.get(f"{t}_token") for t in SPECIAL_TYPES]
-    extra = settings.get("extra_special_tokens") or settings.get("additional_special_tokens") or []
-    extra = extra.values() if isinstance(extra, dict) else extra if isinstance(extra, list) else []
-    return [t for t in names + [_content(t) for t in extra] if t is not None]
 
 
 def _pre_name(path: Path, spec: dict) -> str:

@@ -229,6 +229,44 @@ def load_tokenizer(model_dir, config=None):
     return Tokenizer.from_model_dir(model_dir, config)
 
 
+# transformers' tokenizer classes whose constructor defaults name special tokens that a
+# tokenizer_config.json may leave unset (models/qwen2/tokenization_qwen2.py) ...
+CLASS_SPECIAL_DEFAULTS = {"Qwen2Tokenizer": {"unk_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+                                             "pad_token": "<|endoftext|>"}}
+# ... and the model types for which transformers 5's AutoTokenizer loads its own class whatever
+# tokenizer_config.json's tokenizer_class says (MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS)
+MODEL_TYPE_TOKENIZER_CLASS = {"qwen2": "Qwen2Tokenizer"}
+SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def add_transformers_special_tokens(tok, model_dir, settings: dict) -> None:
+    """Add to `tok` (a tokenizers.Tokenizer) the special tokens transformers 5's AutoTokenizer
+    appends to a tokenizer.json that lacks them, in its order, at the next ids:
+    tokenizer_config.json's (`settings`) bos..mask tokens, for an unset one its tokenizer class's
+    default, then its extra (or additional) special tokens."""
+    import json
+
+    from tokenizers import AddedToken
+
+    def text(entry):
+        entry = entry.get("content") if isinstance(entry, dict) else entry
+        return entry if isinstance(entry, str) and entry else None
+
+    try:
+        with open(os.path.join(os.fspath(model_dir), "config.json"), encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
+    except (OSError, ValueError, AttributeError):   # no or a bad config.json: its reader says so
+        model_type = None
+    cls = settings.get("tokenizer_class")
+    cls = cls.removesuffix("Fast") if isinstance(cls, str) else None
+    defaults = CLASS_SPECIAL_DEFAULTS.get(MODEL_TYPE_TOKENIZER_CLASS.get(model_type, cls), {})
+    extra = settings.get("extra_special_tokens") or settings.get("additional_special_tokens") or []
+    extra = extra.values() if isinstance(extra, dict) else extra if isinstance(extra, list) else []
+    names = [text(settings.get(name)) or defaults.get(name) for name in SPECIAL_TOKEN_NAMES] + [text(t) for t in extra]
+    missing = dict.fromkeys(t for t in names if t is not None and tok.token_to_id(t) is None)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
+
+
 def _gpt2_byte_decoder() -> dict[str, int]:
     """GPT-2's printable stand-in character of every byte (what ByteLevel pieces are spelled in) -> byte."""
     keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
@@ -296,6 +334,7 @@ class HFTokenizer(_TokenizerBase):
                 raise InputError(f"{settings_path}: expected valid JSON, found a parse error: {e}") from None
             if not isinstance(settings, dict):
                 raise InputError(f"{settings_path}: expected a JSON object, found {type(settings).__name__}")
+        add_transformers_special_tokens(tok, model_dir, settings)
         template = chat_template_files(model_dir)
         if template is not None:
             settings = {**settings, "chat_template": template}

@@ -176,6 +176,19 @@ def test_every_family_writes_the_keys_of_llama_cpps_converter(family, tmp_path):
     assert theirs["tokenizer.ggml.tokens"][n:] == appended + [f"[PAD{i}]" for i in range(n + len(appended), 320)]
 
 
+@pytest.mark.parametrize("family", CONVERTED)
+def test_the_directory_and_the_converters_file_read_text_alike(family):
+    """HFTokenizer on the family directory appends what transformers' AutoTokenizer appends, so it
+    reads text as the file llama.cpp's converter wrote from that vocabulary: for qwen2
+    "<|endoftext|>" is the one special token 312 (transformers 5: [1, 42, 75, 312, 223, ...])."""
+    path = os.path.join(GGUF_DIR, f"{family}-f32.gguf")
+    text = "Hi<|endoftext|> wörld"
+    hf, gg = HFTokenizer.from_model_dir(os.path.join(FAMILIES, family)), tokenizer_from_gguf(read_meta(path), path)
+    ids = hf.encode(text, bos=True)
+    assert ids == gg.encode(text, bos=True) and (312 in ids) == (family == "qwen2")
+    assert hf.decode(ids) == gg.decode(ids) == ("Hi wörld" if family == "qwen2" else text)
+
+
 def test_special_tokens_transformers_appends_are_written_after_the_vocabulary(tmp_path):
     """Special tokens tokenizer_config.json names but tokenizer.json lacks: transformers appends
     them (bos..mask, then the extra ones), so llama.cpp's converter lists them there, as control."""
