@@ -304,3 +304,51 @@ def test_odd_widths_stay_float_and_mixed_storage_runs():
         cache = model.new_cache()                                  # prefill 4, then decode
         got = np.concatenate([model.forward(ids[:4], cache)] + [model.forward([t], cache) for t in ids[4:]])
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_blocks_run_along_the_axis_each_weight_is_dotted_over():
+    """GGML blocks must run along a weight's input (dot-product) axis: every tensor that
+    `quantizable` picks must be one the forward pass hands, stored as it is, to `ops.linear`
+    (x W^T: the last, contiguous axis is contracted), to the MoE's expert projections, or to
+    the embedding's row lookup. Recorded from a forward pass over every layer and FFN kind,
+    so a block that used a quantized weight transposed (x @ W) or outside the ops would fail."""
+    from conftest import build_model, small_config
+    from cogcore.blocks import moe as moe_block
+    from cogcore.create import random_weights
+    cfg = cogcore.Config.from_dict(small_config(
+        hidden_size=64, rwkv_head_size=16, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        moe_intermediate_size=32, intermediate_size=32, num_shared_experts=1, shared_expert_intermediate_size=32))
+    floats = random_weights(cfg, seed=3)
+    dotted, looked_up = set(), set()
+
+    def name_of(W):
+        found = [n for n, a in floats.items() if np.shares_memory(W, a)]
+        assert len(found) == 1, f"a weight view matches {found}"
+        return found[0]
+
+    class Recording(ReferenceOps):
+        @staticmethod
+        def linear(x, W):
+            name = name_of(W)
+            if W.shape[-1] == floats[name].shape[-1] and W.strides[-1] == W.itemsize:
+                dotted.add(name)                      # contracted along the stored last axis
+            return ReferenceOps.linear(x, W)
+
+        @staticmethod
+        def embed(table, ids):
+            looked_up.add(name_of(table))
+            return ReferenceOps.embed(table, ids)
+
+        @staticmethod
+        def moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk):
+            top, wts = moe_block.route(Recording.linear(x, router), k, norm_topk)
+            counts = np.bincount(top.ravel(), minlength=router.shape[0])
+            return moe_block.grouped_experts(x, top, wts, counts, gate_proj, up_proj, down_proj,
+                                             Recording.linear), counts
+
+    model, _ = build_model(cfg, backend=Recording(), tensors=floats)
+    model.forward(list(range(1, 30)))                 # past the NSA compression blocks
+    picked = {n for n, a in floats.items() if quantizable(n, a.shape)}
+    assert picked and picked <= dotted | looked_up, sorted(picked - dotted - looked_up)
+    assert looked_up == {"model.embed_tokens.weight"}
+    assert not any(n.endswith(".mlp.gate.weight") for n in picked)          # the router stays float
