@@ -352,3 +352,41 @@ def test_blocks_run_along_the_axis_each_weight_is_dotted_over():
     assert picked and picked <= dotted | looked_up, sorted(picked - dotted - looked_up)
     assert looked_up == {"model.embed_tokens.weight"}
     assert not any(n.endswith(".mlp.gate.weight") for n in picked)          # the router stays float
+
+
+def test_tensor_type_rules_write_a_mixed_precision_model(float_dir, tmp_path, capsys):
+    """`--tensor-type PATTERN=TYPE`: first match wins, block formats and float dtypes mix in one
+    file, and the model still equals the naive float forward on the GGML-dequantized weights."""
+    out = tmp_path / "mixed"
+    assert main(["quantize", str(float_dir), str(out), "--type", "q4_0", "--tensor-type", "layers.0.mlp.experts.down=q4_0",
+                 "--tensor-type", "experts=q8_0", "--tensor-type", r"self_attn\.|embed=bfloat16"]) == 0
+    assert "q8_0" in capsys.readouterr().out
+    tensors, _ = read_model_tensors(out)
+    floats, _ = read_model_tensors(float_dir)
+    kinds = {n: a.qtype if isinstance(a, QuantTensor) else a.dtype.name for n, a in tensors.items()}
+    assert kinds["model.layers.0.mlp.experts.down_proj"] == "q4_0"                 # the first rule
+    assert kinds["model.layers.0.mlp.experts.up_proj"] == "q8_0"
+    assert kinds["model.layers.1.self_attn.q_proj.weight"] == "uint16"             # bfloat16 bits
+    assert kinds["model.layers.1.self_attn.compress_k.fc1.weight"] == "uint16"     # any float may convert
+    assert kinds["model.embed_tokens.weight"] == "uint16" and kinds["lm_head.weight"] == "q4_0"
+    assert kinds["model.layers.0.mlp.gate.weight"] == "float32"                    # untouched: kept
+    ggml = {}
+    for n, a in tensors.items():
+        if isinstance(a, QuantTensor):
+            ggml[n] = gguf_quants.dequantize(np.asarray(a.data), GGML[a.qtype]).reshape(a.shape)
+        elif a.dtype == np.uint16:          # bfloat16: float32 rounded to nearest even at bit 16
+            bits = np.asarray(floats[n], np.float32).view(np.uint32).astype(np.uint64)
+            ggml[n] = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(np.uint32).view(np.float32)
+        else:
+            ggml[n] = np.asarray(a)
+    ids = [1, 5, 9, 200, 3, 3, 17, 42]
+    want, _ = naive.forward(ggml, json.loads((out / "config.json").read_text()), ids)
+    for backend in ("numpy", "numba"):
+        got = cogcore.load(out, backend=backend).forward(ids)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    with pytest.raises(WeightsError, match=r"'model.layers.0.mlp.gate.weight'.*asks to quantize a tensor cogcore keeps float"):
+        cogcore.quantize(float_dir, tmp_path / "bad", "q8_0", tensor_types=[r"mlp\.gate\.weight=q8_0"])
+    for rule, why in [("experts", "PATTERN=TYPE"), ("x=q5_0", "PATTERN=TYPE"), ("(=q8_0", "not a regular")]:
+        with pytest.raises(WeightsError, match=why):
+            cogcore.quantize(float_dir, tmp_path / "bad", "q8_0", tensor_types=[rule])
+    assert not os.path.exists(tmp_path / "bad")
