@@ -22,10 +22,13 @@ import numpy as np
 from .config import Config
 from .dtypes import DTYPE_TAGS, f32, tag, to_storage
 from .errors import WeightsError
+from .families import family_of
+from .families.hf import cogcore_name
 from .quant import QTYPES, QuantTensor, check_qtype, describe_entries, packed_shape, quantizable, quantize_tensor
 from .tensorfile import read_model_tensors, write_safetensors
 
 CHUNK_VALUES = 1 << 22           # float32 values widened and quantized at a time (16 MiB)
+PER_EXPERT = re.compile(r"\.experts\.\d+\.")     # a public family's one-expert tensor (cogcore name)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
@@ -63,16 +66,17 @@ def parse_tensor_types(rules: list[str] | tuple[str, ...]) -> list[tuple[re.Patt
     return parsed
 
 
-def tensor_type(name: str, shape: tuple[int, ...], qtype: str, rules: list[tuple[re.Pattern, str]]) -> str | None:
-    """The format `name` is written in: the first rule whose pattern is found in the name, else
-    `qtype` for the tensors `quantizable` picks; None keeps the tensor as it is stored."""
+def tensor_type(name: str, role: str, shape: tuple[int, ...], qtype: str,
+                rules: list[tuple[re.Pattern, str]]) -> str | None:
+    """The format tensor `name` (cogcore name `role`) is written in: the first rule whose pattern
+    is found in the name, else `qtype` for the tensors `quantizable` picks; None keeps it as stored."""
     for pattern, kind in rules:
         if pattern.search(name):
-            if kind in QTYPES and not quantizable(name, shape):
+            if kind in QTYPES and not quantizable(role, shape):
                 raise WeightsError(f"tensor '{name}' {list(shape)}: rule '{pattern.pattern}={kind}' asks to "
                                    f"quantize a tensor cogcore keeps float (see cogcore.quant.quantizable)")
             return kind
-    return qtype if quantizable(name, shape) else None
+    return qtype if quantizable(role, shape) else None
 
 
 def quantize(in_dir: str | os.PathLike, out_dir: str | os.PathLike, qtype: str = "q4_0",
@@ -90,7 +94,7 @@ def quantize(in_dir: str | os.PathLike, out_dir: str | os.PathLike, qtype: str =
     check_qtype(qtype)
     rules = parse_tensor_types(tensor_types)
     in_dir, out_dir = os.fspath(in_dir), os.fspath(out_dir)
-    Config.from_file(os.path.join(in_dir, "config.json"))            # a valid model, before any work
+    family = family_of(Config.from_file(os.path.join(in_dir, "config.json")))   # a valid model, before any work
     tensors, origin = read_model_tensors(in_dir)
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise WeightsError(f"{out_dir}: expected a new or empty directory, found an existing "
@@ -99,7 +103,13 @@ def quantize(in_dir: str | os.PathLike, out_dir: str | os.PathLike, qtype: str =
     for name, a in tensors.items():
         if isinstance(a, QuantTensor):
             raise WeightsError(f"{origin[name]}: tensor '{name}' is already {a.qtype}: quantize a float model")
-        kind = tensor_type(name, a.shape, qtype, rules)
+        role = cogcore_name(family, name) if family else name      # a public family's router is a router
+        kind = tensor_type(name, role, a.shape, qtype, rules)
+        if kind in QTYPES and PER_EXPERT.search(role):
+            raise WeightsError(f"{origin[name]}: tensor '{name}': quantizing the per-expert tensors of a "
+                               f"{family.MODEL_TYPE} directory is not supported yet (its experts are stacked "
+                               f"lazily, and a stack of quantized experts does not load); quantize the dense "
+                               f"layers only, e.g. --tensor-type 'experts=float32'")
         if kind in QTYPES:
             flat = a.reshape(-1, a.shape[-1])
             lazy[name] = quantized_source(name, a.shape, kind, lambda r0, r1, flat=flat: f32(flat[r0:r1]))

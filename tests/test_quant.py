@@ -390,3 +390,15 @@ def test_tensor_type_rules_write_a_mixed_precision_model(float_dir, tmp_path, ca
         with pytest.raises(WeightsError, match=why):
             cogcore.quantize(float_dir, tmp_path / "bad", "q8_0", tensor_types=[rule])
     assert not os.path.exists(tmp_path / "bad")
+
+
+def test_a_public_familys_router_stays_float(tmp_path):
+    """Mixtral names its router `block_sparse_moe.gate`: the policy judges a tensor by its cogcore
+    role (the family's renames), so the router is not quantized as a plain linear weight (it was)."""
+    mixtral = os.path.join(os.path.dirname(__file__), "fixtures", "families", "mixtral")
+    with pytest.raises(WeightsError, match="experts.0.w1.weight'.*per-expert tensors of a mixtral"):
+        cogcore.quantize(mixtral, tmp_path / "all", "q8_0")
+    chosen = cogcore.quantize(mixtral, tmp_path / "dense", "q8_0", tensor_types=["experts=float32"])
+    assert chosen["model.layers.0.block_sparse_moe.gate.weight"] == "F32"
+    assert chosen["model.layers.0.self_attn.q_proj.weight"] == "q8_0"
+    assert cogcore.load(tmp_path / "dense").forward([1, 2, 3]).shape == (3, 320)

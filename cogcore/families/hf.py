@@ -126,6 +126,14 @@ _EXPERT = re.compile(r"^(.*\.experts)\.(\d+)\.(\w+)\.weight$")
 IGNORED = re.compile(r"rotary_emb\.inv_freq$")   # buffers some old checkpoints saved
 
 
+def cogcore_name(family, name: str) -> str:
+    """A family's tensor name -> cogcore's (family.RENAMES); an expert keeps its index
+    (`...mlp.experts.3.gate_proj.weight`), which `map_tensors` then stacks."""
+    for pattern, repl in family.RENAMES:
+        name = re.sub(pattern, repl, name)
+    return name
+
+
 def map_tensors(family, tensors: dict[str, np.ndarray], origin: dict[str, str], source: str,
                 tied: bool = False):
     """Foreign names -> cogcore names (family.RENAMES), per-expert tensors -> ExpertStack.
@@ -138,9 +146,7 @@ def map_tensors(family, tensors: dict[str, np.ndarray], origin: dict[str, str], 
     for name, array in tensors.items():
         if IGNORED.search(name) or (tied and name == "lm_head.weight"):
             continue
-        new = name
-        for pattern, repl in family.RENAMES:
-            new = re.sub(pattern, repl, new)
+        new = cogcore_name(family, name)
         m = _EXPERT.match(new)
         if m:
             experts.setdefault(f"{m[1]}.{m[3]}", {})[int(m[2])] = (array, name)
