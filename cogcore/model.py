@@ -60,11 +60,12 @@ class Model:
         """backend: a name in cogcore.ops.BACKENDS, or an ops table."""
         self.ops = ops = backend if isinstance(backend, Ops) else ops_for(backend)
         self.config, self.backend, self.path = config, ops.name, path
+        self.fused_norms = isinstance(ops, FusedResidualNorm)   # once: a Protocol isinstance costs ~0.4 ms
         self.weights = weights            # the tensors by name (a prompt cache hashes them)
         cfg, D, V = config, config.hidden_size, config.vocab_size
 
         def norm(prefix):
-            return Norm(weights, prefix, D, cfg.norm_type, cfg.norm_eps, ops)
+            return Norm(weights, prefix, D, cfg.norm_type, cfg.norm_eps, ops, cfg.norm_bias)
 
         self.embed_tokens = weights.take("model.embed_tokens.weight", (V, D))
         self.embed_norm = norm("model.embed_norm") if cfg.embedding_norm else None
@@ -153,7 +154,7 @@ class Model:
         self._check_finite(x, "the embedding lookup (model.embed_tokens.weight)")
         if self.embed_norm is not None:
             x = self.embed_norm(x)
-        if isinstance(ops, FusedResidualNorm):
+        if self.fused_norms:
             xn = self._layers_fused(x, cache, ctx)
         else:
             for i, (layer, (mixer_state, ffn_state)) in enumerate(zip(self.layers, cache.layers)):
@@ -210,7 +211,8 @@ def load(path: str | os.PathLike, backend: str = "numba", strict: bool = True) -
     """Load a model directory (SPEC Section 1): config.json plus memory-mapped safetensors weights.
 
     The directory may also be an unmodified Hugging Face directory of a public family
-    (`cogcore.families`: llama, qwen2, qwen3, mixtral, qwen2_moe, qwen3_moe, olmoe).
+    (`cogcore.families`: llama, qwen2, qwen3, mixtral, qwen2_moe, qwen3_moe, olmoe, and
+    fla's RWKV-7 layout, rwkv7).
 
     backend: "numba" (compiled kernels, default) or "numpy" (the reference).
     strict: tensors the config does not use are an error (False: ignore them).

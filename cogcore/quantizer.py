@@ -105,6 +105,10 @@ def quantize(in_dir: str | os.PathLike, out_dir: str | os.PathLike, qtype: str =
             raise WeightsError(f"{origin[name]}: tensor '{name}' is already {a.qtype}: quantize a float model")
         role = cogcore_name(family, name) if family else name      # a public family's router is a router
         kind = tensor_type(name, role, a.shape, qtype, rules)
+        if kind in QTYPES and any(re.search(p, role) for p, _ in getattr(family, "VIEWS", ())):
+            raise WeightsError(f"{origin[name]}: tensor '{name}': {family.MODEL_TYPE} stores it in another "
+                               f"layout than cogcore's (the loader transposes or reshapes it), so its blocks "
+                               f"would not run along the axis it is dotted over; keep it float")
         if kind in QTYPES and PER_EXPERT.search(role):
             raise WeightsError(f"{origin[name]}: tensor '{name}': quantizing the per-expert tensors of a "
                                f"{family.MODEL_TYPE} directory is not supported yet (its experts are stacked "

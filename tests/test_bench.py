@@ -20,3 +20,13 @@ def test_bytes_per_token_counts_chosen_experts_and_one_embedding_row():
          "model.layers.0.mlp.experts.gate_proj": np.zeros((4, 3, D), np.uint16),  # 2 of 4 experts: 72
          "lm_head.weight": np.zeros((V, D), np.float32)}                        # whole: 240
     assert bytes_per_token(cfg, w) == 24 + 72 + 240
+
+
+def test_wall_and_cpu_time_the_same_calls():
+    """CPU time leaves out time the caller did not run: a sleeping call takes wall time, no CPU."""
+    import time
+
+    from cogcore.bench import wall_and_cpu
+
+    wall, cpu = wall_and_cpu(lambda: time.sleep(0.02), reps=3)
+    assert wall >= 0.02 and cpu < 0.01

@@ -13,6 +13,10 @@ Per token, with x the normed input and x_prev the previous token's (zeros at fir
     v = v + (v_first - v) * sigmoid(v0 + (xv v1) v2)             value residual (not in the first layer)
     S = S diag(w) + (S (-kk)) (kk * a)^T + v k^T                 per head, S [N, N] value x key (Eq. 13)
     y = S r;  y = group_norm(y) * ln_x.w + ln_x.b + (sum(r * k * r_k) per head) * v;  out = output(y * g)
+
+Options for fla's layout (docs/format.md 1.1): the group norm's eps (`rwkv_group_norm_eps`,
+64e-5 in the reference; fla uses head_size * norm_eps), the l2 normalisation of kk
+(`rwkv_kk_norm`), and a first layer without the v0/v1/v2 it never uses (`rwkv_first_v_lora`).
 """
 
 from __future__ import annotations
@@ -21,10 +25,13 @@ import numpy as np
 
 from ..cache import RecurrentState
 from ..dtypes import f32
+from ..ops import FusedRecurrent
 
 DECAY_SCALE = np.float32(np.exp(-0.5))   # 0.606531 in the reference
-GROUP_NORM_EPS = np.float32(64e-5)
-L2_EPS = np.float32(1e-12)
+L2_EPS = np.float32(1e-12)      # "clamp": kk / max(|kk|, 1e-12), torch's F.normalize (the reference)
+L2_EPS_INSIDE = np.float32(1e-6)  # "epsilon": kk / sqrt(|kk|^2 + 1e-6), fla's fused l2norm kernel
+FUSED_MAX_TOKENS = 8      # chunks up to this long take an ops table's fused path (decode); longer
+                          # ones (prefill) batch the low-rank products through BLAS as written here
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -51,6 +58,13 @@ def wkv7(r, w, k, v, kk, a, S):
     return y, S
 
 
+def l2_normalize(x: np.ndarray, kind: str) -> np.ndarray:
+    """x [..., N] over the last axis, as `rwkv_kk_norm` says (module constants above)."""
+    if kind == "clamp":
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), L2_EPS)
+    return x / np.sqrt((x * x).sum(axis=-1, keepdims=True) + L2_EPS_INSIDE)
+
+
 def group_norm(y: np.ndarray, w: np.ndarray, b: np.ndarray, eps: np.float32) -> np.ndarray:
     """y [T, Hr, N]: normalise each head's N channels (biased variance), then scale per channel."""
     mu = y.mean(axis=-1, keepdims=True)
@@ -65,6 +79,7 @@ class RecurrentMixer:
     def __init__(self, weights, prefix: str, cfg, ops, first: bool):
         D, N = cfg.hidden_size, cfg.rwkv_head_size
         self.Hr, self.N, self.first = D // N, N, first
+        self.group_norm_eps, self.kk_norm = np.float32(cfg.rwkv_group_norm_eps), cfg.rwkv_kk_norm
         p = f"{prefix}.rwkv"
 
         # the small tensors are widened to float32 once here, not on every call
@@ -73,10 +88,14 @@ class RecurrentMixer:
 
         self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g = (
             vec(n) for n in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g"))
-        self.w0, self.a0, self.v0, self.k_k, self.k_a = (vec(n) for n in ("w0", "a0", "v0", "k_k", "k_a"))
+        self.w0, self.a0, self.k_k, self.k_a = (vec(n) for n in ("w0", "a0", "k_k", "k_a"))
+        ranks = {"w": cfg.rwkv_decay_rank, "a": cfg.rwkv_a_rank, "v": cfg.rwkv_v_rank, "g": cfg.rwkv_gate_rank}
+        if first and not cfg.rwkv_first_v_lora:     # the value residual starts here: no v0, v1, v2
+            del ranks["v"]
+        else:
+            self.v0 = vec("v0")
         lora = {}
-        for name, rank in (("w", cfg.rwkv_decay_rank), ("a", cfg.rwkv_a_rank),
-                           ("v", cfg.rwkv_v_rank), ("g", cfg.rwkv_gate_rank)):
+        for name, rank in ranks.items():
             lora[name] = (f32(weights.take(f"{p}.{name}1", (D, rank))),
                           f32(weights.take(f"{p}.{name}2", (rank, D))))
         self.lora = lora
@@ -85,6 +104,14 @@ class RecurrentMixer:
             weights.take(f"{p}.{n}.weight", (D, D)) for n in ("receptance", "key", "value", "output"))
         self.ln_w, self.ln_b = vec("ln_x.weight"), vec("ln_x.bias")
         self.ops = ops
+        self.fused = isinstance(ops, FusedRecurrent)
+        if self.fused:                      # the fused ops' arguments, gathered once
+            self.mix = np.stack([self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g])   # [6, D]
+            # the low-rank pairs as stored when bfloat16 (the kernel widens in registers: half the bytes)
+            stored = {name: tuple(weights.take(f"{p}.{name}{i}", A.shape) for i, A in zip("12", pair))
+                      for name, pair in lora.items()}
+            as_read = stored if all(A.dtype == np.uint16 for pair in stored.values() for A in pair) else lora
+            self.lora_pairs = tuple(None if (name == "v" and first) else as_read[name] for name in "wavg")
 
     def new_state(self) -> RecurrentState:
         return RecurrentState(self.Hr * self.N, self.Hr, self.N)
@@ -97,6 +124,8 @@ class RecurrentMixer:
 
     def __call__(self, x: np.ndarray, st: RecurrentState, ctx) -> np.ndarray:
         """x [T, D] normed input -> [T, D]; advances x_prev and S; sets or reads ctx.v_first."""
+        if self.fused and len(x) <= FUSED_MAX_TOKENS:
+            return self._fused_step(x, st, ctx)
         ops, T, Hr, N = self.ops, len(x), self.Hr, self.N
         xx = token_shift(x, st.x_prev) - x                               # [T, D]
         st.x_prev = x[-1].copy()
@@ -111,7 +140,7 @@ class RecurrentMixer:
         g = self._lora(xg, "g", sigmoid)
 
         kk = (k * self.k_k).reshape(T, Hr, N)
-        kk = kk / np.maximum(np.linalg.norm(kk, axis=-1, keepdims=True), L2_EPS)
+        kk = l2_normalize(kk, self.kk_norm)
         k = k * (1 + (a - 1) * self.k_a)
         if self.first:
             ctx.v_first = v
@@ -121,7 +150,21 @@ class RecurrentMixer:
         heads = (T, Hr, N)
         y, st.S = ops.wkv7(r.reshape(heads), w.reshape(heads), k.reshape(heads), v.reshape(heads),
                            kk, a.reshape(heads), st.S)
-        y = group_norm(y, self.ln_w, self.ln_b, GROUP_NORM_EPS)          # [T, D]
+        y = group_norm(y, self.ln_w, self.ln_b, self.group_norm_eps)     # [T, D]
         bonus = (r * k * self.r_k.reshape(-1)).reshape(heads).sum(-1, keepdims=True)  # [T, Hr, 1]
         y = y + (bonus * v.reshape(heads)).reshape(T, -1)
         return ops.linear(y * g, self.W_o)
+
+    def _fused_step(self, x: np.ndarray, st: RecurrentState, ctx) -> np.ndarray:
+        """`__call__` with everything between the projections in the two ops of
+        `cogcore.ops.FusedRecurrent` (decode's fast path; the same step to round-off)."""
+        ops = self.ops
+        xr, xk, xv, w, a, g, v_gate = ops.rwkv7_inputs(x, st.x_prev, self.mix, self.lora_pairs, self.w0,
+                                                       self.a0, None if self.first else self.v0)
+        st.x_prev = x[-1].copy()
+        r, k, v = ops.linear(xr, self.W_r), ops.linear(xk, self.W_k), ops.linear(xv, self.W_v)
+        if self.first:
+            ctx.v_first, v_gate = v, None
+        y, st.S = ops.rwkv7_output(r, w, k, v, a, g, v_gate, None if self.first else ctx.v_first, self.k_k,
+                                   self.k_a, self.r_k, self.ln_w, self.ln_b, self.group_norm_eps, self.kk_norm, st.S)
+        return ops.linear(y, self.W_o)
