@@ -20,7 +20,7 @@ def add_arguments(p):
     p.add_argument("--tensor-type", dest="tensor_types", action="append", default=[], metavar="PATTERN=TYPE",
                    help="write the tensors whose name matches the regex PATTERN as TYPE (q8_0, q4_0, "
                         "float32, float16, bfloat16) instead; repeatable, the first match wins "
-                        "(e.g. --tensor-type experts=q8_0 --tensor-type 'self_attn|rwkv|embed=bfloat16')")
+                        "(e.g. --tensor-type embed=q8_0 --tensor-type 'self_attn=bfloat16')")
 
 
 def run(args):
