@@ -28,7 +28,6 @@ from .quant import QTYPES, QuantTensor, check_qtype, describe_entries, packed_sh
 from .tensorfile import read_model_tensors, write_safetensors
 
 CHUNK_VALUES = 1 << 22           # float32 values widened and quantized at a time (16 MiB)
-PER_EXPERT = re.compile(r"\.experts\.\d+\.")     # a public family's one-expert tensor (cogcore name)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
@@ -109,11 +108,6 @@ def quantize(in_dir: str | os.PathLike, out_dir: str | os.PathLike, qtype: str =
             raise WeightsError(f"{origin[name]}: tensor '{name}': {family.MODEL_TYPE} stores it in another "
                                f"layout than cogcore's (the loader transposes or reshapes it), so its blocks "
                                f"would not run along the axis it is dotted over; keep it float")
-        if kind in QTYPES and PER_EXPERT.search(role):
-            raise WeightsError(f"{origin[name]}: tensor '{name}': quantizing the per-expert tensors of a "
-                               f"{family.MODEL_TYPE} directory is not supported yet (its experts are stacked "
-                               f"lazily, and a stack of quantized experts does not load); quantize the dense "
-                               f"layers only, e.g. --tensor-type 'experts=float32'")
         if kind in QTYPES:
             flat = a.reshape(-1, a.shape[-1])
             lazy[name] = quantized_source(name, a.shape, kind, lambda r0, r1, flat=flat: f32(flat[r0:r1]))
