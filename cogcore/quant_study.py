@@ -88,15 +88,18 @@ class Study:
 
     # ---- the experiments -----------------------------------------------------------------------------
     def kinds(self) -> None:
-        groups: dict[str, list[str]] = {}
-        for k in self.quantizable:
-            groups.setdefault(re.sub(r"layers\.\d+\.", "layers.*.", k), []).append(k)
+        kinds = {"embedding": r"embed_tokens", "lm_head": r"^lm_head", "attention q/k/v/o": r"self_attn\.[qkvo]_proj",
+                 "NSA gate_proj": r"self_attn\.gate_proj", "RWKV receptance/key/value/output": r"\.rwkv\.",
+                 "routed experts": r"\.mlp\.experts\.", "dense / shared FFN": r"\.mlp\.(?!experts)"}
+        groups = {label: [k for k in self.quantizable if re.search(pattern, k)] for label, pattern in kinds.items()}
         for i in range(self.config.num_hidden_layers):
             groups[f"layer {i}, all its tensors"] = [k for k in self.quantizable if f"layers.{i}." in k]
-        groups["all"] = self.quantizable
+        groups["everything but layer 0"] = [k for k in self.quantizable if "layers.0." not in k]
+        groups["everything"] = self.quantizable
         for qtype in QUANTIZE:
             for label, names in groups.items():
-                self.measure(f"{qtype} {label}", self.model({k: qtype for k in names}))
+                if names:
+                    self.measure(f"{qtype} {label}", self.model({k: qtype for k in names}))
 
     def routing(self) -> None:
         recorded, state = [], {"mode": "record", "i": 0, "flips": []}

@@ -403,3 +403,13 @@ def test_a_public_familys_router_stays_float(tmp_path):
     model = cogcore.load(tmp_path / "q")
     assert not isinstance(model.layers[0].ffn.router, QuantTensor)
     assert model.forward([1, 2, 3]).shape == (3, 320)
+
+
+def test_quant_study_runs_and_its_float_plan_is_exact(tiny_dir, capsys):
+    """`python -m cogcore.quant_study` (docs/quantization.md's measurements): the float32 plan equals
+    the reference exactly, and the routing experiment runs with its routes pinned."""
+    from cogcore.quant_study import main as study
+    study([tiny_dir, "-n", "1", "--what", "mixed", "routing"])
+    out = capsys.readouterr().out
+    assert re.search(r"^float32 +KL 0\.00000  top-1 100\.00%", out, re.M)
+    assert re.search(r"^q8_0 +KL \d", out, re.M) and "routing pinned at every position" in out
