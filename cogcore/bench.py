@@ -28,7 +28,7 @@ from .config import Config, preset
 from .model import decode_bytes
 
 SECTIONS = ("limits", "kernels", "model", "sparse", "prompt_cache")   # prompt_cache: only when asked
-PRECISIONS = ("float32", "bfloat16")      # whole-model decode is benchmarked at each; a new storage type is one entry
+PRECISIONS = ("float32", "bfloat16", "q8_0", "q4_0")   # whole-model decode is benchmarked at each; a new storage type is one entry
 
 
 def bench_config(layers: int = 8, width: int = 1024, experts: int = 32, expert_width: int = 512,
@@ -39,6 +39,19 @@ def bench_config(layers: int = 8, width: int = 1024, experts: int = 32, expert_w
                   layer_types=["recurrent" if i % 2 == 0 else "sparse_attention" for i in range(layers)],
                   mlp_types=["moe"] * layers, num_attention_heads=width // 128, num_key_value_heads=2,
                   head_dim=128, num_experts=experts, moe_intermediate_size=expert_width, vocab_size=vocab)
+
+
+def bench_weights(config: Config, precision: str, seed: int = 0) -> dict:
+    """Random weights at a storage precision: a float dtype, or a GGML block type (q8_0 / q4_0) for
+    the tensors `quant.quantizable` picks, quantized from the float32 values, the rest float32
+    (as `cogcore init --type` writes them)."""
+    from .create import random_weights
+    from .quant import QTYPES, quantizable, quantize_tensor
+
+    if precision not in QTYPES:
+        return random_weights(config, seed=seed, dtype=precision)
+    return {name: quantize_tensor(a, precision, name) if quantizable(name, a.shape) else a
+            for name, a in random_weights(config, seed=seed).items()}
 
 
 def bytes_per_token(config: Config, weights: dict[str, np.ndarray]) -> int:
@@ -302,7 +315,6 @@ def model_rows(rep: Report, lim: dict, quick: bool, precisions: tuple[str, ...],
                model_dirs: tuple[str, ...] = ()) -> None:
     """Decode of the 8 x 1024 hybrid at every precision (and of model directories, e.g. the 4b
     preset written by `cogcore init`), then prefill at the first precision."""
-    from .create import random_weights
     from .model import Model, load
     from .tensorfile import read_model_tensors
     from .weights import Weights
@@ -314,7 +326,7 @@ def model_rows(rep: Report, lim: dict, quick: bool, precisions: tuple[str, ...],
     first = None
     for precision in precisions:
         rep.step(f"random {precision} weights of the 8-layer bench model")
-        tensors = random_weights(cfg, seed=0, dtype=precision)
+        tensors = bench_weights(cfg, precision)
         models = {b: Model(cfg, Weights(tensors), backend=b) for b in ("numba", "numpy")}
         t = decode_row(rep, f"8x1024 {precision}", models, bytes_per_token(cfg, tensors), lim, reps)
         if first is None:

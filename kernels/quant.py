@@ -260,40 +260,36 @@ def linear(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndarray
 
 # ---- MoE decode: only the chosen experts' blocks are read ---------------------------------------
 @njit(fastmath=FAST, inline="always")
-def _gate_up_task(xt, Gd, Ud, e, code, table, h, task):
-    """h[o] = silu(gate_e[o] . xt) * (up_e[o] . xt) for a group of rows o."""
+def _gate_up_task(xt, G, U, code, table, h, task):
+    """h[o] = silu(gate[o] . xt) * (up[o] . xt) for a group of rows o."""
     for o in range(task * ROWS_PER_TASK, min(h.shape[0], (task + 1) * ROWS_PER_TASK)):
-        g, u = row_dot(Gd[e, o], xt, code, table), row_dot(Ud[e, o], xt, code, table)
+        g, u = row_dot(G[o], xt, code, table), row_dot(U[o], xt, code, table)
         h[o] = g / (np.float32(1.0) + np.exp(-g)) * u
 
 
 @njit(inline="always")
-def _down_task(h, Dd, e, wt, code, table, yt, task):
-    """yt[o] += wt * (down_e[o] . h) for a group of rows o."""
+def _down_task(h, Dn, weight, code, table, yt, task):
+    """yt[o] += weight * (down[o] . h) for a group of rows o."""
     for o in range(task * ROWS_PER_TASK, min(yt.shape[0], (task + 1) * ROWS_PER_TASK)):
-        yt[o] += wt * row_dot(Dd[e, o], h, code, table)
+        yt[o] += weight * row_dot(Dn[o], h, code, table)
 
 
-def _experts(x, top, wts, Gd, Ud, Dd, code, table):
-    T, D = x.shape
-    F = Gd.shape[1]
-    y = np.zeros((T, D), np.float32)
+def _expert(xt, G, U, Dn, weight, code, table, yt):
+    F, D = G.shape[0], yt.shape[0]
     h = np.empty(F, np.float32)
-    for t in range(T):
-        for c in range(top.shape[1]):
-            e = top[t, c]
-            for task in prange((F + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-                _gate_up_task(x[t], Gd, Ud, e, code, table, h, task)
-            for task in prange((D + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-                _down_task(h, Dd, e, wts[t, c], code, table, y[t], task)
-    return y
+    for task in prange((F + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        _gate_up_task(xt, G, U, code, table, h, task)
+    for task in prange((D + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        _down_task(h, Dn, weight, code, table, yt, task)
 
 
-_experts_1, _experts_p = twins(_experts, fastmath=FAST)
+_expert_1, _expert_p = twins(_expert, fastmath=FAST)
 
 
-def experts_decode(x, top, wts, gate, up, down, qtype: str) -> np.ndarray:
-    """sum over chosen experts of wts * down_e(silu(gate_e x) * up_e x); packed [E, rows, bytes] weights."""
-    fn = pick(_experts_1, _experts_p, 3 * gate.shape[1] * x.shape[1])
-    return fn(np.ascontiguousarray(x, np.float32), top, wts.astype(np.float32), gate, up, down,
-              CODE[qtype], HALF_TO_FLOAT)
+def expert_decode(xt, gate, up, down, weight: float, qtype: str, yt) -> None:
+    """yt += weight * down(silu(gate xt) * up xt) for one token xt [D] and one expert's packed
+    gate, up [F, bytes] and down [D, bytes]: the MoE decode reads only the chosen experts' blocks
+    (each expert may live in its own array: per-expert tensors of a Hugging Face directory)."""
+    fn = pick(_expert_1, _expert_p, 3 * gate.shape[0] * xt.shape[0])
+    fn(xt, np.ascontiguousarray(gate), np.ascontiguousarray(up), np.ascontiguousarray(down), np.float32(weight),
+       CODE[qtype], HALF_TO_FLOAT, yt)
