@@ -50,6 +50,7 @@ PREFILL_SCRATCH = 1 << 20              # float32 values dequantized per BLAS blo
 # ---- the block loops, in LLVM IR -----------------------------------------------------------------
 _I8, _I16, _I32, _I64, _F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
 _LANES = 16
+ACCUMULATORS = 2                      # blocks in flight per row (independent multiply-add chains)
 _VF = ir.VectorType(_F32, _LANES)       # half a block of float32
 
 
@@ -142,14 +143,18 @@ def _dot_intrinsic(qtype):
                 return _vfma(builder, dv, s, acc)
 
             zero = ir.Constant(_VF, [0.0] * _LANES)
-            two = _const(_I64, 2)
-            # blocks 2i and 2i+1 into two accumulators, then the odd last block (a loop of 0 or 1 turns)
-            even, odd = _emit_for(builder, builder.udiv(nblocks, two), [zero, zero],
-                                  lambda i, acc: [add_block(builder.mul(i, two), acc[0]),
-                                                  add_block(builder.add(builder.mul(i, two), _const(_I64, 1)), acc[1])])
-            (even,) = _emit_for(builder, builder.urem(nblocks, two), [even],
-                                lambda i, acc: [add_block(builder.sub(nblocks, _const(_I64, 1)), acc[0])])
-            v, width = builder.fadd(even, odd), _LANES
+            k = _const(_I64, ACCUMULATORS)
+            # blocks k*i + a into accumulator a, then the last nblocks % k blocks into the first one
+            accs = _emit_for(builder, builder.udiv(nblocks, k), [zero] * ACCUMULATORS,
+                             lambda i, acc: [add_block(builder.add(builder.mul(i, k), _const(_I64, a)), acc[a])
+                                             for a in range(ACCUMULATORS)])
+            first = builder.mul(builder.udiv(nblocks, k), k)
+            accs[0], = _emit_for(builder, builder.urem(nblocks, k), [accs[0]],
+                                 lambda i, acc: [add_block(builder.add(first, i), acc[0])])
+            v = accs[0]
+            for a in accs[1:]:
+                v = builder.fadd(v, a)
+            width = _LANES
             while width > 1:                                            # halve: 16 -> 8 -> 4 -> 2 -> 1
                 width //= 2
                 v = builder.fadd(*(builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width),
