@@ -44,8 +44,8 @@ def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk):
     y = np.zeros_like(x)
     for t, c in np.ndindex(*top.shape):
         e = top[t, c]
-        quant.expert_decode(x[t], gate_proj[e].data, up_proj[e].data, down_proj[e].data, wts[t, c],
-                            gate_proj[e].qtype, y[t])
+        g, u, d = gate_proj[e], up_proj[e], down_proj[e]
+        quant.expert_decode(x[t], g.data, u.data, d.data, wts[t, c], g.qtype, y[t])
     return y, counts
 
 
