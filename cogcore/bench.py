@@ -202,6 +202,7 @@ def kernel_rows(rep: Report, lim: dict, quick: bool) -> None:
     from .blocks.rope import inv_freq
     from .blocks.sparse_attention import NSAShape
     from .dtypes import to_storage
+    from .quant import QTYPES, quantize_tensor
 
     nb, ref = NumbaOps(), ReferenceOps()
     rng = np.random.default_rng(0)
@@ -221,6 +222,10 @@ def kernel_rows(rep: Report, lim: dict, quick: bool) -> None:
         Ws = to_storage(W, tag)
         row(f"linear decode 1x{D} @ 4096x{D} {tag}", lambda: nb.linear(x1, Ws), lambda: ref.linear(x1, Ws),
             lambda t: f"{Ws.nbytes / t / 1e9:.0f} GB/s (in cache)")
+    for qtype in QTYPES:
+        Wq = quantize_tensor(W, qtype)
+        row(f"linear decode 1x{D} @ 4096x{D} {qtype}", lambda: nb.linear(x1, Wq), lambda: ref.linear(x1, Wq),
+            lambda t: f"{Wq.nbytes / t / 1e9:.0f} GB/s (in cache)")
     for tag in ("F32", "BF16"):
         Ws = to_storage(W, tag)
         row(f"linear prefill 512x{D} @ 4096x{D} {tag}", lambda: nb.linear(xp, Ws), lambda: ref.linear(xp, Ws),
@@ -275,6 +280,11 @@ def kernel_rows(rep: Report, lim: dict, quick: bool) -> None:
         row(f"moe prefill 512 tokens {tag}", lambda: nb.moe(xp, Rs, Gs, Us, Ds, 2, True),
             lambda: ref.moe(xp, Rs, Gs, Us, Ds, 2, True),
             lambda t: f"{2 * 512 * 2 * 3 * F * D / t / fl:.0%} of sgemm")
+    for qtype in QTYPES:
+        Gq, Uq, Dq = (quantize_tensor(a, qtype) for a in (G, U, Dn))
+        per_tok = 2 * (Gq[0].nbytes + Uq[0].nbytes + Dq[0].nbytes) + router.nbytes
+        row(f"moe decode top-2 of {E}x{F} {qtype}", lambda: nb.moe(x1, router, Gq, Uq, Dq, 2, True),
+            lambda: ref.moe(x1, router, Gq, Uq, Dq, 2, True), lambda t: f"{per_tok / t / 1e9:.0f} GB/s (experts in cache)")
     logits = rng.standard_normal(32000).astype(np.float32) * 3
     for k, p in ((40, 1.0), (0, 0.9)):
         row(f"sampler filter V=32000 top_k={k} top_p={p}", lambda: nb.token_probabilities(logits, 0.8, k, p, 0.0),
