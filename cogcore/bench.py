@@ -347,8 +347,11 @@ def model_rows(rep: Report, lim: dict, quick: bool, precisions: tuple[str, ...],
         rep.step(f"loading {path} (memory-mapped)")
         m = load(path)
         tensors, _ = read_model_tensors(path)
-        rep.line(f"  {path}: {m.config.num_hidden_layers} layers x {m.config.hidden_size}, "
-                 f"{m.config.num_experts} experts x {m.config.moe_intermediate_size} top-{m.config.num_experts_per_tok}")
+        c = m.config
+        experts = (f"{c.num_experts} experts x {c.moe_intermediate_size} top-{c.num_experts_per_tok}"
+                   if c.num_experts else "/".join(sorted(set(c.mlp_types))))
+        rep.line(f"  {path}: {c.num_hidden_layers} layers x {c.hidden_size}, "
+                 f"{'/'.join(sorted(set(c.layer_types)))}, {experts}")
         decode_row(rep, os.path.basename(os.path.normpath(path)), {"numba": m},
                    bytes_per_token(m.config, tensors), lim, max(3, reps // 3))
     if first is None:

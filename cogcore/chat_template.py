@@ -90,11 +90,16 @@ class TemplateChat:
     generated; then only the rest is encoded and fed. When it is not (a template that
     rewrites earlier replies), the conversation is fed again from a fresh cache, so the
     model always sees exactly the rendered text.
+
+    With `prompt_cache=` (a `cogcore.PromptCache`) the chat keeps no cache of its own:
+    each turn's prompt is the whole conversation (the same tokens as without it), whose
+    longest stored prefix the prompt cache restores (and keeps, on disk too when it has
+    a directory).
     """
 
-    def __init__(self, model, stats: bool = False, history: str | None = None, **options):
+    def __init__(self, model, stats: bool = False, history: str | None = None, prompt_cache=None, **options):
         from .generate import history_policy, resolve_options
-        self.model, self.stats, self.options = model, stats, options
+        self.model, self.stats, self.options, self.prompt_cache = model, stats, options, prompt_cache
         self.tokenizer = model.tokenizer
         resolve_options(model, **options)        # bad options fail now, not at the first turn
         self.history = history_policy(model, history)
@@ -102,7 +107,7 @@ class TemplateChat:
         self.reset()
 
     def reset(self) -> None:
-        self.cache = self.model.new_cache()
+        self.cache = self.model.new_cache() if self.prompt_cache is None else None
         self.messages: list[dict] = []
         self.cached_ids: list[int] = []          # every token the cache holds, or will once pending is fed
         self.last = None
@@ -116,7 +121,9 @@ class TemplateChat:
             self.reset()
         if self.last is not None:
             result = self.last.result
-            self.cached_ids += result.prompt_ids + result.token_ids
+            # with a prompt cache, each turn's prompt is the whole conversation
+            self.cached_ids = (self.cached_ids if self.prompt_cache is None else []) + result.prompt_ids \
+                + result.token_ids
             self.messages.append({"role": "assistant", "content": tok.decode(result.token_ids)})
         self.messages.append({"role": "user", "content": text})
         full = render(tok.chat_template, self.messages, add_generation_prompt=True, **tok.special_tokens())
@@ -134,10 +141,13 @@ class TemplateChat:
             pending = self.last.result.pending_ids
             new_text = full[len(held):]
         else:
-            self.cache, self.cached_ids, new_text = self.model.new_cache(), [], full
+            self.cached_ids, new_text = [], full
+            self.cache = self.model.new_cache() if self.prompt_cache is None else None
         self.cached_ids = self.cached_ids[:len(self.cached_ids) - len(pending)]   # pending: fed again below
+        # with a prompt cache the prompt is the whole conversation, restored as far as the store holds it
+        prefix = pending if self.prompt_cache is None else self.cached_ids + pending
         self.last = Stream(self.model, tok.encode(new_text), cache=self.cache, bos=False, stats=self.stats,
-                           prefix_ids=pending, **options)   # the template writes BOS
+                           prefix_ids=prefix, prompt_cache=self.prompt_cache, **options)   # the template writes BOS
         return self.last
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, reading
 
 MIXER_TYPES = ("full_attention", "sliding_attention", "sparse_attention", "recurrent")
 ATTENTION_TYPES = ("full_attention", "sliding_attention", "sparse_attention")
@@ -30,6 +30,7 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "model_type": "cogcore",
     "norm_type": "rmsnorm",
     "norm_eps": 1e-5,
+    "norm_bias": True,
     "embedding_norm": False,
     "tie_word_embeddings": False,
     "bos_token_id": 1,
@@ -47,7 +48,7 @@ GENERAL_DEFAULTS: dict[str, Any] = {
 
 # family: the public model family (its Hugging Face model_type) whose config.json
 # cogcore.families translated into this config; None for cogcore's own models.
-FAMILIES = ("llama", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+FAMILIES = ("llama", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "rwkv7")
 QK_NORMS = (None, "head", "projection")
 ROPE_ANGLES = ("float64", "float32")
 ROPE_SCALING_TYPES = ("llama3",)
@@ -59,12 +60,17 @@ _SLIDING = ("sliding_window",)
 _NSA = ("nsa_compress_block", "nsa_compress_stride", "nsa_compress_hidden",
         "nsa_select_block", "nsa_select_count", "nsa_window")
 _RWKV = ("rwkv_head_size", "rwkv_decay_rank", "rwkv_a_rank", "rwkv_v_rank", "rwkv_gate_rank")
+# options of the recurrent mixer that fla's RWKV-7 layout needs (docs/format.md section 1.1);
+# the defaults are the RWKV-7 reference's. Set when some layer is recurrent, else absent.
+RWKV_OPTIONS: dict[str, Any] = {"rwkv_group_norm_eps": 64e-5, "rwkv_kk_norm": "clamp",
+                                "rwkv_first_v_lora": True}
+RWKV_KK_NORMS = ("clamp", "epsilon")
 _MOE = ("num_experts", "num_experts_per_tok", "moe_intermediate_size")
 _DENSE = ("intermediate_size",)
 
 _FLOAT_KEYS = {"norm_eps", "rope_theta"}
 MAX_INT = 2**31 - 1     # sizes and ids beyond 32 bits are no real model, and overflow the kernels' int64 products
-_BOOL_KEYS = {"embedding_norm", "tie_word_embeddings", "norm_topk_prob", "attention_bias"}
+_BOOL_KEYS = {"embedding_norm", "tie_word_embeddings", "norm_topk_prob", "attention_bias", "norm_bias"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +86,7 @@ class Config:
     family: str | None = None
     norm_type: str = "rmsnorm"
     norm_eps: float = 1e-5
+    norm_bias: bool = True          # layernorm only: false means no `.bias` tensors (b = 0)
     embedding_norm: bool = False
     tie_word_embeddings: bool = False
     bos_token_id: int = 1
@@ -111,6 +118,9 @@ class Config:
     rwkv_a_rank: int | None = None
     rwkv_v_rank: int | None = None
     rwkv_gate_rank: int | None = None
+    rwkv_group_norm_eps: float | None = None     # eps of the per-head group norm of y (64e-5)
+    rwkv_kk_norm: str | None = None              # "clamp": kk / max(|kk|, 1e-12); "epsilon": kk / sqrt(|kk|^2 + 1e-6)
+    rwkv_first_v_lora: bool | None = None        # the first recurrent layer holds its (unused) v0/v1/v2
     # mixture of experts
     num_experts: int | None = None
     num_experts_per_tok: int | None = None
@@ -198,6 +208,18 @@ class Config:
         for key in _BOOL_KEYS:
             if not isinstance(values[key], bool):
                 fail(key, "true or false", values[key])
+        if "recurrent" in layers:
+            values.update({k: d for k, d in RWKV_OPTIONS.items() if values.get(k) is None})
+            eps = values["rwkv_group_norm_eps"]
+            if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+                fail("rwkv_group_norm_eps", "a number in (0, 1), e.g. 64e-5", eps)
+            values["rwkv_group_norm_eps"] = float(eps)
+            if values["rwkv_kk_norm"] not in RWKV_KK_NORMS:
+                fail("rwkv_kk_norm", f"one of {', '.join(RWKV_KK_NORMS)}", values["rwkv_kk_norm"])
+            if not isinstance(values["rwkv_first_v_lora"], bool):
+                fail("rwkv_first_v_lora", "true or false", values["rwkv_first_v_lora"])
+        else:
+            values.update(dict.fromkeys(RWKV_OPTIONS))
         if values["qk_norm"] not in QK_NORMS:
             fail("qk_norm", "null, 'head' or 'projection'", values["qk_norm"])
         if values["rope_angles"] not in ROPE_ANGLES:
@@ -296,14 +318,8 @@ def is_int(v: Any) -> bool:
 def read_json(path: str, error: type[Exception], what: str = "file") -> Any:
     """Parse a JSON file, or raise `error` saying what is wrong with it (missing, a directory, bad JSON)."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with reading(path, f"JSON {what}", error), open(path, encoding="utf-8") as f:
             return json.load(f)
-    except FileNotFoundError:
-        raise error(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise error(f"{path}: expected a JSON {what}, found a directory") from None
-    except OSError as e:
-        raise error(f"{path}: cannot read the {what}: {e.strerror}") from None
     except (ValueError, RecursionError) as e:   # JSONDecodeError, bad UTF-8, ints over 4,300 digits
         raise error(f"{path}: expected valid JSON, found a parse error: {e}") from None
 

@@ -64,7 +64,7 @@ class Model:
         cfg, D, V = config, config.hidden_size, config.vocab_size
 
         def norm(prefix):
-            return Norm(weights, prefix, D, cfg.norm_type, cfg.norm_eps, ops)
+            return Norm(weights, prefix, D, cfg.norm_type, cfg.norm_eps, ops, cfg.norm_bias)
 
         self.embed_tokens = weights.take("model.embed_tokens.weight", (V, D))
         self.embed_norm = norm("model.embed_norm") if cfg.embedding_norm else None
@@ -210,7 +210,8 @@ def load(path: str | os.PathLike, backend: str = "numba", strict: bool = True) -
     """Load a model directory (SPEC Section 1): config.json plus memory-mapped safetensors weights.
 
     The directory may also be an unmodified Hugging Face directory of a public family
-    (`cogcore.families`: llama, qwen2, qwen3, mixtral, qwen2_moe, qwen3_moe, olmoe).
+    (`cogcore.families`: llama, qwen2, qwen3, mixtral, qwen2_moe, qwen3_moe, olmoe, and
+    fla's RWKV-7 layout, rwkv7).
 
     backend: "numba" (compiled kernels, default) or "numpy" (the reference).
     strict: tensors the config does not use are an error (False: ignore them).

@@ -22,7 +22,7 @@ import numpy as np
 
 from .config import read_json
 from .dtypes import STORAGE_DTYPES, TAG_OF, tag
-from .errors import WeightsError
+from .errors import WeightsError, reading
 from .quant import wrap_quantized
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
@@ -35,7 +35,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
     bfloat16 tensors come back as uint16 bits (see dtypes.py).
     """
     path = os.fspath(path)
-    try:
+    with reading(path, "safetensors weights file", WeightsError):
         size = os.path.getsize(path)
         with open(path, "rb") as f:
             prefix = f.read(8)
@@ -46,12 +46,6 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
                 raise WeightsError(f"{path}: header says it is {n} bytes long, but the file has only "
                                    f"{size - 8} bytes after the length field (truncated or not safetensors)")
             header_bytes = f.read(n)
-    except FileNotFoundError:
-        raise WeightsError(f"{path}: weights file not found") from None
-    except IsADirectoryError:
-        raise WeightsError(f"{path}: expected a safetensors file, found a directory") from None
-    except OSError as e:
-        raise WeightsError(f"{path}: cannot read the weights file: {e.strerror}") from None
 
     try:
         header = json.loads(header_bytes.decode("utf-8"))

@@ -162,10 +162,15 @@ class StreamDecoder:
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._strip_space = getattr(tokenizer, "strip_first_space", False)   # as decode does
 
     def push(self, token_id: int) -> str:
         """The text that token completes (possibly "" while a character is incomplete)."""
-        return self._utf8.decode(self.tokenizer.piece_bytes(token_id))
+        text = self._utf8.decode(self.tokenizer.piece_bytes(token_id))
+        if self._strip_space and text:
+            self._strip_space = False
+            text = text[1:] if text.startswith(" ") else text
+        return text
 
     def flush(self) -> str:
         """At the end: what is still held back (an incomplete character comes out as U+FFFD)."""
@@ -181,13 +186,16 @@ HF_TOKENIZER_CONFIG = "tokenizer_config.json"
 def load_tokenizer(model_dir, config=None):
     """The tokenizer of a model directory: tokenizer.model (sentencepiece) for cogcore's own
     models, tokenizer.json (the `tokenizers` library) for a public family's, or one of them
-    when only one is there."""
+    when only one is there; else the RWKV world vocabulary (cogcore.rwkv_tokenizer)."""
     if model_dir is None:
         return Tokenizer.from_model_dir(None)
     has_json = os.path.isfile(os.path.join(os.fspath(model_dir), HF_TOKENIZER_FILE))
     has_sp = os.path.isfile(os.path.join(os.fspath(model_dir), TOKENIZER_FILE))
     if has_json and (getattr(config, "family", None) or not has_sp):
         return HFTokenizer.from_model_dir(model_dir, config)
+    from .rwkv_tokenizer import RWKV_VOCAB_FILE, RWKVWorldTokenizer      # RWKV-7 directories of fla-hub
+    if not has_sp and os.path.isfile(os.path.join(os.fspath(model_dir), RWKV_VOCAB_FILE)):
+        return RWKVWorldTokenizer.from_model_dir(model_dir, config)
     return Tokenizer.from_model_dir(model_dir, config)
 
 
@@ -213,9 +221,11 @@ class HFTokenizer(_TokenizerBase):
     bos=False is `add_special_tokens=False`.
     """
 
-    def __init__(self, tok, settings: dict, config=None, source: str = "tokenizer", byte_level: bool = True):
+    def __init__(self, tok, settings: dict, config=None, source: str = "tokenizer", byte_level: bool = True,
+                 strip_first_space: bool = False):
         self.tok, self.settings, self.source = tok, settings, source
         self.byte_level = byte_level       # pieces spelled in GPT-2's byte characters (else sentencepiece's)
+        self.strip_first_space = strip_first_space   # decode drops the space encode put before the text
         self.n_tokens = tok.get_vocab_size(with_added_tokens=True)
         self.vocab_size = self.n_tokens     # the model's, once checked: ids past the tokenizer's
                                             # (embedding rows padded, as in Qwen) decode to nothing
@@ -256,7 +266,10 @@ class HFTokenizer(_TokenizerBase):
                 raise InputError(f"{settings_path}: expected a JSON object, found {type(settings).__name__}")
         with open(path, encoding="utf-8") as f:
             decoder = json.load(f).get("decoder") or {}
-        return cls(tok, settings, config, source=path, byte_level="ByteLevel" in json.dumps(decoder))
+        steps = decoder.get("decoders", [decoder]) if isinstance(decoder, dict) else []
+        strip = any(isinstance(d, dict) and d.get("type") == "Strip" and d.get("start") for d in steps)
+        return cls(tok, settings, config, source=path, byte_level="ByteLevel" in json.dumps(decoder),
+                   strip_first_space=strip)
 
     def _chat_template(self, value):
         """The template: a string, or the one named "default" of a list of {name, template}."""

@@ -12,8 +12,8 @@
   and the weighted outputs are added back (a token meets an expert at most once,
   so the scatter has no collisions).
   Experts given as a sequence of per-expert arrays (a lazy stack over a public
-  family's per-expert tensors) take this path at every T: it indexes one expert
-  at a time.
+  family's per-expert tensors) take this path for prefill; their decode runs the
+  fused GEMVs once per chosen expert, its own arrays as a stack of one (a view).
 """
 
 from __future__ import annotations
@@ -120,10 +120,12 @@ def moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk):
     E = router.shape[0]
     top, wts = route(linear(x, router), k, bool(norm_topk))
     counts = np.bincount(top.ravel(), minlength=E)
-    if T <= SMALL_T and isinstance(gate_proj, np.ndarray):   # (not a lazy stack of per-expert arrays)
+    if T <= SMALL_T and isinstance(gate_proj, np.ndarray):
         kind = kind_of(gate_proj)
         fn = pick(_experts_1, _experts_p, 3 * gate_proj[0].size)
         return fn(x, top, wts, raw(gate_proj), raw(up_proj), raw(down_proj), kind), counts
+    if T <= SMALL_T:                                         # a lazy stack of per-expert arrays
+        return _decode_each_expert(x, top, wts, counts, gate_proj, up_proj, down_proj), counts
     y = np.zeros_like(x)
     flat = top.ravel()
     order = np.argsort(flat, kind="stable")
@@ -134,3 +136,17 @@ def moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk):
         h = silu(linear(x[rows], gate_proj[e])) * linear(x[rows], up_proj[e])
         y[rows] += wts.ravel()[idx][:, None] * linear(h, down_proj[e])
     return y, counts
+
+
+def _decode_each_expert(x, top, wts, counts, gate_proj, up_proj, down_proj):
+    """The fused decode over experts held one array each: a kernel call per chosen expert, on
+    the tokens that chose it (a token meets an expert at most once), with that expert's
+    arrays given as a stack of one (`W[e][None]`, a view: nothing is copied)."""
+    y = np.zeros_like(x)
+    for e in np.flatnonzero(counts):
+        hit = top == e                                       # [T, k]
+        rows = np.flatnonzero(hit.any(axis=1))
+        one = [raw(W[e])[None] for W in (gate_proj, up_proj, down_proj)]
+        fn = pick(_experts_1, _experts_p, 3 * gate_proj[e].size)
+        y[rows] += fn(x[rows], np.zeros((len(rows), 1), np.int64), wts[hit][:, None], *one, kind_of(gate_proj[e]))
+    return y

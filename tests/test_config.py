@@ -117,6 +117,11 @@ RULES = [
     ({"num_shared_experts": 2, "shared_expert_intermediate_size": 4}, "num_shared_experts", "0 or 1", "2"),
     ({"num_shared_experts": 1, "shared_expert_intermediate_size": 0}, "shared_expert_intermediate_size",
      ">= 1", "0"),
+    ({"norm_bias": 0}, "norm_bias", "true or false", "0"),
+    ({"rwkv_group_norm_eps": 1.5}, "rwkv_group_norm_eps", "(0, 1)", "1.5"),
+    ({"rwkv_group_norm_eps": float("nan")}, "rwkv_group_norm_eps", "(0, 1)", "nan"),
+    ({"rwkv_kk_norm": "l2"}, "rwkv_kk_norm", "clamp, epsilon", "l2"),
+    ({"rwkv_first_v_lora": "no"}, "rwkv_first_v_lora", "true or false", "no"),
 ]
 
 
@@ -137,6 +142,13 @@ def test_boundary_values_are_accepted():
 def test_rwkv_rule_only_when_a_layer_is_recurrent():
     raw = small_config(rwkv_head_size=7, layer_types=["full_attention"] * 4)
     assert Config.from_dict(raw).rwkv_head_size is None
+
+
+def test_rwkv_options_default_to_the_reference_and_exist_only_with_recurrent_layers():
+    cfg = Config.from_dict(small_config())
+    assert (cfg.rwkv_group_norm_eps, cfg.rwkv_kk_norm, cfg.rwkv_first_v_lora) == (64e-5, "clamp", True)
+    attention_only = Config.from_dict(small_config(layer_types=["full_attention"] * 4, rwkv_kk_norm="epsilon"))
+    assert "rwkv_kk_norm" not in attention_only.to_dict()
 
 
 def test_config_not_an_object():

@@ -2,7 +2,8 @@
 
 The fixtures are unmodified Hugging Face directories of tiny random models made by
 tests/fixtures/make_families.py, with the float32 logits, greedy continuation and
-RoPE tables transformers computed from them.
+RoPE tables transformers computed from them; the RWKV-7 ones (rwkv7, rwkv7-tied) by
+tests/fixtures/make_rwkv7.py from fla's RWKV7ForCausalLM.
 """
 
 import json
@@ -22,6 +23,8 @@ from cogcore.weights import ExpertStack
 
 HERE = os.path.join(os.path.dirname(__file__), "fixtures", "families")
 NAMES = sorted(FAMILIES)
+FIXTURES = sorted(n for n in os.listdir(HERE) if os.path.isdir(os.path.join(HERE, n)))   # a family, or family-variant
+ATTENTION = [n for n in NAMES if n != "rwkv7"]
 
 
 def reference(name):
@@ -37,16 +40,19 @@ def relative(got, want):
 
 def test_every_family_has_a_fixture_of_the_required_shape():
     assert set(FAMILIES) == set(cogcore.config.FAMILIES)      # the Config accepts exactly these
-    for name in NAMES:
+    assert set(NAMES) <= set(FIXTURES)
+    for name in FIXTURES:
         cfg = cogcore.load(os.path.join(HERE, name), backend="numpy").config
-        assert cfg.family == name
-        assert cfg.num_hidden_layers > 1 and cfg.num_key_value_heads < cfg.num_attention_heads
+        assert cfg.family == name.split("-")[0]
+        assert cfg.num_hidden_layers > 1
+        if cfg.num_attention_heads:
+            assert cfg.num_key_value_heads < cfg.num_attention_heads
         if "moe" in cfg.mlp_types:
             assert cfg.num_experts > 8
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", FIXTURES)
 def test_logits_and_greedy_tokens_match_transformers(name, backend):
     d, ref, want = reference(name)
     model = cogcore.load(d, backend=backend)
@@ -63,7 +69,7 @@ def test_logits_and_greedy_tokens_match_transformers(name, backend):
     assert greedy == ref["greedy"]
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ATTENTION)
 def test_rope_matches_transformers_at_long_positions(name):
     d = os.path.join(HERE, name)
     cfg = cogcore.load(d, backend="numpy").config
@@ -120,6 +126,11 @@ def copy_with(tmp_path, name, change=None, drop=()):
     ("qwen2", {"layer_types": ["full_attention", "sliding_attention"]}, "layer_types"),
     ("olmoe", {"clip_qkv": 8.0}, "clip_qkv"),
     ("mixtral", {"hidden_size": None}, "hidden_size"),
+    ("rwkv7", {"attn": {"layers": [1], "num_heads": 4}}, "attn"),
+    ("rwkv7", {"value_dim": 64}, "value_dim"),
+    ("rwkv7", {"hidden_act": "swish"}, "hidden_act"),
+    ("rwkv7", {"head_dim": None, "num_heads": 5}, "num_heads"),
+    ("rwkv7", {"a_low_rank_dim": "8"}, "a_low_rank_dim"),
 ])
 def test_unsupported_options_are_refused_by_name(tmp_path, name, change, field):
     d = copy_with(tmp_path, name, change)
@@ -198,3 +209,84 @@ def test_a_family_model_can_be_traced(tmp_path):
     got = trace.load(tmp_path / "t")
     assert got.nsa == {} and len(got.layers) == model.config.num_hidden_layers
     assert all(layer["experts"].shape[-1] == model.config.num_experts_per_tok for layer in got.layers)
+
+
+# ---- RWKV-7 (fla's layout) ----------------------------------------------------
+
+def test_rwkv7_views_of_the_file_are_not_copies():
+    """fla's nn.Linear LoRA halves are presented transposed, its [1, 1, D] token-shift mixes
+    as [D]: both as views of the memory-mapped file."""
+    from cogcore.tensorfile import read_safetensors
+    d = os.path.join(HERE, "rwkv7")
+    model = cogcore.load(d, backend="numpy")
+    raw, _ = read_safetensors(os.path.join(d, "model.safetensors"))
+    got = model.weights.tensors
+    for ours, theirs, view in [("model.layers.1.rwkv.w1", "model.layers.1.attn.w_lora.lora.0.weight", np.transpose),
+                               ("model.layers.2.rwkv.g2", "model.layers.2.attn.g_lora.lora.2.weight", np.transpose),
+                               ("model.layers.1.rwkv.v0", "model.layers.1.attn.v_lora.lora.2.bias", np.asarray),
+                               ("model.layers.0.rwkv.x_a", "model.layers.0.attn.x_a", np.ravel)]:
+        assert isinstance(got[ours], np.memmap) and not got[ours].flags.owndata      # the file itself
+        assert np.array_equal(got[ours], view(raw[theirs]))
+    assert "model.layers.0.rwkv.v1" not in got                # fla's layer 0 has no v_lora
+
+
+def test_rwkv7_group_norm_eps_is_flas_head_size_times_norm_eps():
+    """fla's g_norm eps is head_dim * norm_eps (8e-5 here), not the reference's 64e-5: the
+    fixture tells them apart, so it checks the option."""
+    from cogcore.model import Model
+    d, ref, want = reference("rwkv7")
+    model = cogcore.load(d, backend="numpy")
+    assert model.config.rwkv_group_norm_eps == pytest.approx(8 * 1e-5)
+    other = Model(model.config.replace(rwkv_group_norm_eps=64e-5), model.weights, "numpy")
+    assert relative(other.forward(ref["prompt"]), want) > 1e-3
+
+
+def test_rwkv7_config_takes_flas_defaults():
+    """Absent keys take RWKV7Config's defaults; null widths fla's layer formulas."""
+    cfg = load_config({"model_type": "rwkv7"}, "config.json")
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.rwkv_head_size, cfg.vocab_size) == (2048, 24, 64, 32000)
+    assert (cfg.rwkv_decay_rank, cfg.rwkv_a_rank, cfg.rwkv_v_rank, cfg.rwkv_gate_rank) == (64, 64, 16, 128)
+    assert cfg.intermediate_size == 4 * 2048 and cfg.norm_type == "layernorm" and cfg.embedding_norm
+    assert cfg.rwkv_group_norm_eps == pytest.approx(64e-5) and cfg.rwkv_kk_norm == "epsilon"
+    assert set(cfg.layer_types) == {"recurrent"} and set(cfg.mlp_types) == {"channel_mix"}
+    nulls = {"model_type": "rwkv7", "head_dim": 64, "decay_low_rank_dim": None, "a_low_rank_dim": None,
+             "v_low_rank_dim": None, "gate_low_rank_dim": None, "hidden_ratio": 3.5, "fuse_norm": False}
+    # the widths fla 0.6.0's RWKV7Attention and RWKV7FeedForward chose for these sizes
+    for D, ranks, F in [(1024, (64, 64, 64, 160), 3584), (2048, (128, 128, 64, 224), 7168)]:
+        cfg = load_config({**nulls, "hidden_size": D}, "config.json")
+        assert (cfg.rwkv_decay_rank, cfg.rwkv_a_rank, cfg.rwkv_v_rank, cfg.rwkv_gate_rank) == ranks
+        assert cfg.intermediate_size == F and cfg.rwkv_kk_norm == "clamp"
+
+
+def test_rwkv7_without_pre_norm_and_bias_keys_is_refused_by_tensor(tmp_path):
+    """A layout that does not match the config is named by tensor (here norm_first: false with ln0 saved)."""
+    d = copy_with(tmp_path, "rwkv7", {"norm_first": False})
+    with pytest.raises(WeightsError, match="model.embed_norm"):
+        cogcore.load(d, backend="numpy")
+
+
+@pytest.mark.parametrize("name, shape, named", [
+    ("model.layers.1.attn.x_r", (2, 16), "model.layers.1.rwkv.x_r"),                   # not [1, 1, D]
+    ("model.layers.1.attn.w_lora.lora.0.weight", (8, 32, 1), "model.layers.1.rwkv.w1"),
+    ("model.layers.2.attn.v_lora.lora.2.bias", (31,), "model.layers.2.rwkv.v0"),
+])
+def test_rwkv7_misshapen_tensors_are_named(tmp_path, name, shape, named):
+    from cogcore.tensorfile import read_safetensors, write_safetensors
+    d = copy_with(tmp_path, "rwkv7")
+    tensors, _ = read_safetensors(d / "model.safetensors")
+    tensors = {k: np.array(v) for k, v in tensors.items()}
+    tensors[name] = np.zeros(shape, np.float32)
+    write_safetensors(d / "model.safetensors", tensors)
+    with pytest.raises(WeightsError, match=named.replace(".", r"\.")):
+        cogcore.load(d, backend="numpy")
+
+
+def test_rwkv7_directory_through_the_cli(capsys):
+    from cogcore import cli
+    d = os.path.join(HERE, "rwkv7")
+    assert cli.main(["inspect", d]) == 0
+    out = capsys.readouterr().out
+    assert '"rwkv7"' in out and "model.layers.0.attn.w_lora.lora.0.weight" in out   # the file's own names
+    assert cli.main(["generate", "--model", d, "--backend", "numpy", "-n", "4", "-t", "0", "Hello"]) == 0
+    model = cogcore.load(d, backend="numpy")
+    assert capsys.readouterr().out == model.generate("Hello", max_new_tokens=4, temperature=0.0) + "\n"

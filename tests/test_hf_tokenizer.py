@@ -75,6 +75,33 @@ def test_template_chat_feeds_exactly_the_rendered_conversation(model):
         + tok.tok.decode(result.token_ids[:-1], skip_special_tokens=False))
 
 
+def test_template_chat_through_a_prompt_cache_answers_as_without_and_restores_earlier_turns(model):
+    from cogcore import PromptCache
+    plain = TemplateChat(model, temperature=0.0, max_new_tokens=6)
+    cached = TemplateChat(model, temperature=0.0, max_new_tokens=6, prompt_cache=PromptCache(model))
+    for turn, text in enumerate(("Hi there", "2+2?", "thanks")):
+        assert "".join(cached.send(text)) == "".join(plain.send(text))
+        result, alone = cached.last.result, plain.last.result
+        assert result.prompt_ids == plain.cached_ids + alone.prompt_ids      # the same tokens in the model
+        if turn:                         # the earlier turns came back from the store, not recomputed
+            assert result.cached_tokens >= len(plain.cached_ids) > 0
+    assert cached.cache is None
+
+
+def test_cli_chat_with_a_template_takes_a_prompt_cache(model, tmp_path, monkeypatch, capsys):
+    import io
+    import sys
+    from cogcore import cli
+    args = ["chat", "--model", model.path, "--backend", "numpy", "-n", "4", "-t", "0", "--speed"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hi there\n2+2?\n"))
+    assert cli.main(args) == 0
+    plain = capsys.readouterr().out
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hi there\n2+2?\n"))
+    assert cli.main([*args, "--prompt-cache", str(tmp_path / "store")]) == 0
+    out, err = capsys.readouterr()
+    assert out == plain and err.count("restored from the prompt cache") == 1       # the second turn
+
+
 def test_template_chat_history_reset_answers_each_turn_alone(model):
     tok = model.tokenizer
     chat = TemplateChat(model, history="reset", temperature=0.0, max_new_tokens=4)

@@ -171,3 +171,12 @@ def test_decay_range(rng):
     np.testing.assert_allclose(st.S, np.float32(lo) * S1 + fresh.S, rtol=1e-5, atol=1e-6)
     _, _, _, S2 = naive.rwkv_mixer(x.astype(np.float64), W, "model.layers.0", cfg)
     np.testing.assert_allclose(st.S, S2, rtol=1e-4, atol=1e-5)
+
+
+def test_kk_normalisations_where_their_eps_differ():
+    """`clamp` (torch's F.normalize) and `epsilon` (fla's fused l2norm) on a tiny vector, by hand."""
+    from cogcore.blocks.rwkv7 import l2_normalize
+    x = np.array([[3e-4, 4e-4]], np.float32)                         # |x| = 5e-4
+    np.testing.assert_allclose(l2_normalize(x, "clamp"), [[0.6, 0.8]], rtol=1e-6)
+    np.testing.assert_allclose(l2_normalize(x, "epsilon"), x / np.sqrt(25e-8 + 1e-6), rtol=1e-6)
+    assert np.array_equal(l2_normalize(np.zeros((1, 2), np.float32), "clamp"), [[0, 0]])

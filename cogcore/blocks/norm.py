@@ -25,9 +25,12 @@ def layernorm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.nda
 class Norm:
     """The norm named by `norm_type`, with its weights `{prefix}.weight` (and `.bias`)."""
 
-    def __init__(self, weights, prefix: str, dim: int, norm_type: str, eps: float, ops):
+    def __init__(self, weights, prefix: str, dim: int, norm_type: str, eps: float, ops, bias: bool = True):
+        """bias=False: a layernorm without `.bias` (fla's `norm_bias: false`), computed with b = 0."""
         self.w = weights.take(f"{prefix}.weight", (dim,))
-        self.b = weights.take(f"{prefix}.bias", (dim,)) if norm_type == "layernorm" else None
+        self.b = None
+        if norm_type == "layernorm":
+            self.b = weights.take(f"{prefix}.bias", (dim,)) if bias else np.zeros(dim, np.float32)
         self.eps, self.ops = eps, ops
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

@@ -13,6 +13,10 @@ Per token, with x the normed input and x_prev the previous token's (zeros at fir
     v = v + (v_first - v) * sigmoid(v0 + (xv v1) v2)             value residual (not in the first layer)
     S = S diag(w) + (S (-kk)) (kk * a)^T + v k^T                 per head, S [N, N] value x key (Eq. 13)
     y = S r;  y = group_norm(y) * ln_x.w + ln_x.b + (sum(r * k * r_k) per head) * v;  out = output(y * g)
+
+Options for fla's layout (docs/format.md 1.1): the group norm's eps (`rwkv_group_norm_eps`,
+64e-5 in the reference; fla uses head_size * norm_eps), the l2 normalisation of kk
+(`rwkv_kk_norm`), and a first layer without the v0/v1/v2 it never uses (`rwkv_first_v_lora`).
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from ..cache import RecurrentState
 from ..dtypes import f32
 
 DECAY_SCALE = np.float32(np.exp(-0.5))   # 0.606531 in the reference
-GROUP_NORM_EPS = np.float32(64e-5)
-L2_EPS = np.float32(1e-12)
+L2_EPS = np.float32(1e-12)      # "clamp": kk / max(|kk|, 1e-12), torch's F.normalize (the reference)
+L2_EPS_INSIDE = np.float32(1e-6)  # "epsilon": kk / sqrt(|kk|^2 + 1e-6), fla's fused l2norm kernel
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -51,6 +55,13 @@ def wkv7(r, w, k, v, kk, a, S):
     return y, S
 
 
+def l2_normalize(x: np.ndarray, kind: str) -> np.ndarray:
+    """x [..., N] over the last axis, as `rwkv_kk_norm` says (module constants above)."""
+    if kind == "clamp":
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), L2_EPS)
+    return x / np.sqrt((x * x).sum(axis=-1, keepdims=True) + L2_EPS_INSIDE)
+
+
 def group_norm(y: np.ndarray, w: np.ndarray, b: np.ndarray, eps: np.float32) -> np.ndarray:
     """y [T, Hr, N]: normalise each head's N channels (biased variance), then scale per channel."""
     mu = y.mean(axis=-1, keepdims=True)
@@ -65,6 +76,7 @@ class RecurrentMixer:
     def __init__(self, weights, prefix: str, cfg, ops, first: bool):
         D, N = cfg.hidden_size, cfg.rwkv_head_size
         self.Hr, self.N, self.first = D // N, N, first
+        self.group_norm_eps, self.kk_norm = np.float32(cfg.rwkv_group_norm_eps), cfg.rwkv_kk_norm
         p = f"{prefix}.rwkv"
 
         # the small tensors are widened to float32 once here, not on every call
@@ -73,10 +85,14 @@ class RecurrentMixer:
 
         self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g = (
             vec(n) for n in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g"))
-        self.w0, self.a0, self.v0, self.k_k, self.k_a = (vec(n) for n in ("w0", "a0", "v0", "k_k", "k_a"))
+        self.w0, self.a0, self.k_k, self.k_a = (vec(n) for n in ("w0", "a0", "k_k", "k_a"))
+        ranks = {"w": cfg.rwkv_decay_rank, "a": cfg.rwkv_a_rank, "v": cfg.rwkv_v_rank, "g": cfg.rwkv_gate_rank}
+        if first and not cfg.rwkv_first_v_lora:     # the value residual starts here: no v0, v1, v2
+            del ranks["v"]
+        else:
+            self.v0 = vec("v0")
         lora = {}
-        for name, rank in (("w", cfg.rwkv_decay_rank), ("a", cfg.rwkv_a_rank),
-                           ("v", cfg.rwkv_v_rank), ("g", cfg.rwkv_gate_rank)):
+        for name, rank in ranks.items():
             lora[name] = (f32(weights.take(f"{p}.{name}1", (D, rank))),
                           f32(weights.take(f"{p}.{name}2", (rank, D))))
         self.lora = lora
@@ -111,7 +127,7 @@ class RecurrentMixer:
         g = self._lora(xg, "g", sigmoid)
 
         kk = (k * self.k_k).reshape(T, Hr, N)
-        kk = kk / np.maximum(np.linalg.norm(kk, axis=-1, keepdims=True), L2_EPS)
+        kk = l2_normalize(kk, self.kk_norm)
         k = k * (1 + (a - 1) * self.k_a)
         if self.first:
             ctx.v_first = v
@@ -121,7 +137,7 @@ class RecurrentMixer:
         heads = (T, Hr, N)
         y, st.S = ops.wkv7(r.reshape(heads), w.reshape(heads), k.reshape(heads), v.reshape(heads),
                            kk, a.reshape(heads), st.S)
-        y = group_norm(y, self.ln_w, self.ln_b, GROUP_NORM_EPS)          # [T, D]
+        y = group_norm(y, self.ln_w, self.ln_b, self.group_norm_eps)     # [T, D]
         bonus = (r * k * self.r_k.reshape(-1)).reshape(heads).sum(-1, keepdims=True)  # [T, Hr, 1]
         y = y + (bonus * v.reshape(heads)).reshape(T, -1)
         return ops.linear(y * g, self.W_o)

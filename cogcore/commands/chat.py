@@ -12,8 +12,9 @@ on stderr and the chat goes on. Sampling options as for `generate`; with --promp
 DIR the conversation's cache lives in that store (a later chat that starts the same way
 resumes from it). A model whose tokenizer_config.json has a chat template (a public
 family's) is fed the conversation as that template renders it
-(`cogcore.chat_template.TemplateChat`), with the same history policies (--prompt-cache
-is then refused: the store keeps cogcore's own turn format).
+(`cogcore.chat_template.TemplateChat`), with the same history policies and --prompt-cache
+(each turn is then the whole rendered conversation, restored from the store as far as
+it holds it).
 """
 
 import sys
@@ -38,14 +39,9 @@ def run(args):
     from ..chat_template import TemplateChat
     model = load_model(args)
     template = getattr(model.tokenizer, "chat_template", None)   # no tokenizer: fails before reading input
-    if template and args.prompt_cache is not None:
-        raise InputError(f"--prompt-cache: expected a model without a chat template, found {model.path} "
-                         f"with one (the prompt cache keeps cogcore's own turn format)")
-    if template:
-        chat = TemplateChat(model, stats=args.stats, history=args.history, **sampling_options(args))
-    else:
-        chat = Conversation(model, stats=args.stats, history=args.history,
-                            prompt_cache=open_prompt_cache(args, model), **sampling_options(args))
+    kind = TemplateChat if template else Conversation
+    chat = kind(model, stats=args.stats, history=args.history, prompt_cache=open_prompt_cache(args, model),
+                **sampling_options(args))
     stdin = lenient_stdin()
     tty = stdin.isatty()
     while True:

@@ -7,6 +7,7 @@ data-like pieces that a reader can check against the family's transformers code:
                                    the defaults its transformers config class uses
     RENAMES                        (regex, replacement) pairs: its tensor names -> cogcore's
 
+(and, where the layouts differ, VIEWS: transposes and reshapes of the mapped arrays).
 `load_config` and `map_tensors` apply them; per-expert tensors
 (`...experts.{e}.gate_proj.weight`) are then presented as cogcore's stacked
 `...experts.gate_proj` [E, F, D] by a lazy `ExpertStack`, so that nothing is copied.
@@ -18,10 +19,10 @@ from typing import Any
 
 from ..config import Config
 from ..errors import ConfigError
-from . import llama, mixtral, olmoe, qwen2, qwen2_moe, qwen3, qwen3_moe
+from . import llama, mixtral, olmoe, qwen2, qwen2_moe, qwen3, qwen3_moe, rwkv7
 from .hf import map_tensors
 
-FAMILIES = {m.MODEL_TYPE: m for m in (llama, qwen2, qwen3, mixtral, qwen2_moe, qwen3_moe, olmoe)}
+FAMILIES = {m.MODEL_TYPE: m for m in (llama, qwen2, qwen3, mixtral, qwen2_moe, qwen3_moe, olmoe, rwkv7)}
 
 __all__ = ["FAMILIES", "load_config", "map_tensors"]
 

@@ -130,17 +130,21 @@ def map_tensors(family, tensors: dict[str, np.ndarray], origin: dict[str, str], 
                 tied: bool = False):
     """Foreign names -> cogcore names (family.RENAMES), per-expert tensors -> ExpertStack.
 
+    A family may also list VIEWS, (regex on the cogcore name, function): a view of the
+    array in cogcore's layout (a transpose, a reshape), applied after the renames.
     With tied embeddings a saved `lm_head.weight` is dropped, as transformers ties it
     to the embedding when it loads. Returns (tensors, origin) keyed by cogcore names;
     nothing is copied.
     """
     out, where, experts = {}, {}, {}
+    views = getattr(family, "VIEWS", ())
     for name, array in tensors.items():
         if IGNORED.search(name) or (tied and name == "lm_head.weight"):
             continue
         new = name
         for pattern, repl in family.RENAMES:
             new = re.sub(pattern, repl, new)
+        array = next((view(array) for pattern, view in views if re.search(pattern, new)), array)
         m = _EXPERT.match(new)
         if m:
             experts.setdefault(f"{m[1]}.{m[3]}", {})[int(m[2])] = (array, name)
