@@ -75,6 +75,12 @@ def _vfma(builder, a, b, c):
     return builder.call(fn, [a, b, c])
 
 
+def _broadcast(builder, value):
+    """A float vector with `value` in every lane."""
+    v = builder.insert_element(ir.Constant(_VF, ir.Undefined), value, _const(_I32, 0))
+    return builder.shuffle_vector(v, v, _splat(0, _I32))
+
+
 def _block(builder, qtype, block_ptr, table_ptr):
     """(d, lo, hi): a block's float32 scale and its values q without the scale, elements 0..15 and 16..31
     as two float vectors. q8_0: the 32 int8 after the scale; q4_0: byte j's low nibble is element j, its
@@ -128,7 +134,7 @@ def _dot_intrinsic(qtype):
         def codegen(context, builder, sig, args):
             row_, x_, table_ = (context.make_array(t)(context, builder, a) for t, a in zip(sig.args, args))
             nblocks = builder.lshr(builder.extract_value(x_.shape, 0), _const(_I64, 5))
-            xbytes = builder.bitcast(x_.data, ir.IntType(8).as_pointer())
+            xbytes = builder.bitcast(x_.data, _I8.as_pointer())
 
             def add_block(b, acc):
                 """acc + d * (lo * x[32b : 32b + 16] + hi * x[32b + 16 : 32b + 32])"""
@@ -138,9 +144,7 @@ def _dot_intrinsic(qtype):
                 xlo = _load(builder, xbytes, xoff, _VF)
                 xhi = _load(builder, xbytes, builder.add(xoff, _const(_I64, 64)), _VF)
                 s = _vfma(builder, hi, xhi, builder.fmul(lo, xlo))
-                dv = builder.insert_element(ir.Constant(_VF, ir.Undefined), d, _const(_I32, 0))
-                dv = builder.shuffle_vector(dv, dv, _splat(0, _I32))
-                return _vfma(builder, dv, s, acc)
+                return _vfma(builder, _broadcast(builder, d), s, acc)
 
             zero = ir.Constant(_VF, [0.0] * _LANES)
             k = _const(_I64, ACCUMULATORS)
@@ -177,13 +181,12 @@ def _dequantize_intrinsic(qtype):
         def codegen(context, builder, sig, args):
             row_, table_, out_ = (context.make_array(t)(context, builder, a) for t, a in zip(sig.args, args))
             nblocks = builder.lshr(builder.extract_value(out_.shape, 0), _const(_I64, 5))
-            obytes = builder.bitcast(out_.data, ir.IntType(8).as_pointer())
+            obytes = builder.bitcast(out_.data, _I8.as_pointer())
 
             def one_block(b, _):
                 d, lo, hi = _block(builder, qtype, builder.gep(row_.data, [builder.mul(b, _const(_I64, nbytes))]),
                                    table_.data)
-                dv = builder.insert_element(ir.Constant(_VF, ir.Undefined), d, _const(_I32, 0))
-                dv = builder.shuffle_vector(dv, dv, _splat(0, _I32))
+                dv = _broadcast(builder, d)
                 off = builder.shl(b, _const(_I64, 7))
                 for half, v in ((0, lo), (64, hi)):
                     p = builder.gep(obytes, [builder.add(off, _const(_I64, half))])
@@ -295,6 +298,12 @@ def expert_decode(xt, gate, up, down, weight: float, qtype: str, yt) -> None:
     """yt += weight * down(silu(gate xt) * up xt) for one token xt [D] and one expert's packed
     gate, up [F, bytes] and down [D, bytes]: the MoE decode reads only the chosen experts' blocks
     (each expert may live in its own array: per-expert tensors of a Hugging Face directory)."""
-    fn = pick(_expert_1, _expert_p, 3 * gate.shape[0] * xt.shape[0])
+    code, (F, D) = CODE[qtype], (gate.shape[0], xt.shape[0])
+    row_bytes = lambda cols: cols // 32 * BLOCK_BYTES[code]
+    if (gate.shape != (F, row_bytes(D)) or up.shape != gate.shape or down.shape != (D, row_bytes(F))
+            or yt.shape != (D,)):
+        raise ValueError(f"expert_decode: x has {D} values; the {qtype} gate {gate.shape}, up {up.shape} and "
+                         f"down {down.shape} bytes and the output {yt.shape} do not fit it")
+    fn = pick(_expert_1, _expert_p, 3 * F * D)
     fn(xt, np.ascontiguousarray(gate), np.ascontiguousarray(up), np.ascontiguousarray(down), np.float32(weight),
-       CODE[qtype], HALF_TO_FLOAT, yt)
+       code, HALF_TO_FLOAT, yt)

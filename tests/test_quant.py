@@ -93,7 +93,7 @@ def test_quantizable_choice():
 def test_linear_kernel_matches_reference(qtype, T):
     from cogcore.backends import NumbaOps
     rng = np.random.default_rng(T)
-    for rows, cols in [(1, 32), (37, 96), (131, 160)]:
+    for rows, cols in [(1, 32), (16, 64), (37, 96), (131, 160)]:      # blocks: 1, 2 (no odd one), 3, 5
         W = quantize_tensor(rng.standard_normal((rows, cols)).astype(np.float32), qtype)
         x = rng.standard_normal((T, cols)).astype(np.float32)
         want = x.astype(np.float64) @ W.dequantize().T.astype(np.float64)
@@ -327,3 +327,15 @@ def test_a_quantized_family_directory_runs_on_both_backends(tmp_path, name):
         logits[backend] = np.concatenate([model.forward(ids[:2], cache)] + [model.forward([t], cache) for t in ids[2:]])
     want = logits["numpy"]
     np.testing.assert_allclose(logits["numba"], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_expert_decode_refuses_blocks_that_do_not_fit_x():
+    from cogcore.kernels import quant as kq
+    G = quantize_tensor(np.ones((32, 64), np.float32), "q8_0").data
+    Dn = quantize_tensor(np.ones((64, 32), np.float32), "q8_0").data
+    x, y = np.ones(64, np.float32), np.zeros(64, np.float32)
+    kq.expert_decode(x, G, G, Dn, 1.0, "q8_0", y)                       # fits: 32 hidden values, 64 out
+    with pytest.raises(ValueError, match="do not fit"):
+        kq.expert_decode(np.ones(96, np.float32), G, G, Dn, 1.0, "q8_0", y)   # x wider than the blocks
+    with pytest.raises(ValueError, match="do not fit"):
+        kq.expert_decode(x, G, G, G, 1.0, "q8_0", y)                    # down of the wrong shape
