@@ -122,9 +122,24 @@ def _is_vector(ty, dtype):
     return isinstance(ty, types.Array) and ty.dtype == dtype and ty.ndim == 1 and ty.layout == "C"
 
 
-def _dot_intrinsic(qtype):
-    nbytes = int(BLOCK_BYTES[qtype])
+def _arrays(context, builder, sig, args):
+    """The intrinsic's array arguments as Numba array structs (`.data`, `.shape`)."""
+    return [context.make_array(t)(context, builder, a) for t, a in zip(sig.args, args)]
 
+
+def _block_at(builder, qtype, row, table, b):
+    """`_block` of block b of a packed row (array structs)."""
+    return _block(builder, qtype, builder.gep(row.data, [builder.mul(b, _const(_I64, int(BLOCK_BYTES[qtype])))]),
+                  table.data)
+
+
+def _blocks_in(builder, values):
+    """len(values) // 32 of a float32 array struct, and its data as a byte pointer."""
+    return (builder.lshr(builder.extract_value(values.shape, 0), _const(_I64, 5)),
+            builder.bitcast(values.data, _I8.as_pointer()))
+
+
+def _dot_intrinsic(qtype):
     @intrinsic
     def dot(typingctx, row, x, table):
         """x . dequantize(row) for one packed row (len(x) // 32 blocks): sum over blocks of d * (q . x)."""
@@ -132,14 +147,12 @@ def _dot_intrinsic(qtype):
             return None
 
         def codegen(context, builder, sig, args):
-            row_, x_, table_ = (context.make_array(t)(context, builder, a) for t, a in zip(sig.args, args))
-            nblocks = builder.lshr(builder.extract_value(x_.shape, 0), _const(_I64, 5))
-            xbytes = builder.bitcast(x_.data, _I8.as_pointer())
+            row_, x_, table_ = _arrays(context, builder, sig, args)
+            nblocks, xbytes = _blocks_in(builder, x_)
 
             def add_block(b, acc):
                 """acc + d * (lo * x[32b : 32b + 16] + hi * x[32b + 16 : 32b + 32])"""
-                d, lo, hi = _block(builder, qtype, builder.gep(row_.data, [builder.mul(b, _const(_I64, nbytes))]),
-                                   table_.data)
+                d, lo, hi = _block_at(builder, qtype, row_, table_, b)
                 xoff = builder.shl(b, _const(_I64, 7))                    # 32 float32 per block
                 xlo = _load(builder, xbytes, xoff, _VF)
                 xhi = _load(builder, xbytes, builder.add(xoff, _const(_I64, 64)), _VF)
@@ -162,16 +175,14 @@ def _dot_intrinsic(qtype):
             while width > 1:                                            # halve: 16 -> 8 -> 4 -> 2 -> 1
                 width //= 2
                 v = builder.fadd(*(builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width),
-                                                                            list(range(k, k + width))))
-                                   for k in (0, width)))
+                                                                            list(range(start, start + width))))
+                                   for start in (0, width)))
             return builder.extract_element(v, _const(_I32, 0))
         return types.float32(row, x, table), codegen
     return dot
 
 
 def _dequantize_intrinsic(qtype):
-    nbytes = int(BLOCK_BYTES[qtype])
-
     @intrinsic
     def dequantize_row(typingctx, row, table, out):
         """out[:] = the float32 values of one packed row (len(out) // 32 blocks): q * d, exactly."""
@@ -179,13 +190,11 @@ def _dequantize_intrinsic(qtype):
             return None
 
         def codegen(context, builder, sig, args):
-            row_, table_, out_ = (context.make_array(t)(context, builder, a) for t, a in zip(sig.args, args))
-            nblocks = builder.lshr(builder.extract_value(out_.shape, 0), _const(_I64, 5))
-            obytes = builder.bitcast(out_.data, _I8.as_pointer())
+            row_, table_, out_ = _arrays(context, builder, sig, args)
+            nblocks, obytes = _blocks_in(builder, out_)
 
             def one_block(b, _):
-                d, lo, hi = _block(builder, qtype, builder.gep(row_.data, [builder.mul(b, _const(_I64, nbytes))]),
-                                   table_.data)
+                d, lo, hi = _block_at(builder, qtype, row_, table_, b)
                 dv = _broadcast(builder, d)
                 off = builder.shl(b, _const(_I64, 7))
                 for half, v in ((0, lo), (64, hi)):
