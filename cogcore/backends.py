@@ -50,7 +50,7 @@ def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk):
 
 
 class NumbaOps:
-    """`Ops`, `FusedResidualNorm` and `Compiled` over the Numba kernels (backend "numba")."""
+    """`Ops`, `FusedResidualNorm`, `FusedRecurrent` and `Compiled` over the Numba kernels (backend "numba")."""
 
     name = "numba"
 
@@ -65,6 +65,8 @@ class NumbaOps:
     attention = staticmethod(attention.attention)
     nsa_attention = staticmethod(nsa.nsa_attention)
     wkv7 = staticmethod(rwkv7.wkv7)
+    rwkv7_inputs = staticmethod(rwkv7.time_mix_inputs)
+    rwkv7_output = staticmethod(rwkv7.time_mix_output)
     moe = staticmethod(_moe)
     token_probabilities = staticmethod(sampling.token_probabilities)
 
@@ -117,4 +119,14 @@ def _exercise(ops):
     ops.nsa_attention(q, k, k, kc, kc, pos, shape)
     r = rng.standard_normal((2, 2, 4), np.float32)
     ops.wkv7(r, r, r, r, r, r, np.zeros((2, 4, 4), np.float32))
+    x8, v8 = rng.standard_normal((1, 8), np.float32), np.ones(8, np.float32)
+    f32_pair = (rng.standard_normal((8, 3), np.float32), rng.standard_normal((3, 8), np.float32))
+    cases = [(pair, v_pair) for pair in (f32_pair, tuple(map(to_bf16, f32_pair))) for v_pair in (pair, None)]
+    for pair, v_pair in cases:                   # low-rank pairs as float32 / bfloat16; a later layer, the first
+        v0 = None if v_pair is None else v8
+        xr, xk, xv, w, a, g, v_gate = ops.rwkv7_inputs(x8, v8, np.ones((6, 8), np.float32),
+                                                       (pair, pair, v_pair, pair), v8, v8, v0)
+        v_gate, v_first = (None, None) if v_pair is None else (v_gate, xv)
+        ops.rwkv7_output(xr, w, xk, xv, a, g, v_gate, v_first, v8, v8, np.ones((2, 4), np.float32), v8, v8, 1e-3,
+                         "clamp", np.zeros((2, 4, 4), np.float32))
     ops.token_probabilities(rng.standard_normal(50).astype(np.float32), 1.0, 5, 0.9, 0.0)

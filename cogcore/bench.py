@@ -73,6 +73,21 @@ def timeit(fn: Callable[[], object], reps: int, min_time: float = 0.0, mean: boo
     return float(np.mean(times) if mean else np.median(times))
 
 
+def wall_and_cpu(fn: Callable[[], object], reps: int) -> tuple[float, float]:
+    """Medians of wall-clock and of the calling thread's CPU seconds over the same `reps` calls (after
+    one untimed call). With one thread (the kernels then run in the caller), CPU time is the time the
+    call held a core: on a machine shared with other jobs it leaves out the time slices the scheduler
+    gave to them, which wall time counts."""
+    fn()
+    wall, cpu = [], []
+    for _ in range(reps):
+        t, c = time.perf_counter(), time.thread_time()
+        fn()
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.thread_time() - c)
+    return float(np.median(wall)), float(np.median(cpu))
+
+
 @dataclasses.dataclass
 class Row:
     section: str
@@ -295,7 +310,10 @@ def kernel_rows(rep: Report, lim: dict, quick: bool) -> None:
 
 def decode_row(rep: Report, name: str, models: dict, bpt: int, lim: dict, reps: int, context: int = 64) -> float:
     """Median seconds of one decode step at `context` for each backend in `models`; adds a row with
-    tokens/s and the fraction of the bandwidth bound (`bpt` bytes read per token). Returns numba's."""
+    tokens/s and the fraction of the bandwidth bound (`bpt` bytes read per token), and with one thread
+    the same fraction on CPU time (see `wall_and_cpu`). Returns numba's wall time."""
+    import numba
+
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, next(iter(models.values())).config.vocab_size, context)
     dec = {}
@@ -303,7 +321,10 @@ def decode_row(rep: Report, name: str, models: dict, bpt: int, lim: dict, reps: 
         rep.step(f"{name}: decode at context {context}, {b}")
         cache = m.new_cache()
         m.forward(prompt, cache)
-        dec[b] = timeit(lambda: m.forward([7], cache), reps if b == "numba" else max(3, reps // 3))
+        if b == "numba":
+            dec[b], cpu = wall_and_cpu(lambda: m.forward([7], cache), reps)
+        else:
+            dec[b] = timeit(lambda: m.forward([7], cache), max(3, reps // 3))
     # The machine's read rate moves with other programs' load: measure it again right after the
     # decode timings and keep the best seen in this run, so that a slow moment of the first
     # measurement cannot make decode look faster than the bound.
@@ -315,9 +336,14 @@ def decode_row(rep: Report, name: str, models: dict, bpt: int, lim: dict, reps: 
             f"at {lim['bandwidth'] / 1e9:.1f} GB/s)")
     if "numpy" in dec:
         note += f"; numpy {bound / dec['numpy']:.0%}"
+    single = numba.get_num_threads() == 1
+    if single:              # with more threads, the work runs on threads the caller's CPU time misses
+        note += f"; CPU time {cpu * 1e3:.1f} ms: {bound / cpu:.0%} of bound"
     rep.add(Row("model", f"decode 1 token, {name}", t, dec.get("numpy"), note))
     rep.facts.update({f"decode_tok_s[{name}]": 1 / t, f"decode_bound_fraction[{name}]": bound / t,
                       f"bandwidth_GBps[best before {name}]": lim["bandwidth"] / 1e9})
+    if single:
+        rep.facts.update({f"decode_cpu_ms[{name}]": cpu * 1e3, f"decode_cpu_bound_fraction[{name}]": bound / cpu})
     return t
 
 

@@ -9,10 +9,11 @@ functions while the blocks stay as written. Two tables implement `Ops`:
   (the top-level `kernels/` folder), naming each op that stays on the reference.
 
 `ops_for(backend)` is the one place that turns a backend name into its table.
-Two optional capabilities: `FusedResidualNorm`, a fast path that lets the model
+Optional capabilities: `FusedResidualNorm`, a fast path that lets the model
 fuse each residual add with the norm that reads its sum (`Model.forward`; the
-results are the unfused ones, to the bit), and `Compiled`, a table with kernels to
-compile (or load from Numba's cache) before timing anything.
+results are the unfused ones, to the bit), `FusedRecurrent`, the RWKV-7 step between
+its projections in two ops (decode's fast path), and `Compiled`, a table with kernels
+to compile (or load from Numba's cache) before timing anything.
 
 Weights `W` are passed in their stored dtype (float32, float16, or bfloat16 as
 uint16 bits); activations are float32. T tokens, D hidden size, H query heads,
@@ -109,6 +110,29 @@ class FusedResidualNorm(Protocol):
     def add_layernorm(self, x: np.ndarray, y: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float
                       ) -> tuple[np.ndarray, np.ndarray]:
         """(h, layernorm(h)) with h = x + y; x, y [..., D] float32, w, b [D] stored."""
+
+
+@runtime_checkable
+class FusedRecurrent(Protocol):
+    """The RWKV-7 time mix between its projections as two fused ops (a fast path for decode-sized
+    chunks; optional). `cogcore.blocks.rwkv7.RecurrentMixer` is the reference: the same step in
+    NumPy, and what these ops are tested against. All arrays float32; D = Hr * N."""
+
+    def rwkv7_inputs(self, x: np.ndarray, x_prev: np.ndarray, mix: np.ndarray, lora: tuple,
+                     w0: np.ndarray, a0: np.ndarray, v0: np.ndarray) -> np.ndarray:
+        """Token shift, mixes and low-rank branches: x [T, D], x_prev [D], mix [6, D] (x_r, x_w, x_k,
+        x_v, x_a, x_g), lora ((w1, w2), (a1, a2), (v1, v2) or None, (g1, g2)) with A [D, R], B [R, D];
+        w0, a0, v0 [D] (v0 None without the v pair) -> [7, T, D]: xr, xk, xv, w, a, g, v_gate (v_gate
+        unset without the v pair)."""
+
+    def rwkv7_output(self, r: np.ndarray, w: np.ndarray, k: np.ndarray, v: np.ndarray, a: np.ndarray,
+                     g: np.ndarray, v_gate: np.ndarray | None, v_first: np.ndarray | None, k_k: np.ndarray,
+                     k_a: np.ndarray, r_k: np.ndarray, ln_w: np.ndarray, ln_b: np.ndarray, eps: float,
+                     kk_norm: str, S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """kk (l2-normalised as `kk_norm` says: "clamp" or "epsilon", blocks.rwkv7.l2_normalize), the
+        key update, the value residual (v_gate, v_first None: none), the recurrence, the group norm
+        (eps), the bonus and the gate: [T, D] inputs, r_k [Hr, N], S [Hr, N, N] (may be updated in
+        place) -> (the output projection's input [T, D], the final state)."""
 
 
 @runtime_checkable

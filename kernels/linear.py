@@ -2,9 +2,11 @@
 
 The NumPy twin is `cogcore.blocks.linear.linear` (widen W to float32, then BLAS). Here:
 
-- float32 weights: decode (T <= SMALL_T) runs the GEMV kernel below, prefill goes to
-  BLAS sgemm. On this machine the GEMV kernel matches OpenBLAS sgemv on one thread and
-  keeps its speed on two, where sgemv's thread pool stalled a decode step 4-8x.
+- Decode (T <= SMALL_T rows of x) runs a GEMV kernel per storage kind (`GEMV`), prefill
+  goes to BLAS. float32 dots four weight rows per pass over x; on this machine a whole
+  float32 decode step ties with OpenBLAS sgemv on one thread and keeps its speed on two,
+  where sgemv's thread pool stalled a decode step 3-8x (docs/performance.md), so the
+  GEMV is the default.
 - bfloat16 weights in decode are widened in registers inside the dot (`dot_bf16`),
   one pass over the stored row: memory-bound, not compute-bound.
 - float16/bfloat16 weights are never widened whole. For a few rows of x (decode)
@@ -32,6 +34,7 @@ from .threads import pick, twins
 F32, BF16, F16 = 0, 1, 2
 FAST = {"nsz", "arcp", "contract", "reassoc"}    # free reduction order; no finite-math assumptions
 SMALL_T = 8                                      # up to this many rows of x: GEMV kernel
+TASK_ROWS = 64                                   # output rows per prange task of a GEMV
 BLOCK_ROWS = 256                                 # weight rows widened per BLAS block (prefill)
 _F16_SCALE = np.float32(2.0 ** 112)
 
@@ -99,41 +102,70 @@ def dot_bf16(a, b):
     return s
 
 
-@njit(inline="always")
-def row_dots(x, Wrow, out, o, buf_u, buf_f, kind):
-    """out[t, o] = x[t] . Wrow for every row t of x (float16 rows widened once into buf_f)."""
-    if kind == F32:
-        for t in range(x.shape[0]):
-            out[t, o] = dot(x[t], Wrow)
-    elif kind == BF16:
-        for t in range(x.shape[0]):
-            out[t, o] = dot_bf16(x[t], Wrow)
-    else:
-        widen_into(Wrow, buf_u, buf_f, kind)
-        for t in range(x.shape[0]):
-            out[t, o] = dot(x[t], buf_f)
+@njit(fastmath=FAST, inline="always")
+def dot4(a, w0, w1, w2, w3):
+    """(a . w0, a . w1, a . w2, a . w3) in one pass over a: each a[j] loaded once for four rows."""
+    s0 = s1 = s2 = s3 = np.float32(0.0)
+    for j in range(a.shape[0]):
+        aj = a[j]
+        s0 += aj * w0[j]
+        s1 += aj * w1[j]
+        s2 += aj * w2[j]
+        s3 += aj * w3[j]
+    return s0, s1, s2, s3
 
 
-def _gemv(x, W, kind):
-    """x [T, n] float32 (T small), W [m, n] stored -> x W^T [T, m] float32."""
-    T, n = x.shape
-    m = W.shape[0]
-    out = np.empty((T, m), np.float32)
-    nblk = (m + 63) // 64
-    for b in prange(nblk):
-        buf_u = np.empty(n, np.uint32)
+# Decode GEMVs: x [T, n] float32 (T <= SMALL_T), W [m, n] stored, out [T, m] float32 written.
+# One function per storage kind (no runtime branch in the hot loop), prange over tasks of
+# TASK_ROWS output rows; each weight row is read once and dotted with every row of x.
+
+def _gemv_f32(x, W, out):
+    """float32: four weight rows per pass over x (32-35 GB/s on one thread here against 28-29
+    for one row per pass and 31-32 for OpenBLAS sgemv; a plain sum reads 37-39)."""
+    T, m = x.shape[0], W.shape[0]
+    for task in prange((m + TASK_ROWS - 1) // TASK_ROWS):
+        o, end = task * TASK_ROWS, min(m, task * TASK_ROWS + TASK_ROWS)
+        while o + 4 <= end:
+            for t in range(T):
+                out[t, o], out[t, o + 1], out[t, o + 2], out[t, o + 3] = dot4(x[t], W[o], W[o + 1], W[o + 2], W[o + 3])
+            o += 4
+        for r in range(o, end):
+            for t in range(T):
+                out[t, r] = dot(x[t], W[r])
+
+
+def _gemv_bf16(x, W, out):
+    """bfloat16 bits: one row per pass, widened in registers inside the dot (`dot_bf16`): with
+    several rows per pass the vectoriser widens worse (25 against 33-35 GB/s here)."""
+    T, m = x.shape[0], W.shape[0]
+    for task in prange((m + TASK_ROWS - 1) // TASK_ROWS):
+        for r in range(task * TASK_ROWS, min(m, task * TASK_ROWS + TASK_ROWS)):
+            for t in range(T):
+                out[t, r] = dot_bf16(x[t], W[r])
+
+
+def _gemv_f16(x, W, out):
+    """float16 bits: each row widened once into a per-task float32 scratch, then dotted."""
+    T, m = x.shape[0], W.shape[0]
+    for task in prange((m + TASK_ROWS - 1) // TASK_ROWS):
+        buf_u = np.empty(W.shape[1], np.uint32)
         buf_f = buf_u.view(np.float32)
-        for o in range(b * 64, min(m, (b + 1) * 64)):
-            row_dots(x, W[o], out, o, buf_u, buf_f, kind)
+        for r in range(task * TASK_ROWS, min(m, task * TASK_ROWS + TASK_ROWS)):
+            widen_into(W[r], buf_u, buf_f, F16)
+            for t in range(T):
+                out[t, r] = dot(x[t], buf_f)
+
+
+GEMV = {F32: twins(_gemv_f32, fastmath=FAST), BF16: twins(_gemv_bf16, fastmath=FAST),
+        F16: twins(_gemv_f16, fastmath=FAST)}      # kind -> (serial, parallel)
+
+
+def gemv(x, W, kind, out=None):
+    """x [T, n] float32 (T small), W [m, n] stored (raw) -> x W^T [T, m] float32 (into `out` if given)."""
+    if out is None:
+        out = np.empty((x.shape[0], W.shape[0]), np.float32)
+    pick(*GEMV[kind], W.size)(x, W, out)
     return out
-
-
-_gemv_1, _gemv_p = twins(_gemv, fastmath=FAST)
-
-
-def gemv(x, W, kind):
-    """x [T, n] float32 (T small), W [m, n] stored -> x W^T [T, m] float32."""
-    return pick(_gemv_1, _gemv_p, W.size)(x, W, kind)
 
 
 def _widen_rows(W, r0, r1, out, kind):

@@ -1,18 +1,56 @@
-"""The RWKV-7 state recurrence (twin of cogcore.blocks.rwkv7.wkv7).
+"""The RWKV-7 time mix (twins of cogcore.blocks.rwkv7).
 
-One fused pass per token and head: sa = S (-kk); S = S diag(w) + sa (kk*a)^T + v k^T;
-y = S r, each row of S read and written once per token (the reference makes
-five [N, N] temporaries per token). Heads run in parallel; tokens in order.
-The projections around it are batched over the chunk by the mixer (BLAS).
+`wkv7`: the state recurrence, one fused pass per token and head: sa = S (-kk);
+S = S diag(w) + sa (kk*a)^T + v k^T; y = S r, each row of S read and written once per
+token (the reference makes five [N, N] temporaries per token). Heads run in parallel;
+tokens in order. The projections around it are batched over the chunk by the mixer.
+
+For decode-sized chunks the whole step between the projections is two kernels, so a
+recurrent layer is: `time_mix_inputs`, the r/k/v GEMVs, `time_mix_output`, the output
+GEMV (the reference makes ~40 small NumPy calls, ~0.4 ms a layer at D = 1024):
+
+- `time_mix_inputs`: token shift, the six mixes, and the low-rank branches
+  w = exp(-e^-0.5 sigmoid(w0 + tanh(xw w1) w2)), a = sigmoid(a0 + xa a1 a2),
+  g = sigmoid(xg g1) g2, v_gate = sigmoid(v0 + xv v1 v2), one token at a time
+  (x A as a sum of A's rows, then h B as a sum of B's rows: both read row by row).
+- `time_mix_output`: kk = l2_normalize(k k_k) per head, k = k (1 + (a - 1) k_a), the
+  value residual, the recurrence, the group norm, the r k r_k bonus and the gate g.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
+from numba import njit, prange, types
+from numba.extending import overload
 
-from .linear import FAST
+from .linear import FAST, as_float32
 from .threads import pick, twins
+
+DECAY_SCALE = np.float32(np.exp(-0.5))
+L2_EPS = np.float32(1e-12)          # kk_norm "clamp": kk / max(|kk|, 1e-12)
+L2_EPS_INSIDE = np.float32(1e-6)    # kk_norm "epsilon": kk / sqrt(|kk|^2 + 1e-6)
+# slots of time_mix_inputs' result [7, T, D]
+XR, XK, XV, W, A, G, V_GATE = range(7)
+
+
+@njit(fastmath=FAST, inline="always")
+def wkv7_head(Sh, r, w, k, v, kk, a, y, b):
+    """One token of one head: Sh [N, N] updated in place, y [N] written; b [N] scratch."""
+    N = r.shape[0]
+    for j in range(N):
+        b[j] = kk[j] * a[j]
+    for i in range(N):
+        Si = Sh[i]
+        sa = np.float32(0.0)
+        for j in range(N):
+            sa -= Si[j] * kk[j]
+        vi = v[i]
+        yi = np.float32(0.0)
+        for j in range(N):
+            s = Si[j] * w[j] + (sa * b[j] + vi * k[j])
+            Si[j] = s
+            yi += s * r[j]
+        y[i] = yi
 
 
 def _wkv7(r, w, k, v, kk, a, S, y):
@@ -20,20 +58,7 @@ def _wkv7(r, w, k, v, kk, a, S, y):
     for h in prange(Hr):
         b = np.empty(N, np.float32)
         for t in range(T):
-            for j in range(N):
-                b[j] = kk[t, h, j] * a[t, h, j]
-            for i in range(N):
-                Si = S[h, i]
-                sa = np.float32(0.0)
-                for j in range(N):
-                    sa -= Si[j] * kk[t, h, j]
-                vi = v[t, h, i]
-                yi = np.float32(0.0)
-                for j in range(N):
-                    s = Si[j] * w[t, h, j] + (sa * b[j] + vi * k[t, h, j])
-                    Si[j] = s
-                    yi += s * r[t, h, j]
-                y[t, h, i] = yi
+            wkv7_head(S[h], r[t, h], w[t, h], k[t, h], v[t, h], kk[t, h], a[t, h], y[t, h], b)
 
 
 _wkv7_1, _wkv7_p = twins(_wkv7, fastmath=FAST)
@@ -47,3 +72,150 @@ def wkv7(r, w, k, v, kk, a, S):
     y = np.empty(r.shape, np.float32)
     pick(_wkv7_1, _wkv7_p, r.size * r.shape[-1])(c(r), c(w), c(k), c(v), c(kk), c(a), S, y)
     return y, S
+
+
+# ---- the decode step around the recurrence --------------------------------------------------
+
+@njit(fastmath=FAST, inline="always")
+def sigmoid(x):
+    return np.float32(1.0) / (np.float32(1.0) + np.exp(-x))
+
+
+def widened(v):
+    """A stored weight value as float32: bfloat16 bits (uint16) widened in a register."""
+
+
+@overload(widened, inline="always")
+def _widened(v):
+    if v == types.uint16:
+        return lambda v: as_float32(np.uint32(v) << np.uint32(16))
+    return lambda v: v
+
+
+@njit(fastmath=FAST, inline="always")
+def rows_combination(coef, M, out):
+    """out = coef M = sum_i coef[i] M[i] (M [n, m] float32 or bfloat16 bits, out [m]), four rows
+    of M per pass over out."""
+    n = M.shape[0]
+    out[:] = 0
+    n4 = n - n % 4
+    for i in range(0, n4, 4):
+        c0, c1, c2, c3 = coef[i], coef[i + 1], coef[i + 2], coef[i + 3]
+        M0, M1, M2, M3 = M[i], M[i + 1], M[i + 2], M[i + 3]
+        for j in range(M.shape[1]):
+            out[j] += (c0 * widened(M0[j]) + c1 * widened(M1[j])) + (c2 * widened(M2[j]) + c3 * widened(M3[j]))
+    for i in range(n4, n):
+        ci, Mi = coef[i], M[i]
+        for j in range(M.shape[1]):
+            out[j] += ci * widened(Mi[j])
+
+
+@njit(fastmath=FAST, inline="always")
+def low_rank(x, A, B, h, out, inner):
+    """out = f(x A) B with x [D], A [D, R], B [R, D], h [R] scratch; f: 0 none, 1 tanh, 2 sigmoid.
+    Both products as combinations of rows, so A and B are each read once, in order."""
+    rows_combination(x, A, h)
+    if inner == 1:
+        for c in range(h.shape[0]):
+            h[c] = np.tanh(h[c])
+    elif inner == 2:
+        for c in range(h.shape[0]):
+            h[c] = sigmoid(h[c])
+    rows_combination(h, B, out)
+
+
+@njit(cache=True, fastmath=FAST)
+def _time_mix_inputs(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0, has_v_gate, out):
+    T, D = x.shape
+    xw, xa, xg = np.empty(D, np.float32), np.empty(D, np.float32), np.empty(D, np.float32)
+    h = np.empty(max(w1.shape[1], a1.shape[1], v1.shape[1], g1.shape[1]), np.float32)
+    for t in range(T):
+        prev = x_prev if t == 0 else x[t - 1]
+        xt = x[t]
+        for j in range(D):
+            xx = prev[j] - xt[j]
+            out[XR, t, j] = xt[j] + xx * mix[0, j]
+            xw[j] = xt[j] + xx * mix[1, j]
+            out[XK, t, j] = xt[j] + xx * mix[2, j]
+            out[XV, t, j] = xt[j] + xx * mix[3, j]
+            xa[j] = xt[j] + xx * mix[4, j]
+            xg[j] = xt[j] + xx * mix[5, j]
+        low_rank(xw, w1, w2, h[:w1.shape[1]], out[W, t], 1)
+        low_rank(xa, a1, a2, h[:a1.shape[1]], out[A, t], 0)
+        low_rank(xg, g1, g2, h[:g1.shape[1]], out[G, t], 2)
+        for j in range(D):
+            out[W, t, j] = np.exp(-DECAY_SCALE * sigmoid(w0[j] + out[W, t, j]))
+            out[A, t, j] = sigmoid(a0[j] + out[A, t, j])
+        if has_v_gate:
+            low_rank(out[XV, t], v1, v2, h[:v1.shape[1]], out[V_GATE, t], 0)
+            for j in range(D):
+                out[V_GATE, t, j] = sigmoid(v0[j] + out[V_GATE, t, j])
+
+
+def time_mix_inputs(x, x_prev, mix, lora, w0, a0, v0):
+    """x [T, D] normed input, x_prev [D] the token before; mix [6, D] (x_r, x_w, x_k, x_v, x_a, x_g);
+    lora ((w1, w2), (a1, a2), (v1, v2) or None, (g1, g2)), A [D, R], B [R, D], float32 or all of
+    them bfloat16 bits (read as stored); w0, a0, v0 [D] (v0 None without the v pair); the rest
+    float32 -> [7, T, D]: xr, xk, xv (the projections' inputs), w, a, g, v_gate (slots above;
+    v_gate unset without the v pair)."""
+    T, D = x.shape
+    out = np.empty((7, T, D), np.float32)
+    (w1, w2), (a1, a2), v_pair, (g1, g2) = lora
+    has_v = v_pair is not None
+    v1, v2 = v_pair if has_v else (w1[:, :0], w2[:0])
+    _time_mix_inputs(np.ascontiguousarray(x, np.float32), x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2,
+                     w0, a0, v0 if has_v else w0, has_v, out)    # (w0, the empty v1, v2: unread)
+    return out
+
+
+@njit(cache=True, fastmath=FAST)
+def _time_mix_output(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_b, gn_eps, kk_inside, residual,
+                     S, out):
+    T, D = r.shape
+    Hr, N = r_k.shape
+    scratch = np.empty((5, N), np.float32)
+    kk, kt, vt, y, b = scratch[0], scratch[1], scratch[2], scratch[3], scratch[4]
+    for t in range(T):
+        for hd in range(Hr):
+            o = hd * N
+            ss = np.float32(0.0)
+            for j in range(N):
+                kk[j] = k[t, o + j] * k_k[o + j]
+                ss += kk[j] * kk[j]
+            inv = np.float32(1.0) / (np.sqrt(ss + L2_EPS_INSIDE) if kk_inside else max(np.sqrt(ss), L2_EPS))
+            bonus = np.float32(0.0)
+            for j in range(N):
+                kk[j] *= inv
+                kt[j] = k[t, o + j] * (np.float32(1.0) + (a[t, o + j] - np.float32(1.0)) * k_a[o + j])
+                vt[j] = v[t, o + j]
+                if residual:
+                    vt[j] += (v_first[t, o + j] - vt[j]) * v_gate[t, o + j]
+                bonus += r[t, o + j] * kt[j] * r_k[hd, j]
+            wkv7_head(S[hd], r[t, o:o + N], w[t, o:o + N], kt, vt, kk, a[t, o:o + N], y, b)
+            mu = np.float32(0.0)
+            for j in range(N):
+                mu += y[j]
+            mu /= np.float32(N)
+            var = np.float32(0.0)
+            for j in range(N):
+                var += (y[j] - mu) * (y[j] - mu)
+            inv = np.float32(1.0) / np.sqrt(var / np.float32(N) + gn_eps)
+            for j in range(N):
+                out[t, o + j] = ((y[j] - mu) * inv * ln_w[o + j] + ln_b[o + j] + bonus * vt[j]) * g[t, o + j]
+
+
+def time_mix_output(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_b, eps, kk_norm, S):
+    """r, k, v [T, D] projections, w, a, g, v_gate [T, D] from time_mix_inputs, v_first [T, D] (both
+    None in the first layer: no value residual); k_k, k_a, ln_w, ln_b [D], r_k [Hr, N]; eps the group
+    norm's; kk_norm "clamp" or "epsilon" (constants above); S [Hr, N, N] updated in place
+    -> (y [T, D], the output projection's input, and S). (The config checks kk_norm's value.)"""
+    c = lambda a_: np.ascontiguousarray(a_, np.float32)
+    residual = v_first is not None
+    if not (S.flags.c_contiguous and S.flags.writeable and S.dtype == np.float32):
+        S = np.array(S, np.float32)
+    if not residual:
+        v_gate = v_first = r
+    out = np.empty(r.shape, np.float32)
+    _time_mix_output(c(r), c(w), c(k), c(v), c(a), c(g), c(v_gate), c(v_first), k_k, k_a, r_k, ln_w, ln_b,
+                     np.float32(eps), kk_norm == "epsilon", residual, S, out)
+    return out, S

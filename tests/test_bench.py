@@ -21,3 +21,13 @@ def test_bytes_per_token_counts_chosen_experts_one_embedding_row_and_compression
          "lm_head.weight": np.zeros((V, D), np.float32),                        # whole: 240
          "model.layers.1.self_attn.compress_k.fc1.weight": np.zeros((cfg.nsa_compress_stride, 8), np.float32)}
     assert bytes_per_token(cfg, w) == 24 + 72 + 240 + 32              # NSA compression: once per stride
+
+
+def test_wall_and_cpu_time_the_same_calls():
+    """CPU time leaves out time the caller did not run: a sleeping call takes wall time, no CPU."""
+    import time
+
+    from cogcore.bench import wall_and_cpu
+
+    wall, cpu = wall_and_cpu(lambda: time.sleep(0.02), reps=3)
+    assert wall >= 0.02 and cpu < 0.01

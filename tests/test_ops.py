@@ -23,12 +23,13 @@ from cogcore.blocks.sparse_attention import NSAShape
 from cogcore.dtypes import to_storage
 import cogcore.kernels
 from cogcore.kernels import threads
-from cogcore.ops import Compiled, FusedResidualNorm, Ops, members
+from cogcore.ops import Compiled, FusedRecurrent, FusedResidualNorm, Ops, members
 from cogcore.weights import ExpertStack
 
 REF, NB = ReferenceOps(), NumbaOps()
 DTYPES = ["F32", "F16", "BF16"]
-OPS = members(Ops) + members(FusedResidualNorm)
+OPTIONAL = (FusedResidualNorm, FusedRecurrent)           # capabilities only the Numba table has
+OPS = members(Ops) + [op for protocol in OPTIONAL for op in members(protocol)]
 
 
 def rand(rng, *shape, scale=1.0):
@@ -42,11 +43,12 @@ def close(a, b, tol=2e-5):
 
 
 def test_tables_implement_the_contract_with_its_signatures():
-    assert isinstance(REF, Ops) and isinstance(NB, Ops) and isinstance(NB, FusedResidualNorm)
-    assert isinstance(NB, Compiled) and not isinstance(REF, FusedResidualNorm)
+    assert isinstance(REF, Ops) and isinstance(NB, Ops) and isinstance(NB, Compiled)
+    for protocol in OPTIONAL:
+        assert isinstance(NB, protocol) and not isinstance(REF, protocol)
     for name in OPS:
-        want = [p for p in inspect.signature(getattr(Ops if name in members(Ops) else FusedResidualNorm,
-                                                     name)).parameters][1:]            # without self
+        protocol = next(p for p in (Ops, *OPTIONAL) if name in members(p))
+        want = [p for p in inspect.signature(getattr(protocol, name)).parameters][1:]   # without self
         for table in (REF, NB):
             if hasattr(table, name):
                 params = inspect.signature(getattr(table, name)).parameters
@@ -184,6 +186,76 @@ def parity_wkv7():
         y2, S2 = REF.wkv7(r, w, k, v, kk, a, S0.copy())
         close(y1, y2)
         close(S1, S2)
+
+
+def recurrent_steps(first: bool, chunks, seed: int, dtype: str = "float32", **options):
+    """One RWKV-7 mixer (D 30, 3 heads of 10, odd ranks) run over `chunks` of tokens by the reference
+    table and by the Numba one (whose fused ops take chunks up to FUSED_MAX_TOKENS): outputs, the
+    state and x_prev after each chunk, and v_first, which the first layer sets and later ones read."""
+    from cogcore.blocks.rwkv7 import FUSED_MAX_TOKENS, RecurrentMixer
+    from cogcore.cache import RecurrentState
+    from cogcore.config import Config
+    from cogcore.create import random_weights
+    from cogcore.model import Pass
+    from cogcore.weights import Weights
+
+    cfg = Config.from_dict(small_config(num_hidden_layers=1, layer_types=["recurrent"], mlp_types=["dense"], **options))
+    tensors = random_weights(cfg, seed, dtype)
+    mixers = [RecurrentMixer(Weights(tensors), "model.layers.0", cfg, ops, first) for ops in (REF, NB)]
+    assert mixers[1].fused and not mixers[0].fused and max(chunks) <= FUSED_MAX_TOKENS
+    states = [RecurrentState(30, 3, 10) for _ in mixers]
+    rng = np.random.default_rng(seed)
+    for T in chunks:
+        x = rand(rng, T, 30)
+        v_first = None if first else rand(rng, T, 30)
+        outs = []
+        for mixer, st in zip(mixers, states):
+            ctx = Pass(positions=np.arange(T), v_first=v_first)
+            outs.append((mixer(x, st, ctx), ctx.v_first))
+        (got, vf_got), (want, vf_want) = outs
+        close(got, want, 1e-4)
+        close(vf_got, vf_want)
+        close(states[1].S, states[0].S, 1e-4)
+        assert np.array_equal(states[1].x_prev, states[0].x_prev)
+
+
+def parity_rwkv7_inputs():
+    """The mixes and low-rank branches, seen through the whole mixer step (the first layer: no v gate)."""
+    recurrent_steps(True, (1, 3, 1), seed=1)
+    recurrent_steps(True, (2, 1), seed=2, dtype="bfloat16")
+    recurrent_steps(True, (1, 2), seed=5, rwkv_first_v_lora=False)           # fla's first layer: no v0/v1/v2
+
+
+def parity_rwkv7_output():
+    """The recurrence and everything after it, with the value residual of a later layer."""
+    recurrent_steps(False, (1, 1, 5, 8), seed=3)
+    recurrent_steps(False, (1, 4), seed=4, dtype="float16")
+    recurrent_steps(False, (1, 3), seed=6, dtype="bfloat16", rwkv_kk_norm="epsilon", rwkv_group_norm_eps=1e-5)
+    # the op alone against the reference's steps, with keys so small that the two kk norms differ
+    from cogcore.blocks import rwkv7 as B
+
+    rng = np.random.default_rng(7)
+    T, Hr, N = 2, 3, 9
+    heads = (T, Hr, N)
+    r, v, g, v_gate, v_first = (rand(rng, T, Hr * N) for _ in range(5))
+    k = rand(rng, T, Hr * N, scale=1e-4)
+    w, a = (rng.uniform(0.5, 1, (T, Hr * N)).astype(np.float32) for _ in range(2))
+    k_k, k_a, ln_w, ln_b = (rand(rng, Hr * N) for _ in range(4))
+    r_k, S0 = rand(rng, Hr, N), rand(rng, Hr, N, N)
+    want = {}
+    for kk_norm in ("clamp", "epsilon"):
+        kk = B.l2_normalize((k * k_k).reshape(heads), kk_norm)
+        k2 = k * (1 + (a - 1) * k_a)
+        v2 = v + (v_first - v) * v_gate
+        y, S = B.wkv7(r.reshape(heads), w.reshape(heads), k2.reshape(heads), v2.reshape(heads), kk,
+                      a.reshape(heads), S0.copy())
+        bonus = (r * k2 * r_k.reshape(-1)).reshape(heads).sum(-1, keepdims=True)
+        want[kk_norm] = (B.group_norm(y, ln_w, ln_b, np.float32(1e-3)) + (bonus * v2.reshape(heads)).reshape(T, -1)) * g
+        got, S_got = NB.rwkv7_output(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_b, 1e-3, kk_norm,
+                                     S0.copy())
+        close(got, want[kk_norm], 1e-4)
+        close(S_got, S, 1e-4)
+    assert not np.allclose(want["clamp"], want["epsilon"], rtol=1e-2)      # the case tells the norms apart
 
 
 def parity_moe():

@@ -26,11 +26,12 @@ class Norm:
     """The norm named by `norm_type`, with its weights `{prefix}.weight` (and `.bias`)."""
 
     def __init__(self, weights, prefix: str, dim: int, norm_type: str, eps: float, ops, bias: bool = True):
-        """bias=False: a layernorm without `.bias` (fla's `norm_bias: false`), computed with b = 0."""
-        self.w = weights.take(f"{prefix}.weight", (dim,))
+        """bias=False: a layernorm without `.bias` (fla's `norm_bias: false`), computed with b = 0.
+        The weights are widened to float32 once here, not on every call (two norms a layer a token)."""
+        self.w = f32(weights.take(f"{prefix}.weight", (dim,)))
         self.b = None
         if norm_type == "layernorm":
-            self.b = weights.take(f"{prefix}.bias", (dim,)) if bias else np.zeros(dim, np.float32)
+            self.b = f32(weights.take(f"{prefix}.bias", (dim,))) if bias else np.zeros(dim, np.float32)
         self.eps, self.ops = eps, ops
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

@@ -25,10 +25,13 @@ import numpy as np
 
 from ..cache import RecurrentState
 from ..dtypes import f32
+from ..ops import FusedRecurrent
 
 DECAY_SCALE = np.float32(np.exp(-0.5))   # 0.606531 in the reference
 L2_EPS = np.float32(1e-12)      # "clamp": kk / max(|kk|, 1e-12), torch's F.normalize (the reference)
 L2_EPS_INSIDE = np.float32(1e-6)  # "epsilon": kk / sqrt(|kk|^2 + 1e-6), fla's fused l2norm kernel
+FUSED_MAX_TOKENS = 8      # chunks up to this long take an ops table's fused path (decode); longer
+                          # ones (prefill) batch the low-rank products through BLAS as written here
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -101,6 +104,14 @@ class RecurrentMixer:
             weights.take(f"{p}.{n}.weight", (D, D)) for n in ("receptance", "key", "value", "output"))
         self.ln_w, self.ln_b = vec("ln_x.weight"), vec("ln_x.bias")
         self.ops = ops
+        self.fused = isinstance(ops, FusedRecurrent)
+        if self.fused:                      # the fused ops' arguments, gathered once
+            self.mix = np.stack([self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g])   # [6, D]
+            # the low-rank pairs as stored when bfloat16 (the kernel widens in registers: half the bytes)
+            stored = {name: tuple(weights.take(f"{p}.{name}{i}", A.shape) for i, A in zip("12", pair))
+                      for name, pair in lora.items()}
+            as_read = stored if all(A.dtype == np.uint16 for pair in stored.values() for A in pair) else lora
+            self.lora_pairs = tuple(None if (name == "v" and first) else as_read[name] for name in "wavg")
 
     def new_state(self) -> RecurrentState:
         return RecurrentState(self.Hr * self.N, self.Hr, self.N)
@@ -113,6 +124,8 @@ class RecurrentMixer:
 
     def __call__(self, x: np.ndarray, st: RecurrentState, ctx) -> np.ndarray:
         """x [T, D] normed input -> [T, D]; advances x_prev and S; sets or reads ctx.v_first."""
+        if self.fused and len(x) <= FUSED_MAX_TOKENS:
+            return self._fused_step(x, st, ctx)
         ops, T, Hr, N = self.ops, len(x), self.Hr, self.N
         xx = token_shift(x, st.x_prev) - x                               # [T, D]
         st.x_prev = x[-1].copy()
@@ -141,3 +154,17 @@ class RecurrentMixer:
         bonus = (r * k * self.r_k.reshape(-1)).reshape(heads).sum(-1, keepdims=True)  # [T, Hr, 1]
         y = y + (bonus * v.reshape(heads)).reshape(T, -1)
         return ops.linear(y * g, self.W_o)
+
+    def _fused_step(self, x: np.ndarray, st: RecurrentState, ctx) -> np.ndarray:
+        """`__call__` with everything between the projections in the two ops of
+        `cogcore.ops.FusedRecurrent` (decode's fast path; the same step to round-off)."""
+        ops = self.ops
+        xr, xk, xv, w, a, g, v_gate = ops.rwkv7_inputs(x, st.x_prev, self.mix, self.lora_pairs, self.w0,
+                                                       self.a0, None if self.first else self.v0)
+        st.x_prev = x[-1].copy()
+        r, k, v = ops.linear(xr, self.W_r), ops.linear(xk, self.W_k), ops.linear(xv, self.W_v)
+        if self.first:
+            ctx.v_first, v_gate = v, None
+        y, st.S = ops.rwkv7_output(r, w, k, v, a, g, v_gate, None if self.first else ctx.v_first, self.k_k,
+                                   self.k_a, self.r_k, self.ln_w, self.ln_b, self.group_norm_eps, self.kk_norm, st.S)
+        return ops.linear(y, self.W_o)
