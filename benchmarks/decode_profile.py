@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 OPS = ("linear", "moe", "attention", "nsa_attention", "nsa_compress", "wkv7", "rope", "rmsnorm", "layernorm",
-       "add_rmsnorm", "add_layernorm", "embed", "sigmoid")
+       "add_rmsnorm", "add_layernorm", "embed", "sigmoid", "rwkv7_inputs", "rwkv7_output")
 
 
 def weight_label(W) -> str:
