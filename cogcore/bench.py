@@ -352,7 +352,6 @@ def model_rows(rep: Report, lim: dict, quick: bool, precisions: tuple[str, ...],
     """Decode of the 8 x 1024 hybrid at every precision (and of model directories, e.g. the 4b
     preset written by `cogcore init`), then prefill at the first precision."""
     from .model import Model, load
-    from .tensorfile import read_model_tensors
     from .weights import Weights
 
     cfg = bench_config()
@@ -372,7 +371,7 @@ def model_rows(rep: Report, lim: dict, quick: bool, precisions: tuple[str, ...],
     for path in model_dirs:
         rep.step(f"loading {path} (memory-mapped)")
         m = load(path)
-        tensors, _ = read_model_tensors(path)
+        tensors = m.weights.tensors                  # cogcore's names (a family's or a GGUF file's mapped)
         c = m.config
         experts = (f"{c.num_experts} experts x {c.moe_intermediate_size} top-{c.num_experts_per_tok}"
                    if c.num_experts else "/".join(sorted(set(c.mlp_types))))

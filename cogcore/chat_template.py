@@ -237,6 +237,14 @@ def chat_template(model_dir: str | None) -> tuple[str, dict] | None:
     return template, special
 
 
+def model_chat_template(model) -> tuple[str, dict] | None:
+    """`chat_template` of the model's directory, or, for a GGUF file, the template its tokenizer
+    read from the metadata (tokenizer.chat_template) with the tokenizer's special token texts."""
+    template = chat_template(model.path)
+    text = getattr(model.tokenizer, "chat_template", None) if template is None and model.path else None
+    return (text, model.tokenizer.special_tokens()) if text else template
+
+
 def render_template(template: tuple[str, dict], turns: list[tuple[str, str]]) -> str:
     """(role, text) turns rendered with `template` (from `chat_template`), as transformers renders them."""
     text, special = template

@@ -16,7 +16,7 @@ import time
 
 from .errors import CogcoreError
 
-COMMANDS = ("generate", "chat", "cache", "serve", "eval", "trace", "inspect", "init", "quantize", "bench")
+COMMANDS = ("generate", "chat", "cache", "serve", "eval", "trace", "inspect", "init", "quantize", "convert", "bench")
 # The shipped model: in a checkout (or editable install) under weights/, in a wheel install
 # under <prefix>/share/cogcore/ (pyproject's data-files). The first that exists is the default.
 MODEL_PLACES = (os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "cogcore-tiny"),
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
     """--model DIR (default: the model shipped in weights/) and --backend."""
     parser.add_argument("--model", metavar="DIR", default=DEFAULT_MODEL,
-                        help=f"model directory (default: the shipped model, {DEFAULT_MODEL})")
+                        help=f"model directory or GGUF file (default: the shipped model, {DEFAULT_MODEL})")
     parser.add_argument("--backend", choices=("numba", "numpy"), default="numba",
                         help="numba (compiled, default) or numpy (the reference)")
 

@@ -51,7 +51,7 @@ GENERAL_DEFAULTS: dict[str, Any] = {
 FAMILIES = ("llama", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "rwkv7")
 QK_NORMS = (None, "head", "projection")
 ROPE_ANGLES = ("float64", "float32")
-ROPE_SCALING_TYPES = ("llama3",)
+ROPE_SCALING_TYPES = ("llama3", "factors")   # factors: one divisor per frequency, as a GGUF file's rope_freqs
 LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 # Keys needed only when some layer uses them: {key: (kind, predicate on config dict)}.
@@ -244,6 +244,9 @@ class Config:
                      v["num_key_value_heads"])
             if v["head_dim"] % 2:
                 fail("head_dim", "an even integer (RoPE rotates pairs)", v["head_dim"])
+            factors = (v["rope_scaling"] or {}).get("factors")
+            if factors is not None and len(factors) != v["head_dim"] // 2:
+                fail("rope_scaling.factors", f"head_dim / 2 = {v['head_dim'] // 2} factors", f"{len(factors)}")
         if v["rwkv_head_size"] is not None and v["hidden_size"] % v["rwkv_head_size"]:
             fail("rwkv_head_size", f"a divisor of hidden_size={v['hidden_size']}", v["rwkv_head_size"])
         if v["nsa_compress_block"] is not None:
@@ -298,6 +301,13 @@ def _check_rope_scaling(rs: Any, fail) -> dict:
     if kind not in ROPE_SCALING_TYPES:
         fail("rope_scaling.rope_type", f"one of {', '.join(ROPE_SCALING_TYPES)} (the scalings cogcore "
              f"implements)", kind)
+    if kind == "factors":
+        factors = rs.get("factors")
+        if (not isinstance(factors, list) or not factors or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                for v in factors)):
+            fail("rope_scaling.factors", "a list of finite numbers > 0, one per frequency", factors)
+        return {"rope_type": kind, "factors": [float(v) for v in factors]}
     out = {"rope_type": kind}
     for key in LLAMA3_KEYS:
         v = rs.get(key)

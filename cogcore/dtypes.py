@@ -26,8 +26,8 @@ def f32(a: np.ndarray) -> np.ndarray:
     """Widen a stored tensor to float32 (no copy when it already is float32)."""
     if isinstance(a, QuantTensor):
         return a.dequantize()
-    if a.dtype == np.uint16:  # bfloat16 bits are the top half of a float32
-        return (a.astype(np.uint32) << 16).view(np.float32)
+    if a.dtype == np.uint16:  # bfloat16 bits are the top half of a float32 (asarray: an ExpertStack too)
+        return (np.asarray(a).astype(np.uint32) << 16).view(np.float32)
     return np.asarray(a, dtype=np.float32)
 
 

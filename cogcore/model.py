@@ -212,18 +212,24 @@ def load(path: str | os.PathLike, backend: str = "numba", strict: bool = True) -
 
     The directory may also be an unmodified Hugging Face directory of a public family
     (`cogcore.families`: llama, qwen2, qwen3, mixtral, qwen2_moe, qwen3_moe, olmoe, and
-    fla's RWKV-7 layout, rwkv7).
+    fla's RWKV-7 layout, rwkv7), and `path` a GGUF file (cogcore.gguf_model, docs/gguf.md).
 
     backend: "numba" (compiled kernels, default) or "numpy" (the reference).
     strict: tensors the config does not use are an error (False: ignore them).
     """
-    path = check_model_dir(path)
-    ops = ops_for(backend)
-    config = Config.from_file(os.path.join(path, "config.json"))
-    tensors, origin = read_model_tensors(path)
-    family = family_of(config)
-    if family is not None:           # a public family's names -> cogcore's, experts stacked lazily
-        tensors, origin = map_tensors(family, tensors, origin, path, config.tie_word_embeddings)
+    from .gguf_model import is_gguf, read_gguf
+    if is_gguf(path):
+        path = os.fspath(path)
+        ops = ops_for(backend)
+        config, tensors, origin = read_gguf(path)
+    else:
+        path = check_model_dir(path)
+        ops = ops_for(backend)
+        config = Config.from_file(os.path.join(path, "config.json"))
+        tensors, origin = read_model_tensors(path)
+        family = family_of(config)
+        if family is not None:           # a public family's names -> cogcore's, experts stacked lazily
+            tensors, origin = map_tensors(family, tensors, origin, path, config.tie_word_embeddings)
     weights = Weights(tensors, origin, source=path)
     model = Model(config, weights, ops, path)
     if strict:
@@ -237,7 +243,8 @@ def check_model_dir(path) -> str:
         raise InputError(f"path: expected a model directory (str or path), found {path!r:.60}")
     path = os.fspath(path)
     if not os.path.isdir(path):
-        raise CogcoreError(f"{path}: expected a model directory (config.json + safetensors), found a file"
+        raise CogcoreError(f"{path}: expected a model directory (config.json + safetensors) or a GGUF "
+                           f"file, found a file that is neither"
                            if os.path.exists(path) else f"{path}: model directory not found "
                            f"(expected config.json + safetensors there)")
     return path

@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from .chat_template import chat_prompt_ids, chat_template
+from .chat_template import chat_prompt_ids, model_chat_template
 from .engine import Engine, Job, ServerBusy
 from .errors import CogcoreError, InputError
 from .generate import encode_prompt, resolve_options
@@ -153,7 +153,7 @@ class Server:
         self.model = model
         self.model_id = model_id or os.path.basename(os.path.normpath(model.path or "cogcore"))
         self.created = int(time.time())
-        self.template = chat_template(model.path)
+        self.template = model_chat_template(model)   # tokenizer_config.json's, or a GGUF file's
         _ = model.tokenizer                      # a model without a tokenizer fails at start, not per request
         self.engine = Engine(model, prompt_cache=prompt_cache, max_queue=max_queue,
                              max_active=max_active, timeout=timeout)

@@ -186,9 +186,13 @@ HF_TOKENIZER_CONFIG = "tokenizer_config.json"
 def load_tokenizer(model_dir, config=None):
     """The tokenizer of a model directory: tokenizer.model (sentencepiece) for cogcore's own
     models, tokenizer.json (the `tokenizers` library) for a public family's, or one of them
-    when only one is there; else the RWKV world vocabulary (cogcore.rwkv_tokenizer)."""
+    when only one is there; else the RWKV world vocabulary (cogcore.rwkv_tokenizer); of a GGUF
+    file, the one its metadata holds."""
     if model_dir is None:
         return Tokenizer.from_model_dir(None)
+    from .gguf_model import is_gguf, load_tokenizer as gguf_tokenizer
+    if is_gguf(model_dir):              # a GGUF file: the vocabulary in its metadata
+        return gguf_tokenizer(model_dir, config)
     has_json = os.path.isfile(os.path.join(os.fspath(model_dir), HF_TOKENIZER_FILE))
     has_sp = os.path.isfile(os.path.join(os.fspath(model_dir), TOKENIZER_FILE))
     if has_json and (getattr(config, "family", None) or not has_sp):

@@ -20,6 +20,10 @@ Llama-3 `rope_scaling` (Meta's Llama 3.1 release; transformers'
     otherwise:                       (1 - s) inv_freq / factor + s inv_freq,
                                      s = (L / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
 with L = original_max_position_embeddings.
+
+`rope_scaling: {"rope_type": "factors", "factors": f}` divides each frequency by its own
+factor, inv_freq[j] / f[j]: how a GGUF file stores Llama-3 scaling (the `rope_freqs`
+tensor llama.cpp's converter computes from the same formula; docs/gguf.md).
 """
 
 import math
@@ -34,7 +38,9 @@ def inv_freq(head_dim: int, theta: float, scaling: dict | None = None, angles: s
     else:   # transformers: 1.0 / (base ** (arange(0, dim, 2).float() / dim)), all float32
         exponent = np.arange(0, head_dim, 2).astype(np.float32) / np.float32(head_dim)
         freq = np.float32(1.0) / (np.float32(theta) ** exponent)
-    if scaling is not None:
+    if scaling is not None and scaling.get("rope_type") == "factors":
+        freq = (freq / np.asarray(scaling["factors"], freq.dtype)).astype(freq.dtype)
+    elif scaling is not None:
         freq = llama3_scaling(freq, scaling)
     return freq
 

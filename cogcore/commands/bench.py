@@ -10,6 +10,7 @@ import os
 
 from ..bench import PRECISIONS, SECTIONS
 from ..errors import InputError
+from ..gguf_model import is_gguf
 
 
 def add_arguments(p):
@@ -39,9 +40,9 @@ def check_args(args) -> None:
         if getattr(args, name) < 1:
             raise InputError(f"--{name}: expected an integer >= 1, found {getattr(args, name)}")
     for path in args.model:
-        if not os.path.isdir(path):
+        if not (os.path.isdir(path) or is_gguf(path)):
             found = "a file" if os.path.exists(path) else "nothing"
-            raise InputError(f"--model {path}: expected a model directory, found {found}")
+            raise InputError(f"--model {path}: expected a model directory or GGUF file, found {found}")
     if args.json:
         folder = os.path.dirname(os.path.abspath(args.json))
         if os.path.isdir(args.json):

@@ -1,4 +1,4 @@
-"""Show a model directory: its config, parameter counts (total and active per token), and tensors.
+"""Show a model directory (or GGUF file): its config, parameter counts (total and active per token), and tensors.
 
 Each tensor's storage format (F32, F16, BF16, q8_0, q4_0), its bytes, and the bytes a
 decoded token reads from it: one row of the embedding (all of it when tied to lm_head),
@@ -12,19 +12,23 @@ import numpy as np
 
 from ..config import Config
 from ..dtypes import tag
+from ..gguf_model import is_gguf, read_gguf
 from ..model import check_model_dir, decode_bytes, parameter_counts
 from ..quant import QuantTensor
 from ..tensorfile import read_model_tensors
 
 
 def add_arguments(p):
-    p.add_argument("model_dir", metavar="DIR", help="model directory")
+    p.add_argument("model_dir", metavar="DIR", help="model directory (or GGUF file)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
 
 def run(args):
-    cfg = Config.from_file(os.path.join(check_model_dir(args.model_dir), "config.json"))
-    tensors, origin = read_model_tensors(args.model_dir)
+    if is_gguf(args.model_dir):
+        cfg, tensors, origin = read_gguf(args.model_dir)
+    else:
+        cfg = Config.from_file(os.path.join(check_model_dir(args.model_dir), "config.json"))
+        tensors, origin = read_model_tensors(args.model_dir)
     counts = parameter_counts(cfg)
     on_disk = sum(a.nbytes for a in tensors.values())
     rows = [(name, a.qtype if isinstance(a, QuantTensor) else tag(a), list(a.shape), int(np.prod(a.shape)),

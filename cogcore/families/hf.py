@@ -15,7 +15,7 @@ import numpy as np
 
 from ..config import LLAMA3_KEYS
 from ..errors import ConfigError, WeightsError
-from ..weights import ExpertStack
+from ..weights import stack_experts
 
 _MISSING = object()
 
@@ -122,13 +122,14 @@ def sparse_layers(r: Reader) -> list[str]:
 
 # ---- tensors ---------------------------------------------------------------
 
-_EXPERT = re.compile(r"^(.*\.experts)\.(\d+)\.(\w+)\.weight$")
+PER_EXPERT = re.compile(r"^(.*\.experts)\.(\d+)\.(\w+)\.weight$")
 IGNORED = re.compile(r"rotary_emb\.inv_freq$")   # buffers some old checkpoints saved
 
 
 def map_tensors(family, tensors: dict[str, np.ndarray], origin: dict[str, str], source: str,
                 tied: bool = False):
-    """Foreign names -> cogcore names (family.RENAMES), per-expert tensors -> ExpertStack.
+    """Foreign names -> cogcore names (family.RENAMES), per-expert tensors -> ExpertStack
+    (quantized ones, as `cogcore quantize` writes them: one stacked QuantTensor, weights.stack_experts).
 
     A family may also list VIEWS, (regex on the cogcore name, function): a view of the
     array in cogcore's layout (a transpose, a reshape), applied after the renames.
@@ -145,7 +146,7 @@ def map_tensors(family, tensors: dict[str, np.ndarray], origin: dict[str, str], 
         for pattern, repl in family.RENAMES:
             new = re.sub(pattern, repl, new)
         array = next((view(array) for pattern, view in views if re.search(pattern, new)), array)
-        m = _EXPERT.match(new)
+        m = PER_EXPERT.match(new)
         if m:
             experts.setdefault(f"{m[1]}.{m[3]}", {})[int(m[2])] = (array, name)
             continue
@@ -160,6 +161,6 @@ def map_tensors(family, tensors: dict[str, np.ndarray], origin: dict[str, str], 
             raise WeightsError(f"{source}: expert tensors of '{stacked}': expected experts 0..{E - 1}, "
                                f"found none for expert {missing[0]}")
         parts = [by_index[e] for e in range(E)]
-        out[stacked] = ExpertStack([a for a, _ in parts], [n for _, n in parts], source)
+        out[stacked] = stack_experts([a for a, _ in parts], [n for _, n in parts], source)
         where[stacked] = origin.get(parts[0][1], source)
     return out, where
