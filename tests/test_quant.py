@@ -22,6 +22,7 @@ from cogcore.errors import WeightsError  # noqa: E402
 from cogcore.quant import (DEQUANTIZE, QUANTIZE, QTYPES, QuantTensor, quantizable,  # noqa: E402
                            quantize_tensor)
 from cogcore.tensorfile import read_model_tensors, write_safetensors  # noqa: E402
+from cogcore.weights import ExpertStack  # noqa: E402
 
 import naive  # noqa: E402
 
@@ -92,7 +93,7 @@ def test_quantizable_choice():
 def test_linear_kernel_matches_reference(qtype, T):
     from cogcore.backends import NumbaOps
     rng = np.random.default_rng(T)
-    for rows, cols in [(1, 32), (37, 96), (131, 160)]:
+    for rows, cols in [(1, 32), (16, 64), (37, 96), (131, 160)]:      # blocks: 1, 2 (no odd one), 3, 5
         W = quantize_tensor(rng.standard_normal((rows, cols)).astype(np.float32), qtype)
         x = rng.standard_normal((T, cols)).astype(np.float32)
         want = x.astype(np.float64) @ W.dequantize().T.astype(np.float64)
@@ -128,13 +129,17 @@ def test_moe_kernel_matches_reference(qtype, T):
     router = rng.standard_normal((E, D)).astype(np.float32)
     x = rng.standard_normal((T, D)).astype(np.float32)
     want, want_counts = ReferenceOps().moe(x, router, gate, up, down, 2, True)
-    got, counts = NumbaOps().moe(x, router, gate, up, down, 2, True)
-    np.testing.assert_array_equal(counts, want_counts)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
-    top, wts = np.array([[4, 0]] * T), np.full((T, 2), 0.5, np.float32)
-    args = (x, top, wts, gate.data, up.data, down.data, kq.CODE[qtype], kq.HALF_TO_FLOAT)
-    serial = kq._experts_1(*args)
-    np.testing.assert_allclose(kq._experts_p(*args), serial, rtol=1e-5, atol=1e-5 * np.abs(serial).max())
+    # stacked experts, and per-expert tensors (a Hugging Face directory) as a lazy ExpertStack
+    apart = [ExpertStack([W[e] for e in range(E)], [f"e{e}" for e in range(E)]) for W in (gate, up, down)]
+    for experts in ((gate, up, down), apart):
+        got, counts = NumbaOps().moe(x, router, *experts, 2, True)
+        np.testing.assert_array_equal(counts, want_counts)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    y = {fn: np.zeros(D, np.float32) for fn in (kq._expert_1, kq._expert_p)}
+    for fn, yt in y.items():
+        fn(x[0], gate.data[4], up.data[4], down.data[4], np.float32(0.5), kq.CODE[qtype], kq.HALF_TO_FLOAT, yt)
+    serial = y[kq._expert_1]
+    np.testing.assert_allclose(y[kq._expert_p], serial, rtol=1e-5, atol=1e-5 * np.abs(serial).max())
 
 
 # ---- model directories -----------------------------------------------------------------------------
@@ -304,6 +309,36 @@ def test_odd_widths_stay_float_and_mixed_storage_runs():
         cache = model.new_cache()                                  # prefill 4, then decode
         got = np.concatenate([model.forward(ids[:4], cache)] + [model.forward([t], cache) for t in ids[4:]])
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("name", ["mixtral", "qwen2_moe"])
+def test_a_quantized_family_directory_runs_on_both_backends(tmp_path, name):
+    """A Hugging Face MoE directory keeps one tensor per expert: quantized, they load as a lazy
+    stack of QuantTensors, and both backends give the float path on the dequantized weights."""
+    src = os.path.join(os.path.dirname(__file__), "fixtures", "families", name)
+    cogcore.quantize(src, tmp_path / "q", "q8_0")
+    tensors, _ = read_model_tensors(str(tmp_path / "q"))
+    assert any(isinstance(a, QuantTensor) and ".experts." in n for n, a in tensors.items())
+    ids = [1, 7, 3, 9, 4]
+    logits = {}
+    for backend in ("numpy", "numba"):
+        model = cogcore.load(tmp_path / "q", backend=backend)
+        cache = model.new_cache()
+        logits[backend] = np.concatenate([model.forward(ids[:2], cache)] + [model.forward([t], cache) for t in ids[2:]])
+    want = logits["numpy"]
+    np.testing.assert_allclose(logits["numba"], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_expert_decode_refuses_blocks_that_do_not_fit_x():
+    from cogcore.kernels import quant as kq
+    G = quantize_tensor(np.ones((32, 64), np.float32), "q8_0").data
+    Dn = quantize_tensor(np.ones((64, 32), np.float32), "q8_0").data
+    x, y = np.ones(64, np.float32), np.zeros(64, np.float32)
+    kq.expert_decode(x, G, G, Dn, 1.0, "q8_0", y)                       # fits: 32 hidden values, 64 out
+    with pytest.raises(ValueError, match="do not fit"):
+        kq.expert_decode(np.ones(96, np.float32), G, G, Dn, 1.0, "q8_0", y)   # x wider than the blocks
+    with pytest.raises(ValueError, match="do not fit"):
+        kq.expert_decode(x, G, G, G, 1.0, "q8_0", y)                    # down of the wrong shape
 
 
 def test_blocks_run_along_the_axis_each_weight_is_dotted_over():
