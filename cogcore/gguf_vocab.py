@@ -278,7 +278,8 @@ def _rwkv_world(m: _Meta, tokens: list[str], config):
     id 0 `<s>` (control), the world pieces by line, `[PADn]` (unused) up to the vocab size). As
     llama.cpp's llm_tokenizer_rwkv: greedy longest match over every token's unescaped text (so
     `<s>` and `[PADn]` in a text are those tokens, where the rwkv package spells them in bytes),
-    no BOS added; control and unused tokens decode to nothing."""
+    no BOS added; control and unused tokens decode to nothing. The chat template is the file's
+    (the converter writes llama.cpp's rwkv-world template, `{{bos_token}}` being `<s>`)."""
     from .rwkv_tokenizer import RWKVWorldTokenizer
     types = m.array("tokenizer.ggml.token_type", int, len(tokens), default=[NORMAL] * len(tokens))
     pieces = {}
@@ -289,7 +290,13 @@ def _rwkv_world(m: _Meta, tokens: list[str], config):
                          "escapes (repr of its bytes)", repr(text))
         pieces[i] = piece
     silent = frozenset(i for i, ty in enumerate(types) if ty in (CONTROL, UNUSED, UNKNOWN))
-    return RWKVWorldTokenizer(pieces, config, source=m.source, silent=silent)
+    tok = RWKVWorldTokenizer(pieces, config, source=m.source, silent=silent)
+    tok.chat_template = m.get("tokenizer.chat_template", str, None)
+    for name in ("bos", "eos"):
+        tid = m.token_id(f"tokenizer.ggml.{name}_token_id", len(tokens))
+        if tid is not None:
+            tok.special[f"{name}_token"] = tokens[tid]
+    return tok
 
 
 def _bpe_merges(m: _Meta, vocab: dict[str, int]) -> list[tuple[str, str]]:

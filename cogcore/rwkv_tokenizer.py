@@ -33,6 +33,7 @@ class RWKVWorldTokenizer(_TokenizerBase):
         self.source = source
         self.pieces = pieces
         self.silent = silent           # matched in text, but decode to nothing (a GGUF's <s> and [PADn])
+        self.chat_template, self.special = None, {}     # a GGUF file's tokenizer.chat_template, <s> as bos/eos
         self.ids = {piece: i for i, piece in pieces.items()}
         missing = [b for b in range(256) if bytes([b]) not in self.ids]
         if missing:              # greedy matching needs them: any text then encodes
@@ -66,6 +67,10 @@ class RWKVWorldTokenizer(_TokenizerBase):
     @classmethod
     def from_model_dir(cls, model_dir, config=None) -> "RWKVWorldTokenizer":
         return cls.from_file(os.path.join(os.fspath(model_dir), RWKV_VOCAB_FILE), config)
+
+    def special_tokens(self) -> dict[str, str]:
+        """The special token texts a chat template reads (bos_token, eos_token)."""
+        return dict(self.special)
 
     # ---- text <-> ids ----------------------------------------------------------
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:

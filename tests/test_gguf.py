@@ -204,6 +204,9 @@ def test_rwkv7_gguf_reads_text_as_its_directory_and_llama_cpp():
     # -p "<s> [PAD300] x"` (with or without --no-parse-special) gives these ids
     assert gg.tokenizer.encode("<s> [PAD300] x") == [0, 33, 300, 33, 121]
     assert gg.tokenizer.decode([0, 33, 300, 33, 121]) == "  x"                # control and unused: nothing
+    from cogcore.chat_template import chat_prompt_ids, model_chat_template
+    ids, _ = chat_prompt_ids(gg, [{"role": "user", "content": "Hi"}], model_chat_template(gg))
+    assert ids[0] == 0 and gg.tokenizer.decode(ids) == "User: Hi\n\nAssistant:"     # llama.cpp's rwkv-world template
 
 
 def test_the_rwkv_unescape_inverts_the_converters_repr():
