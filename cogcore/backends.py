@@ -29,18 +29,23 @@ def _linear(x, W):
 
 
 def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk):
-    """kernels.moe over stored float experts. Over quantized ones: the fused GEMV of kernels.quant
-    for a few tokens (decode) when the three projections share one format; otherwise (prefill, or
-    mixed formats) the experts grouped as in the reference, each through `_linear`."""
-    experts = (gate_proj, up_proj, down_proj)
-    if not any(isinstance(W, QuantTensor) for W in experts):
+    """kernels.moe over stored float experts. Over quantized ones (stacked, or a lazy stack of
+    per-expert tensors): the fused GEMV of kernels.quant for each chosen expert of a few tokens
+    (decode) when the three projections share one format; otherwise (prefill, or mixed formats)
+    the experts grouped as in the reference, each through `_linear`."""
+    formats = {getattr(W[0], "qtype", None) for W in (gate_proj, up_proj, down_proj)}
+    if formats == {None}:
         return moe.moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk)
     x = np.ascontiguousarray(x, np.float32)
     top, wts = moe.route(_linear(x, router), k, bool(norm_topk))
     counts = np.bincount(top.ravel(), minlength=router.shape[0])
-    if len(x) > linear.SMALL_T or len({getattr(W, "qtype", None) for W in experts}) > 1:
+    if len(x) > linear.SMALL_T or len(formats) > 1:
         return grouped_experts(x, top, wts, counts, gate_proj, up_proj, down_proj, _linear), counts
-    y = quant.experts_decode(x, top, wts, gate_proj.data, up_proj.data, down_proj.data, gate_proj.qtype)
+    y = np.zeros_like(x)
+    for t, c in np.ndindex(*top.shape):
+        e = top[t, c]
+        g, u, d = gate_proj[e], up_proj[e], down_proj[e]
+        quant.expert_decode(x[t], g.data, u.data, d.data, wts[t, c], g.qtype, y[t])
     return y, counts
 
 

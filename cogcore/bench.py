@@ -28,7 +28,7 @@ from .config import Config, preset
 from .model import decode_bytes
 
 SECTIONS = ("limits", "kernels", "model", "sparse", "prompt_cache")   # prompt_cache: only when asked
-PRECISIONS = ("float32", "bfloat16")      # whole-model decode is benchmarked at each; a new storage type is one entry
+PRECISIONS = ("float32", "bfloat16", "q8_0", "q4_0")   # whole-model decode is benchmarked at each; a new storage type is one entry
 
 
 def bench_config(layers: int = 8, width: int = 1024, experts: int = 32, expert_width: int = 512,
@@ -39,6 +39,19 @@ def bench_config(layers: int = 8, width: int = 1024, experts: int = 32, expert_w
                   layer_types=["recurrent" if i % 2 == 0 else "sparse_attention" for i in range(layers)],
                   mlp_types=["moe"] * layers, num_attention_heads=width // 128, num_key_value_heads=2,
                   head_dim=128, num_experts=experts, moe_intermediate_size=expert_width, vocab_size=vocab)
+
+
+def bench_weights(config: Config, precision: str, seed: int = 0) -> dict:
+    """Random weights at a storage precision: a float dtype, or a GGML block type (q8_0 / q4_0) for
+    the tensors `quant.quantizable` picks, quantized from the float32 values, the rest float32
+    (as `cogcore init --type` writes them)."""
+    from .create import random_weights
+    from .quant import QTYPES, quantizable, quantize_tensor
+
+    if precision not in QTYPES:
+        return random_weights(config, seed=seed, dtype=precision)
+    return {name: quantize_tensor(a, precision, name) if quantizable(name, a.shape) else a
+            for name, a in random_weights(config, seed=seed).items()}
 
 
 def bytes_per_token(config: Config, weights: dict[str, np.ndarray]) -> int:
@@ -204,6 +217,7 @@ def kernel_rows(rep: Report, lim: dict, quick: bool) -> None:
     from .blocks.rope import inv_freq
     from .blocks.sparse_attention import NSAShape
     from .dtypes import to_storage
+    from .quant import QTYPES, quantize_tensor
 
     nb, ref = NumbaOps(), ReferenceOps()
     rng = np.random.default_rng(0)
@@ -223,6 +237,10 @@ def kernel_rows(rep: Report, lim: dict, quick: bool) -> None:
         Ws = to_storage(W, tag)
         row(f"linear decode 1x{D} @ 4096x{D} {tag}", lambda: nb.linear(x1, Ws), lambda: ref.linear(x1, Ws),
             lambda t: f"{Ws.nbytes / t / 1e9:.0f} GB/s (in cache)")
+    for qtype in QTYPES:
+        Wq = quantize_tensor(W, qtype)
+        row(f"linear decode 1x{D} @ 4096x{D} {qtype}", lambda: nb.linear(x1, Wq), lambda: ref.linear(x1, Wq),
+            lambda t: f"{Wq.nbytes / t / 1e9:.0f} GB/s (in cache)")
     for tag in ("F32", "BF16"):
         Ws = to_storage(W, tag)
         row(f"linear prefill 512x{D} @ 4096x{D} {tag}", lambda: nb.linear(xp, Ws), lambda: ref.linear(xp, Ws),
@@ -277,6 +295,11 @@ def kernel_rows(rep: Report, lim: dict, quick: bool) -> None:
         row(f"moe prefill 512 tokens {tag}", lambda: nb.moe(xp, Rs, Gs, Us, Ds, 2, True),
             lambda: ref.moe(xp, Rs, Gs, Us, Ds, 2, True),
             lambda t: f"{2 * 512 * 2 * 3 * F * D / t / fl:.0%} of sgemm")
+    for qtype in QTYPES:
+        Gq, Uq, Dq = (quantize_tensor(a, qtype) for a in (G, U, Dn))
+        per_tok = 2 * (Gq[0].nbytes + Uq[0].nbytes + Dq[0].nbytes) + router.nbytes
+        row(f"moe decode top-2 of {E}x{F} {qtype}", lambda: nb.moe(x1, router, Gq, Uq, Dq, 2, True),
+            lambda: ref.moe(x1, router, Gq, Uq, Dq, 2, True), lambda t: f"{per_tok / t / 1e9:.0f} GB/s (experts in cache)")
     logits = rng.standard_normal(32000).astype(np.float32) * 3
     for k, p in ((40, 1.0), (0, 0.9)):
         row(f"sampler filter V=32000 top_k={k} top_p={p}", lambda: nb.token_probabilities(logits, 0.8, k, p, 0.0),
@@ -328,7 +351,6 @@ def model_rows(rep: Report, lim: dict, quick: bool, precisions: tuple[str, ...],
                model_dirs: tuple[str, ...] = ()) -> None:
     """Decode of the 8 x 1024 hybrid at every precision (and of model directories, e.g. the 4b
     preset written by `cogcore init`), then prefill at the first precision."""
-    from .create import random_weights
     from .model import Model, load
     from .weights import Weights
 
@@ -339,7 +361,7 @@ def model_rows(rep: Report, lim: dict, quick: bool, precisions: tuple[str, ...],
     first = None
     for precision in precisions:
         rep.step(f"random {precision} weights of the 8-layer bench model")
-        tensors = random_weights(cfg, seed=0, dtype=precision)
+        tensors = bench_weights(cfg, precision)
         models = {b: Model(cfg, Weights(tensors), backend=b) for b in ("numba", "numpy")}
         t = decode_row(rep, f"8x1024 {precision}", models, bytes_per_token(cfg, tensors), lim, reps)
         if first is None:

@@ -16,15 +16,12 @@ import zlib
 import numpy as np
 
 from .config import Config
-from .dtypes import to_storage
+from .dtypes import DTYPE_TAGS, to_storage
 from .errors import ConfigError, InputError
 from .model import tensor_shapes
 from .quant import check_qtype, describe_entries, quantizable
 from .quantizer import quantized_source
 from .tensorfile import write_json, write_safetensors
-
-DTYPE_TAGS = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
-
 
 def init_tensor(name: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     """A float32 random value for the tensor `name` (the rule depends on the name's last part)."""

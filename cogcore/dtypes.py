@@ -15,6 +15,7 @@ from .quant import QuantTensor
 STORAGE_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
                   "U8": np.dtype("u1")}
 TAG_OF = {dt: tag for tag, dt in STORAGE_DTYPES.items()}
+DTYPE_TAGS = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}   # user-facing name -> tag
 
 
 def tag(a: np.ndarray) -> str:

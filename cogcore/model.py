@@ -295,10 +295,13 @@ def parameter_counts(config: Config) -> dict[str, int]:
 
 def decode_bytes(name: str, a, config: Config) -> int:
     """Bytes of tensor `name` (array or QuantTensor `a`) that decoding one token reads: all of
-    it, except the unchosen experts' share and all but one row of the embedding table (which,
-    when tied, lm_head then reads whole)."""
+    it, except the unchosen experts' share, all but one row of the embedding table (which,
+    when tied, lm_head then reads whole), and the NSA compression MLP, which runs once per
+    `nsa_compress_stride` tokens (its share per token)."""
     if name == "model.embed_tokens.weight":
         return a.nbytes // a.shape[0] + (a.nbytes if config.tie_word_embeddings else 0)
     if ".mlp.experts." in name:
         return a.nbytes * config.num_experts_per_tok // config.num_experts
+    if ".compress_k." in name or ".compress_v." in name:      # NSA compression: once per stride tokens
+        return a.nbytes // config.nsa_compress_stride
     return a.nbytes

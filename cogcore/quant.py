@@ -214,7 +214,7 @@ def wrap_quantized(path: str, tensors: dict[str, np.ndarray], metadata: dict[str
         if data.dtype != np.uint8 or data.shape != packed_shape(shape, qtype):
             raise WeightsError(f"{where}: {qtype} of shape {list(shape)} must be stored as U8 "
                                f"{list(packed_shape(shape, qtype))}, found {data.dtype} {list(data.shape)}")
-        out[name] = QuantTensor(data, qtype, shape)
+        out[name] = QuantTensor(np.asarray(data), qtype, shape)   # a plain view: slicing a memmap costs more
     stray = [n for n, a in tensors.items() if a.dtype == np.uint8 and n not in entries]
     if stray:
         raise WeightsError(f"{path}: tensor '{stray[0]}' is U8 but __metadata__ '{METADATA_KEY}' does not "

@@ -4,20 +4,27 @@ The input stays memory-mapped; each tensor is widened, quantized and written in
 chunks of rows, so the peak memory is a few chunks, not the model. The output is
 written into a temporary directory beside OUT_DIR and renamed at the end: an
 interrupted run leaves no half-written model.
+
+Every tensor that `quant.quantizable` picks gets the one block format asked for,
+unless a `PATTERN=TYPE` rule (llama-quantize's `--tensor-type`) names another for
+it: a block format, or a float dtype for a mixed-precision model (docs/quantization.md).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from typing import Callable
 
 import numpy as np
 
 from .config import Config
-from .dtypes import f32, tag
+from .dtypes import DTYPE_TAGS, f32, tag, to_storage
 from .errors import WeightsError
-from .quant import QuantTensor, check_qtype, describe_entries, packed_shape, quantizable, quantize_tensor
+from .families import family_of
+from .families.hf import cogcore_name
+from .quant import QTYPES, QuantTensor, check_qtype, describe_entries, packed_shape, quantizable, quantize_tensor
 from .tensorfile import read_model_tensors, write_safetensors
 
 CHUNK_VALUES = 1 << 22           # float32 values widened and quantized at a time (16 MiB)
@@ -43,17 +50,50 @@ def quantized_source(name: str, shape: tuple[int, ...], qtype: str,
     return "U8", packed_shape(shape, qtype), make
 
 
+def parse_tensor_types(rules: list[str] | tuple[str, ...]) -> list[tuple[re.Pattern, str]]:
+    """`PATTERN=TYPE` strings -> (compiled regex, type); TYPE a block format or a float dtype."""
+    parsed = []
+    for rule in rules:
+        pattern, sep, kind = rule.rpartition("=")
+        if not sep or not pattern or kind not in (*QTYPES, *DTYPE_TAGS):
+            raise WeightsError(f"tensor type rule {rule!r}: expected PATTERN=TYPE with TYPE one of "
+                               f"{', '.join((*QTYPES, *DTYPE_TAGS))}")
+        try:
+            parsed.append((re.compile(pattern), kind))
+        except re.error as e:
+            raise WeightsError(f"tensor type rule {rule!r}: the pattern is not a regular expression ({e})") from None
+    return parsed
+
+
+def tensor_type(name: str, role: str, shape: tuple[int, ...], qtype: str,
+                rules: list[tuple[re.Pattern, str]]) -> str | None:
+    """The format tensor `name` (cogcore name `role`) is written in: the first rule whose pattern
+    is found in the name, else `qtype` for the tensors `quantizable` picks; None keeps it as stored."""
+    for pattern, kind in rules:
+        if pattern.search(name):
+            if kind in QTYPES and not quantizable(role, shape):
+                raise WeightsError(f"tensor '{name}' {list(shape)}: rule '{pattern.pattern}={kind}' asks to "
+                                   f"quantize a tensor cogcore keeps float (see cogcore.quant.quantizable)")
+            return kind
+    return qtype if quantizable(role, shape) else None
+
+
 def quantize(in_dir: str | os.PathLike, out_dir: str | os.PathLike, qtype: str = "q4_0",
-             progress: Callable[[int, int], None] | None = None) -> dict[str, str]:
+             progress: Callable[[int, int], None] | None = None,
+             tensor_types: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
     """Write a copy of the model in `in_dir` with its linear weights quantized to `qtype`.
 
-    Returns {tensor name: "q8_0" / "q4_0" / the float dtype tag it kept}. The other
+    tensor_types: `PATTERN=TYPE` rules, the first match (re.search on the tensor name)
+    wins: TYPE is q8_0 / q4_0 (for a tensor `quantizable` picks) or float32 / float16 /
+    bfloat16 (any tensor), e.g. ["experts=q8_0", ".=bfloat16"].
+    Returns {tensor name: "q8_0" / "q4_0" / the float dtype tag it has}. The other
     files of the directory (config, tokenizer, generation config) are copied.
     `progress(bytes_written, bytes_total)` is called per tensor.
     """
     check_qtype(qtype)
+    rules = parse_tensor_types(tensor_types)
     in_dir, out_dir = os.fspath(in_dir), os.fspath(out_dir)
-    Config.from_file(os.path.join(in_dir, "config.json"))            # a valid model, before any work
+    family = family_of(Config.from_file(os.path.join(in_dir, "config.json")))   # a valid model, before any work
     tensors, origin = read_model_tensors(in_dir)
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise WeightsError(f"{out_dir}: expected a new or empty directory, found an existing "
@@ -62,12 +102,22 @@ def quantize(in_dir: str | os.PathLike, out_dir: str | os.PathLike, qtype: str =
     for name, a in tensors.items():
         if isinstance(a, QuantTensor):
             raise WeightsError(f"{origin[name]}: tensor '{name}' is already {a.qtype}: quantize a float model")
-        if quantizable(name, a.shape):
+        role = cogcore_name(family, name) if family else name      # a public family's router is a router
+        kind = tensor_type(name, role, a.shape, qtype, rules)
+        if kind in QTYPES and any(re.search(p, role) for p, _ in getattr(family, "VIEWS", ())):
+            raise WeightsError(f"{origin[name]}: tensor '{name}': {family.MODEL_TYPE} stores it in another "
+                               f"layout than cogcore's (the loader transposes or reshapes it), so its blocks "
+                               f"would not run along the axis it is dotted over; keep it float")
+        if kind in QTYPES:
             flat = a.reshape(-1, a.shape[-1])
-            lazy[name] = quantized_source(name, a.shape, qtype, lambda r0, r1, flat=flat: f32(flat[r0:r1]))
-            chosen[name] = qtype
-        else:
+            lazy[name] = quantized_source(name, a.shape, kind, lambda r0, r1, flat=flat: f32(flat[r0:r1]))
+            chosen[name] = kind
+        elif kind is None or DTYPE_TAGS[kind] == tag(a):
             lazy[name], chosen[name] = a, tag(a)
+        else:
+            to = DTYPE_TAGS[kind]
+            lazy[name] = (to, a.shape, lambda a=a, to=to: to_storage(f32(a), to))
+            chosen[name] = to
 
     tmp = out_dir.rstrip(os.sep) + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -79,8 +129,8 @@ def quantize(in_dir: str | os.PathLike, out_dir: str | os.PathLike, qtype: str =
                 shutil.copy2(src, os.path.join(tmp, entry))
         write_safetensors(os.path.join(tmp, "model.safetensors"), lazy,
                           metadata={"format": "cogcore",
-                                    **describe_entries({n: (qtype, tensors[n].shape)
-                                                        for n, t in chosen.items() if t == qtype})},
+                                    **describe_entries({n: (t, tensors[n].shape)
+                                                        for n, t in chosen.items() if t in QTYPES})},
                           progress=progress)
         if os.path.isdir(out_dir):
             os.rmdir(out_dir)                                          # empty, checked above

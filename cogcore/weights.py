@@ -54,13 +54,14 @@ class ExpertStack:
 
     def __init__(self, parts: list[np.ndarray], names: list[str], source: str = "<memory>"):
         first = parts[0]
+        kind = lambda a: getattr(a, "qtype", None) or a.dtype      # a quantized expert: its format
         for part, name in zip(parts, names):
-            if part.shape != first.shape or part.dtype != first.dtype:
-                raise WeightsError(f"{source}: tensor '{name}': expected {first.dtype} {list(first.shape)} "
-                                   f"like '{names[0]}', found {part.dtype} {list(part.shape)}")
+            if part.shape != first.shape or kind(part) != kind(first):
+                raise WeightsError(f"{source}: tensor '{name}': expected {kind(first)} {list(first.shape)} "
+                                   f"like '{names[0]}', found {kind(part)} {list(part.shape)}")
         self.parts = parts
         self.shape = (len(parts), *first.shape)
-        self.dtype, self.ndim = first.dtype, first.ndim + 1
+        self.dtype, self.ndim = kind(first), first.ndim + 1
         self.size = sum(p.size for p in parts)
         self.nbytes = sum(p.nbytes for p in parts)
 
@@ -73,8 +74,9 @@ class ExpertStack:
         raise TypeError(f"ExpertStack takes one expert index, found {e!r}")
 
     def __array__(self, dtype=None, copy=None):
-        """The stacked copy, for code that needs a real array (tests, conversion)."""
-        a = np.stack(self.parts)
+        """The stacked copy, for code that needs a real array (tests, conversion); quantized experts
+        dequantized."""
+        a = np.stack([p.dequantize() if hasattr(p, "dequantize") else p for p in self.parts])
         return a if dtype is None else a.astype(dtype)
 
 

@@ -303,5 +303,6 @@ def test_sigterm_during_a_long_write_leaves_nothing(tmp_path):
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signal.SIGTERM and b"terminated" in err
-    assert list(out.iterdir()) == []
+    said = f"exit {proc.returncode}, left {sorted(p.name for p in out.iterdir())}, stderr: {err.decode()[-2000:]}"
+    assert proc.returncode == 128 + signal.SIGTERM and b"terminated" in err, said
+    assert list(out.iterdir()) == [], said

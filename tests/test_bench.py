@@ -13,13 +13,14 @@ def test_read_bandwidth_is_the_best_method_and_names_it():
     assert methods == {"numpy sum", "numba sum", "numba parallel sum", "BLAS sgemv with ones"}
 
 
-def test_bytes_per_token_counts_chosen_experts_and_one_embedding_row():
+def test_bytes_per_token_counts_chosen_experts_one_embedding_row_and_compression_per_stride():
     cfg = preset("4b", num_experts=4, num_experts_per_tok=2, tie_word_embeddings=False)
     V, D = 10, 6
     w = {"model.embed_tokens.weight": np.zeros((V, D), np.float32),            # one row: 24 bytes
          "model.layers.0.mlp.experts.gate_proj": np.zeros((4, 3, D), np.uint16),  # 2 of 4 experts: 72
-         "lm_head.weight": np.zeros((V, D), np.float32)}                        # whole: 240
-    assert bytes_per_token(cfg, w) == 24 + 72 + 240
+         "lm_head.weight": np.zeros((V, D), np.float32),                        # whole: 240
+         "model.layers.1.self_attn.compress_k.fc1.weight": np.zeros((cfg.nsa_compress_stride, 8), np.float32)}
+    assert bytes_per_token(cfg, w) == 24 + 72 + 240 + 32              # NSA compression: once per stride
 
 
 def test_wall_and_cpu_time_the_same_calls():

@@ -22,6 +22,7 @@ from cogcore.errors import WeightsError  # noqa: E402
 from cogcore.quant import (DEQUANTIZE, QUANTIZE, QTYPES, QuantTensor, quantizable,  # noqa: E402
                            quantize_tensor)
 from cogcore.tensorfile import read_model_tensors, write_safetensors  # noqa: E402
+from cogcore.weights import ExpertStack  # noqa: E402
 
 import naive  # noqa: E402
 
@@ -92,7 +93,7 @@ def test_quantizable_choice():
 def test_linear_kernel_matches_reference(qtype, T):
     from cogcore.backends import NumbaOps
     rng = np.random.default_rng(T)
-    for rows, cols in [(1, 32), (37, 96), (131, 160)]:
+    for rows, cols in [(1, 32), (16, 64), (37, 96), (131, 160)]:      # blocks: 1, 2 (no odd one), 3, 5
         W = quantize_tensor(rng.standard_normal((rows, cols)).astype(np.float32), qtype)
         x = rng.standard_normal((T, cols)).astype(np.float32)
         want = x.astype(np.float64) @ W.dequantize().T.astype(np.float64)
@@ -128,13 +129,17 @@ def test_moe_kernel_matches_reference(qtype, T):
     router = rng.standard_normal((E, D)).astype(np.float32)
     x = rng.standard_normal((T, D)).astype(np.float32)
     want, want_counts = ReferenceOps().moe(x, router, gate, up, down, 2, True)
-    got, counts = NumbaOps().moe(x, router, gate, up, down, 2, True)
-    np.testing.assert_array_equal(counts, want_counts)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
-    top, wts = np.array([[4, 0]] * T), np.full((T, 2), 0.5, np.float32)
-    args = (x, top, wts, gate.data, up.data, down.data, kq.CODE[qtype], kq.HALF_TO_FLOAT)
-    serial = kq._experts_1(*args)
-    np.testing.assert_allclose(kq._experts_p(*args), serial, rtol=1e-5, atol=1e-5 * np.abs(serial).max())
+    # stacked experts, and per-expert tensors (a Hugging Face directory) as a lazy ExpertStack
+    apart = [ExpertStack([W[e] for e in range(E)], [f"e{e}" for e in range(E)]) for W in (gate, up, down)]
+    for experts in ((gate, up, down), apart):
+        got, counts = NumbaOps().moe(x, router, *experts, 2, True)
+        np.testing.assert_array_equal(counts, want_counts)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    y = {fn: np.zeros(D, np.float32) for fn in (kq._expert_1, kq._expert_p)}
+    for fn, yt in y.items():
+        fn(x[0], gate.data[4], up.data[4], down.data[4], np.float32(0.5), kq.CODE[qtype], kq.HALF_TO_FLOAT, yt)
+    serial = y[kq._expert_1]
+    np.testing.assert_allclose(y[kq._expert_p], serial, rtol=1e-5, atol=1e-5 * np.abs(serial).max())
 
 
 # ---- model directories -----------------------------------------------------------------------------
@@ -304,3 +309,142 @@ def test_odd_widths_stay_float_and_mixed_storage_runs():
         cache = model.new_cache()                                  # prefill 4, then decode
         got = np.concatenate([model.forward(ids[:4], cache)] + [model.forward([t], cache) for t in ids[4:]])
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("name", ["mixtral", "qwen2_moe"])
+def test_a_quantized_family_directory_runs_on_both_backends(tmp_path, name):
+    """A Hugging Face MoE directory keeps one tensor per expert: quantized, they load as a lazy
+    stack of QuantTensors, and both backends give the float path on the dequantized weights."""
+    src = os.path.join(os.path.dirname(__file__), "fixtures", "families", name)
+    cogcore.quantize(src, tmp_path / "q", "q8_0")
+    tensors, _ = read_model_tensors(str(tmp_path / "q"))
+    assert any(isinstance(a, QuantTensor) and ".experts." in n for n, a in tensors.items())
+    ids = [1, 7, 3, 9, 4]
+    logits = {}
+    for backend in ("numpy", "numba"):
+        model = cogcore.load(tmp_path / "q", backend=backend)
+        cache = model.new_cache()
+        logits[backend] = np.concatenate([model.forward(ids[:2], cache)] + [model.forward([t], cache) for t in ids[2:]])
+    want = logits["numpy"]
+    np.testing.assert_allclose(logits["numba"], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_expert_decode_refuses_blocks_that_do_not_fit_x():
+    from cogcore.kernels import quant as kq
+    G = quantize_tensor(np.ones((32, 64), np.float32), "q8_0").data
+    Dn = quantize_tensor(np.ones((64, 32), np.float32), "q8_0").data
+    x, y = np.ones(64, np.float32), np.zeros(64, np.float32)
+    kq.expert_decode(x, G, G, Dn, 1.0, "q8_0", y)                       # fits: 32 hidden values, 64 out
+    with pytest.raises(ValueError, match="do not fit"):
+        kq.expert_decode(np.ones(96, np.float32), G, G, Dn, 1.0, "q8_0", y)   # x wider than the blocks
+    with pytest.raises(ValueError, match="do not fit"):
+        kq.expert_decode(x, G, G, G, 1.0, "q8_0", y)                    # down of the wrong shape
+
+
+def test_blocks_run_along_the_axis_each_weight_is_dotted_over():
+    """GGML blocks must run along a weight's input (dot-product) axis: every tensor that
+    `quantizable` picks must be one the forward pass hands, stored as it is, to `ops.linear`
+    (x W^T: the last, contiguous axis is contracted), to the MoE's expert projections, or to
+    the embedding's row lookup. Recorded from a forward pass over every layer and FFN kind,
+    so a block that used a quantized weight transposed (x @ W) or outside the ops would fail."""
+    from conftest import build_model, small_config
+    from cogcore.blocks import moe as moe_block
+    from cogcore.create import random_weights
+    cfg = cogcore.Config.from_dict(small_config(
+        hidden_size=64, rwkv_head_size=16, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        moe_intermediate_size=32, intermediate_size=32, num_shared_experts=1, shared_expert_intermediate_size=32))
+    floats = random_weights(cfg, seed=3)
+    dotted, looked_up = set(), set()
+
+    def name_of(W):
+        found = [n for n, a in floats.items() if np.shares_memory(W, a)]
+        assert len(found) == 1, f"a weight view matches {found}"
+        return found[0]
+
+    class Recording(ReferenceOps):
+        @staticmethod
+        def linear(x, W):
+            name = name_of(W)
+            if W.shape[-1] == floats[name].shape[-1] and W.strides[-1] == W.itemsize:
+                dotted.add(name)                      # contracted along the stored last axis
+            return ReferenceOps.linear(x, W)
+
+        @staticmethod
+        def embed(table, ids):
+            looked_up.add(name_of(table))
+            return ReferenceOps.embed(table, ids)
+
+        @staticmethod
+        def moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk):
+            top, wts = moe_block.route(Recording.linear(x, router), k, norm_topk)
+            counts = np.bincount(top.ravel(), minlength=router.shape[0])
+            return moe_block.grouped_experts(x, top, wts, counts, gate_proj, up_proj, down_proj,
+                                             Recording.linear), counts
+
+    model, _ = build_model(cfg, backend=Recording(), tensors=floats)
+    model.forward(list(range(1, 30)))                 # past the NSA compression blocks
+    picked = {n for n, a in floats.items() if quantizable(n, a.shape)}
+    assert picked and picked <= dotted | looked_up, sorted(picked - dotted - looked_up)
+    assert looked_up == {"model.embed_tokens.weight"}
+    assert not any(n.endswith(".mlp.gate.weight") for n in picked)          # the router stays float
+
+
+def test_tensor_type_rules_write_a_mixed_precision_model(float_dir, tmp_path, capsys):
+    """`--tensor-type PATTERN=TYPE`: first match wins, block formats and float dtypes mix in one
+    file, and the model still equals the naive float forward on the GGML-dequantized weights."""
+    out = tmp_path / "mixed"
+    assert main(["quantize", str(float_dir), str(out), "--type", "q4_0", "--tensor-type", "layers.0.mlp.experts.down=q4_0",
+                 "--tensor-type", "experts=q8_0", "--tensor-type", r"self_attn\.|embed=bfloat16"]) == 0
+    assert "q8_0" in capsys.readouterr().out
+    tensors, _ = read_model_tensors(out)
+    floats, _ = read_model_tensors(float_dir)
+    kinds = {n: a.qtype if isinstance(a, QuantTensor) else a.dtype.name for n, a in tensors.items()}
+    assert kinds["model.layers.0.mlp.experts.down_proj"] == "q4_0"                 # the first rule
+    assert kinds["model.layers.0.mlp.experts.up_proj"] == "q8_0"
+    assert kinds["model.layers.1.self_attn.q_proj.weight"] == "uint16"             # bfloat16 bits
+    assert kinds["model.layers.1.self_attn.compress_k.fc1.weight"] == "uint16"     # any float may convert
+    assert kinds["model.embed_tokens.weight"] == "uint16" and kinds["lm_head.weight"] == "q4_0"
+    assert kinds["model.layers.0.mlp.gate.weight"] == "float32"                    # untouched: kept
+    ggml = {}
+    for n, a in tensors.items():
+        if isinstance(a, QuantTensor):
+            ggml[n] = gguf_quants.dequantize(np.asarray(a.data), GGML[a.qtype]).reshape(a.shape)
+        elif a.dtype == np.uint16:          # bfloat16: float32 rounded to nearest even at bit 16
+            bits = np.asarray(floats[n], np.float32).view(np.uint32).astype(np.uint64)
+            ggml[n] = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(np.uint32).view(np.float32)
+        else:
+            ggml[n] = np.asarray(a)
+    ids = [1, 5, 9, 200, 3, 3, 17, 42]
+    want, _ = naive.forward(ggml, json.loads((out / "config.json").read_text()), ids)
+    for backend in ("numpy", "numba"):
+        got = cogcore.load(out, backend=backend).forward(ids)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    with pytest.raises(WeightsError, match=r"'model.layers.0.mlp.gate.weight'.*asks to quantize a tensor cogcore keeps float"):
+        cogcore.quantize(float_dir, tmp_path / "bad", "q8_0", tensor_types=[r"mlp\.gate\.weight=q8_0"])
+    for rule, why in [("experts", "PATTERN=TYPE"), ("x=q5_0", "PATTERN=TYPE"), ("(=q8_0", "not a regular")]:
+        with pytest.raises(WeightsError, match=why):
+            cogcore.quantize(float_dir, tmp_path / "bad", "q8_0", tensor_types=[rule])
+    assert not os.path.exists(tmp_path / "bad")
+
+
+def test_a_public_familys_router_stays_float(tmp_path):
+    """Mixtral names its router `block_sparse_moe.gate`: the policy judges a tensor by its cogcore
+    role (the family's renames), so the router is not quantized as a plain linear weight (it was)."""
+    mixtral = os.path.join(os.path.dirname(__file__), "fixtures", "families", "mixtral")
+    chosen = cogcore.quantize(mixtral, tmp_path / "q", "q8_0")
+    assert chosen["model.layers.0.block_sparse_moe.gate.weight"] == "F32"
+    assert chosen["model.layers.0.self_attn.q_proj.weight"] == "q8_0"
+    assert chosen["model.layers.0.block_sparse_moe.experts.0.w1.weight"] == "q8_0"
+    model = cogcore.load(tmp_path / "q")
+    assert not isinstance(model.layers[0].ffn.router, QuantTensor)
+    assert model.forward([1, 2, 3]).shape == (3, 320)
+
+
+def test_quant_study_runs_and_its_float_plan_is_exact(tiny_dir, capsys):
+    """`python -m cogcore.quant_study` (docs/quantization.md's measurements): the float32 plan equals
+    the reference exactly, and the routing experiment runs with its routes pinned."""
+    from cogcore.quant_study import main as study
+    study([tiny_dir, "-n", "1", "--what", "mixed", "routing"])
+    out = capsys.readouterr().out
+    assert re.search(r"^float32 +KL 0\.00000  top-1 100\.00%", out, re.M)
+    assert re.search(r"^q8_0 +KL \d", out, re.M) and "routing pinned at every position" in out

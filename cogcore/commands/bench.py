@@ -19,7 +19,8 @@ def add_arguments(p):
                    help=f"run only this section (repeatable): {', '.join(SECTIONS)} (limits always run)")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for the kernels and for BLAS (default: numba's default, all cores)")
-    p.add_argument("--dtype", action="append", choices=("float32", "bfloat16", "float16"), metavar="TYPE",
+    p.add_argument("--dtype", action="append", choices=("float32", "bfloat16", "float16", "q8_0", "q4_0"),
+                   metavar="TYPE",
                    help=f"storage type of the whole-model benchmark (repeatable; default: {', '.join(PRECISIONS)})")
     p.add_argument("--model", action="append", default=[], metavar="DIR",
                    help="also time decode of this model directory, e.g. one made by `cogcore init --preset 4b` "

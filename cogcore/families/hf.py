@@ -126,6 +126,14 @@ PER_EXPERT = re.compile(r"^(.*\.experts)\.(\d+)\.(\w+)\.weight$")
 IGNORED = re.compile(r"rotary_emb\.inv_freq$")   # buffers some old checkpoints saved
 
 
+def cogcore_name(family, name: str) -> str:
+    """A family's tensor name -> cogcore's (family.RENAMES); an expert keeps its index
+    (`...mlp.experts.3.gate_proj.weight`), which `map_tensors` then stacks."""
+    for pattern, repl in family.RENAMES:
+        name = re.sub(pattern, repl, name)
+    return name
+
+
 def map_tensors(family, tensors: dict[str, np.ndarray], origin: dict[str, str], source: str,
                 tied: bool = False):
     """Foreign names -> cogcore names (family.RENAMES), per-expert tensors -> ExpertStack
@@ -142,9 +150,7 @@ def map_tensors(family, tensors: dict[str, np.ndarray], origin: dict[str, str], 
     for name, array in tensors.items():
         if IGNORED.search(name) or (tied and name == "lm_head.weight"):
             continue
-        new = name
-        for pattern, repl in family.RENAMES:
-            new = re.sub(pattern, repl, new)
+        new = cogcore_name(family, name)
         array = next((view(array) for pattern, view in views if re.search(pattern, new)), array)
         m = PER_EXPERT.match(new)
         if m:
