@@ -313,6 +313,15 @@ def test_convert_command(tmp_path, capsys):
     assert "q4_0" in capsys.readouterr().out
 
 
+def test_rwkv7_widths_come_from_the_tensors(tmp_path):
+    """The converter writes feed_forward_length = 4 x hidden for fla's intermediate_size: null."""
+    _, ref, want = reference(RWKV7)
+    path = rewritten(tmp_path, fixture(RWKV7), {"general.architecture": "rwkv7", "rwkv7.feed_forward_length": 512})
+    model = cogcore.load(path, backend="numpy")
+    assert model.config.intermediate_size == 64
+    assert relative(model.forward(ref["prompt"]), want) < 1e-4
+
+
 def test_rwkv7_is_read_but_not_written(tmp_path):
     with pytest.raises(ConfigError, match="found rwkv7"):
         export_gguf(reference(RWKV7)[0], tmp_path / "r.gguf")
