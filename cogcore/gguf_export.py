@@ -58,6 +58,11 @@ def check_exportable(config, source: str) -> str:
         raise ConfigError(f"{source}: expected a model of a family GGUF has an architecture for "
                           f"({', '.join(sorted(ARCH_OF_FAMILY))}), found "
                           f"{config.family or 'a cogcore model (NSA and RWKV-7 layers have no GGUF form)'}")
+    if arch_name == "rwkv7":
+        raise ConfigError(f"{source}: expected a model of a family cogcore writes as GGUF "
+                          f"({', '.join(sorted(f for f in ARCH_OF_FAMILY if f != 'rwkv7'))}), found rwkv7: "
+                          f"GGUF rwkv7 files are read, not written (llama.cpp's converter writes them from fla's "
+                          f"directory)")
     if set(config.layer_types) != {"full_attention"}:
         raise ConfigError(f"{source}: key 'layer_types': expected only full-attention layers (GGUF's "
                           f"{arch_name} has no sliding window), found {sorted(set(config.layer_types))}")

@@ -24,6 +24,7 @@ import functools
 import math
 import mmap
 import os
+import re
 import struct
 
 import numpy as np
@@ -32,7 +33,8 @@ from .config import Config
 from .errors import ConfigError, WeightsError, reading
 from .families import load_config
 from .families.hf import PER_EXPERT
-from .gguf_names import ARCHES, METADATA, ROPE_FREQS, cogcore_name, unpermute_rows
+from .gguf_names import (ARCHES, METADATA, ROPE_FREQS, RWKV7_GLOBAL, RWKV7_LAYER, RWKV7_LERPS, cogcore_name,
+                         unpermute_rows)
 from .quant import QuantTensor
 from .weights import stack_experts
 
@@ -257,6 +259,8 @@ def hf_config(meta: dict, tensors: dict, path: str) -> dict:
     if arch is None:
         raise ConfigError(f"{path}: key 'general.architecture': expected one of {', '.join(ARCHES)} (the "
                           f"architectures cogcore reads), found {arch_name!r}")
+    if arch_name == "rwkv7":
+        return rwkv7_config(meta, tensors, path)
     for key in REQUIRED:
         if f"{arch_name}.{key}" not in meta:
             raise ConfigError(f"{path}: key '{arch_name}.{key}': expected a value (llama.cpp needs it too), "
@@ -288,10 +292,7 @@ def hf_config(meta: dict, tensors: dict, path: str) -> dict:
         if value is not None:
             raw[f"{which}_token_id"] = value
     raw["tie_word_embeddings"] = "lm_head.weight" not in tensors
-    n = 1 + max((int(name.split(".")[2]) for name in tensors if name.startswith("model.layers.")), default=-1)
-    if raw["num_hidden_layers"] != n:           # checked before anything counts layers up to it
-        raise ConfigError(f"{path}: key '{arch_name}.block_count': expected {n} (the layers whose blk.N "
-                          f"tensors the file holds), found {raw['num_hidden_layers']}")
+    n = layer_count(raw["num_hidden_layers"], tensors, f"{arch_name}.block_count", path)
     moe = [i for i in range(n) if f"model.layers.{i}.mlp.gate.weight" in tensors]
     raw["model_type"] = arch.moe_family if moe and arch.moe_family else arch.family
     if arch.norm_topk_prob is not None:
@@ -306,9 +307,57 @@ def hf_config(meta: dict, tensors: dict, path: str) -> dict:
     return raw
 
 
+def layer_count(n, tensors: dict, key: str, path: str) -> int:
+    """block_count, checked against the layers the file's tensors hold (before anything counts up to it)."""
+    held = 1 + max((int(name.split(".")[2]) for name in tensors if name.startswith("model.layers.")), default=-1)
+    if n != held:
+        raise ConfigError(f"{path}: key '{key}': expected {held} (the layers whose blk.N tensors the file "
+                          f"holds), found {n}")
+    return n
+
+
+def rwkv7_config(meta: dict, tensors: dict, path: str) -> dict:
+    """fla's config.json (cogcore/families/rwkv7.py) of a GGUF rwkv7 file, sizes read off the tensors
+    where the converter's metadata can be a guess (its feed_forward_length is 4 * hidden when fla's
+    intermediate_size is null), and the kk normalisation llama.cpp's graph applies (ggml_l2_norm,
+    x / max(|x|, eps): fla's unfused `clamp`)."""
+    for key in ("block_count", "embedding_length", "wkv.head_size", "attention.layer_norm_epsilon"):
+        if f"rwkv7.{key}" not in meta:
+            raise ConfigError(f"{path}: key 'rwkv7.{key}': expected a value (llama.cpp needs it too), found nothing")
+    n = layer_count(_number(meta, "rwkv7.block_count", path), tensors, "rwkv7.block_count", path)
+
+    def rows(name, axis=0, key=None):
+        a = tensors.get(name)
+        return a.shape[axis] if a is not None and len(a.shape) == 2 else _number(meta, key, path) if key else None
+
+    raw = {"model_type": "rwkv7", "num_hidden_layers": n,
+           "hidden_size": _number(meta, "rwkv7.embedding_length", path),
+           "head_dim": _number(meta, "rwkv7.wkv.head_size", path),
+           "norm_eps": float32_value(_number(meta, "rwkv7.attention.layer_norm_epsilon", path, float)),
+           "vocab_size": rows("model.embed_tokens.weight"),
+           "intermediate_size": rows("model.layers.0.mlp.key.weight", key="rwkv7.feed_forward_length"),
+           "decay_low_rank_dim": rows("model.layers.0.rwkv.w1", 1, "rwkv7.attention.decay_lora_rank"),
+           "a_low_rank_dim": rows("model.layers.0.rwkv.a1", 1, "rwkv7.attention.iclr_lora_rank"),
+           "v_low_rank_dim": rows("model.layers.1.rwkv.v1", 1, "rwkv7.attention.value_residual_mix_lora_rank"),
+           "gate_low_rank_dim": rows("model.layers.0.rwkv.g1", 1, "rwkv7.attention.gate_lora_rank"),
+           "tie_word_embeddings": "lm_head.weight" not in tensors,
+           "norm_first": "model.embed_norm.weight" in tensors, "norm_bias": "model.norm.bias" in tensors,
+           "fuse_norm": False}
+    for which in ("bos", "eos"):
+        value = _number(meta, f"tokenizer.ggml.{which}_token_id", path)
+        if value is not None:
+            raw[f"{which}_token_id"] = value
+    return raw
+
+
+RWKV7_GROUP_NORM_EPS = 64e-5      # llama.cpp's rwkv7 graph: fixed (fla's head_dim * norm_eps at head_dim 64)
+
+
 def read_config(meta: dict, tensors: dict, path: str) -> Config:
     """The cogcore Config of a GGUF file: its family's, plus Llama-3 RoPE factors if it has them."""
     config = load_config(hf_config(meta, tensors, path), path)
+    if config.family == "rwkv7":
+        config = config.replace(rwkv_group_norm_eps=RWKV7_GROUP_NORM_EPS)
     factors = tensors.pop(ROPE_FREQS, None)
     if factors is not None:
         half = config.head_dim // 2
@@ -341,10 +390,42 @@ def _gather_rows(a, index: np.ndarray):
     return np.ascontiguousarray(a[index])
 
 
-def read_tensors(reader, path: str) -> tuple[dict, dict[str, str]]:
+def rwkv7_tensors(name: str, array, path: str) -> list[tuple[str, object]]:
+    """The cogcore tensors (name, view) of one GGUF rwkv7 tensor (gguf_names.RWKV7_LAYER): the
+    fused token-shift mixes split, the LoRA matrices transposed back, layer 0's dummies dropped."""
+    if name in dict(RWKV7_GLOBAL):
+        return [(dict(RWKV7_GLOBAL)[name], array)]
+    m = re.fullmatch(r"blk\.(\d+)\.(.+)", name)
+    if m is None:
+        return [(cogcore_name(name), array)]
+    layer = f"model.layers.{m[1]}"
+    if m[2] == "time_mix_lerp_fused.weight":         # [6, 1, 1, D]: x_r, x_w, x_k, x_v, x_a, x_g
+        if isinstance(array, QuantTensor) or array.shape[:3] != (len(RWKV7_LERPS), 1, 1):
+            raise WeightsError(f"{path}: tensor '{name}': expected {len(RWKV7_LERPS)} float token-shift mixes "
+                               f"[{len(RWKV7_LERPS)}, 1, 1, D], found {type(array).__name__} of shape "
+                               f"{list(array.shape)}")
+        return [(f"{layer}.rwkv.{x}", array[i].reshape(-1)) for i, x in enumerate(RWKV7_LERPS)]
+    if m[1] == "0" and re.fullmatch(r"time_mix_v[012]\.weight", m[2]):
+        return []                                   # the converter's dummies for llama.cpp (copies of a0..a2)
+    for gguf_suffix, cogcore_suffix, transposed in RWKV7_LAYER:
+        if m[2] == gguf_suffix:
+            if transposed and isinstance(array, np.ndarray) and array.ndim == 2:
+                array = array.T
+            return [(f"{layer}.{cogcore_suffix}", array)]
+    return [(None, array)]
+
+
+def read_tensors(reader, path: str, arch: str | None = None) -> tuple[dict, dict[str, str]]:
     """{cogcore name: array or QuantTensor} and {cogcore name: GGUF name} of every tensor."""
     tensors, gguf_names, experts = {}, {}, {}
     for t in reader.tensors:
+        if arch == "rwkv7":
+            for name, array in rwkv7_tensors(t.name, tensor_array(t), path):
+                if name is None:
+                    raise WeightsError(f"{path}: tensor '{t.name}': expected one of the tensors of llama.cpp's "
+                                       f"rwkv7, found a name it does not know")
+                tensors[name], gguf_names[name] = array, t.name
+            continue
         name = cogcore_name(t.name) if t.name != ROPE_FREQS else ROPE_FREQS
         if name is None:
             raise WeightsError(f"{path}: tensor '{t.name}': expected one of the tensors of the architectures "
@@ -382,10 +463,15 @@ def read_gguf(path) -> tuple[Config, dict, dict[str, str]]:
     path = os.fspath(path)
     reader = open_gguf(path)
     meta = metadata(reader, path, vocabulary=False)
-    tensors, gguf_names = read_tensors(reader, path)
+    tensors, gguf_names = read_tensors(reader, path, meta.get("general.architecture"))
     config = read_config(meta, tensors, path)
     if ARCHES[meta["general.architecture"]].permute_qk:
         unpermute_qk(tensors, config)
+    if config.family == "rwkv7":                      # r_k arrives flattened: [heads, head_size]
+        N = config.rwkv_head_size
+        for name, a in tensors.items():
+            if name.endswith(".rwkv.r_k") and isinstance(a, np.ndarray) and a.ndim == 1 and a.size % N == 0:
+                tensors[name] = a.reshape(-1, N)
     for name, a in tensors.items():
         if name.endswith("mlp.shared_expert_gate.weight") and isinstance(a, np.ndarray) and a.ndim == 1:   # [D] in some files, [1, D] in HF
             tensors[name] = a.reshape(1, -1)

@@ -31,6 +31,7 @@ class Arch:
 
 
 ARCHES = {
+    "rwkv7": Arch("rwkv7"),
     "llama": Arch("llama", moe_family="mixtral", permute_qk=True, norm_topk_prob=True),
     "qwen2": Arch("qwen2"),
     "qwen3": Arch("qwen3"),
@@ -90,6 +91,29 @@ LAYER_TENSORS = (
     ("ffn_gate_shexp.weight", "mlp.shared_expert.gate_proj.weight"),
     ("ffn_up_shexp.weight", "mlp.shared_expert.up_proj.weight"),
     ("ffn_down_shexp.weight", "mlp.shared_expert.down_proj.weight"),
+)
+# RWKV-7 (llama.cpp's rwkv7, as its converter writes fla's layout; the cogcore names are those
+# cogcore/families/rwkv7.py maps fla's to): blk.{i}.<GGUF name> -> model.layers.{i}.<cogcore name>,
+# and whether the converter left the matrix transposed (the LoRAs arrive as nn.Linear stores
+# them, [out, in]; cogcore keeps x @ w1 @ w2). Also: time_mix_lerp_fused [6, 1, 1, D] is the six
+# token-shift mixes RWKV7_LERPS stacked; r_k arrives flattened [H * N]; layer 0's time_mix_v0..v2
+# are dummies the converter copies from time_mix_a* (llama.cpp wants them, cogcore drops them).
+RWKV7_LERPS = ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")
+RWKV7_GLOBAL = (("token_embd_norm.weight", "model.embed_norm.weight"), ("token_embd_norm.bias", "model.embed_norm.bias"),
+                ("output_norm.bias", "model.norm.bias"))
+RWKV7_LAYER = (
+    ("attn_norm.weight", "input_layernorm.weight", False), ("attn_norm.bias", "input_layernorm.bias", False),
+    ("attn_norm_2.weight", "post_attention_layernorm.weight", False),
+    ("attn_norm_2.bias", "post_attention_layernorm.bias", False),
+    ("time_mix_receptance.weight", "rwkv.receptance.weight", False), ("time_mix_key.weight", "rwkv.key.weight", False),
+    ("time_mix_value.weight", "rwkv.value.weight", False), ("time_mix_output.weight", "rwkv.output.weight", False),
+    *((f"time_mix_{x}0.weight", f"rwkv.{x}0", False) for x in "wav"),
+    *((f"time_mix_{x}{i}.weight", f"rwkv.{x}{i}", True) for x in "wavg" for i in (1, 2)),
+    ("time_mix_k_k.weight", "rwkv.k_k", False), ("time_mix_k_a.weight", "rwkv.k_a", False),
+    ("time_mix_r_k.weight", "rwkv.r_k", False),
+    ("time_mix_ln.weight", "rwkv.ln_x.weight", False), ("time_mix_ln.bias", "rwkv.ln_x.bias", False),
+    ("channel_mix_lerp_k.weight", "mlp.x_k", False), ("channel_mix_key.weight", "mlp.key.weight", False),
+    ("channel_mix_value.weight", "mlp.value.weight", False),
 )
 _TO_COGCORE = dict(LAYER_TENSORS)
 _TO_GGUF = {c: g for g, c in LAYER_TENSORS}

@@ -4,7 +4,9 @@ A GGUF file carries no tokenizer.json: llama.cpp's converter writes the vocabula
 (llama.cpp's gguf-py names the keys; `src/llama-vocab.cpp` reads them):
 
     tokenizer.ggml.model         "llama" (sentencepiece-style BPE ranked by score, byte-fallback
-                                 tokens <0xNN>) or "gpt2" (byte-level BPE with merges)
+                                 tokens <0xNN>), "gpt2" (byte-level BPE with merges) or "rwkv"
+                                 (RWKV's world vocabulary: each token repr-escaped bytes, matched
+                                 greedily; cogcore.rwkv_tokenizer)
     tokenizer.ggml.pre           which pre-tokenizer regexes split the text ("gpt2" only)
     tokenizer.ggml.tokens        every token's text; ids are positions
     tokenizer.ggml.scores        float per token ("llama": a merge's priority is its result's score)
@@ -30,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -154,8 +157,9 @@ class _Meta:
         return value
 
 
-def tokenizer_from_gguf(meta: Mapping[str, Any], source: str, config=None) -> HFTokenizer:
-    """The tokenizer a GGUF file's `tokenizer.ggml.*` metadata describes, built as llama.cpp reads it.
+def tokenizer_from_gguf(meta: Mapping[str, Any], source: str, config=None):
+    """The tokenizer a GGUF file's `tokenizer.ggml.*` metadata describes, built as llama.cpp reads it
+    (an HFTokenizer; for model "rwkv" a cogcore.rwkv_tokenizer.RWKVWorldTokenizer).
 
     `meta` maps each key to `ReaderField.contents()`; `source` (the file's path) names it in errors;
     `config` (the model's) is checked against it as for a tokenizer.json.
@@ -167,12 +171,15 @@ def tokenizer_from_gguf(meta: Mapping[str, Any], source: str, config=None) -> HF
         raise InputError(f"{source}: has no tokenizer (no tokenizer.ggml.* keys): text in/out needs one; "
                          f"model.forward still takes token ids")
     kind = m.get("tokenizer.ggml.model", str)
-    if kind not in ("llama", "gpt2"):
-        raise m.fail("tokenizer.ggml.model", "'llama' (sentencepiece) or 'gpt2' (byte-level BPE)", repr(kind))
+    if kind not in ("llama", "gpt2", "rwkv"):
+        raise m.fail("tokenizer.ggml.model", "'llama' (sentencepiece), 'gpt2' (byte-level BPE) or 'rwkv' (RWKV "
+                     "world)", repr(kind))
     tokens = m.array("tokenizer.ggml.tokens", str)
     n = len(tokens)
     if n == 0:
         raise m.fail("tokenizer.ggml.tokens", "at least one token", "an empty array")
+    if kind == "rwkv":
+        return _rwkv_world(m, tokens, config)
     vocab = {}
     for i, t in enumerate(tokens):
         if t in vocab:
@@ -265,6 +272,50 @@ def _chat_templates(m: _Meta):
     if not named:
         return default
     return ([{"name": "default", "template": default}] if default is not None else []) + named
+
+
+_RWKV_ESCAPED = re.compile(rb"(?:[^\\]|\\x[0-9a-f]{2}|\\[^x])*", re.S)
+_RWKV_ESCAPE = re.compile(rb"\\(x[0-9a-f]{2}|[^x])", re.S)
+
+
+def unescape_rwkv(text: str) -> bytes | None:
+    """A token of a "rwkv" vocabulary as bytes, or None if it is not escaped as the converter
+    escapes: it stores `repr(piece_bytes)[2:-1]` (\\xNN, \\t, \\n, \\r, \\\\, \\'), which
+    llama.cpp's llama_unescape_rwkv_token undoes as here."""
+    raw = text.encode("utf-8")
+    if not _RWKV_ESCAPED.fullmatch(raw):
+        return None
+
+    def one(m):
+        e = m[1]
+        return bytes([int(e[1:], 16)]) if e[:1] == b"x" else {b"t": b"\t", b"n": b"\n", b"r": b"\r"}.get(e, e)
+    return _RWKV_ESCAPE.sub(one, raw)
+
+
+def _rwkv_world(m: _Meta, tokens: list[str], config):
+    """The RWKV world tokenizer of a "rwkv" vocabulary (llama.cpp's converter `_set_vocab_rwkv_world`:
+    id 0 `<s>` (control), the world pieces by line, `[PADn]` (unused) up to the vocab size). As
+    llama.cpp's llm_tokenizer_rwkv: greedy longest match over every token's unescaped text (so
+    `<s>` and `[PADn]` in a text are those tokens, where the rwkv package spells them in bytes),
+    no BOS added; control and unused tokens decode to nothing. The chat template is the file's
+    (the converter writes llama.cpp's rwkv-world template, `{{bos_token}}` being `<s>`)."""
+    from .rwkv_tokenizer import RWKVWorldTokenizer
+    types = m.array("tokenizer.ggml.token_type", int, len(tokens), default=[NORMAL] * len(tokens))
+    pieces = {}
+    for i, text in enumerate(tokens):
+        piece = unescape_rwkv(text)
+        if not piece:
+            raise m.fail(f"tokenizer.ggml.tokens[{i}]", "a non-empty piece escaped as llama.cpp's converter "
+                         "escapes (repr of its bytes)", repr(text))
+        pieces[i] = piece
+    silent = frozenset(i for i, ty in enumerate(types) if ty in (CONTROL, UNUSED, UNKNOWN))
+    tok = RWKVWorldTokenizer(pieces, config, source=m.source, silent=silent)
+    tok.chat_template = m.get("tokenizer.chat_template", str, None)
+    for name in ("bos", "eos"):
+        tid = m.token_id(f"tokenizer.ggml.{name}_token_id", len(tokens))
+        if tid is not None:
+            tok.special[f"{name}_token"] = tokens[tid]
+    return tok
 
 
 def _bpe_merges(m: _Meta, vocab: dict[str, int]) -> list[tuple[str, str]]:

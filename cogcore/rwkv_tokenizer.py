@@ -28,10 +28,16 @@ RWKV_VOCAB_FILE = "rwkv_vocab_v20230424.txt"
 class RWKVWorldTokenizer(_TokenizerBase):
     """encode/decode over the RWKV world vocabulary; the interface of `cogcore.tokenizer.Tokenizer`."""
 
-    def __init__(self, pieces: dict[int, bytes], config=None, source: str = RWKV_VOCAB_FILE):
+    def __init__(self, pieces: dict[int, bytes], config=None, source: str = RWKV_VOCAB_FILE,
+                 silent: frozenset[int] = frozenset()):
         self.source = source
         self.pieces = pieces
+        self.silent = silent           # matched in text, but decode to nothing (a GGUF's <s> and [PADn])
+        self.chat_template, self.special = None, {}     # a GGUF file's tokenizer.chat_template, <s> as bos/eos
         self.ids = {piece: i for i, piece in pieces.items()}
+        missing = [b for b in range(256) if bytes([b]) not in self.ids]
+        if missing:              # greedy matching needs them: any text then encodes
+            raise InputError(f"{source}: expected a piece for every single byte, found none for byte {missing[0]}")
         self.longest = max(map(len, pieces.values()), default=1)
         self.n_tokens = max(pieces, default=0) + 1
         self.vocab_size = self.n_tokens
@@ -56,14 +62,15 @@ class RWKVWorldTokenizer(_TokenizerBase):
             raise InputError(f"{path}: expected UTF-8 text, found an undecodable byte at offset {e.start}") from None
         except OSError as e:
             raise InputError(f"{path}: cannot read the RWKV vocabulary: {e.strerror}") from None
-        missing = [b for b in range(256) if bytes([b]) not in set(pieces.values())]
-        if missing:
-            raise InputError(f"{path}: expected a piece for every single byte, found none for byte {missing[0]}")
         return cls(pieces, config, source=path)
 
     @classmethod
     def from_model_dir(cls, model_dir, config=None) -> "RWKVWorldTokenizer":
         return cls.from_file(os.path.join(os.fspath(model_dir), RWKV_VOCAB_FILE), config)
+
+    def special_tokens(self) -> dict[str, str]:
+        """The special token texts a chat template reads (bos_token, eos_token)."""
+        return dict(self.special)
 
     # ---- text <-> ids ----------------------------------------------------------
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
@@ -90,8 +97,8 @@ class RWKVWorldTokenizer(_TokenizerBase):
         return repr(self.pieces.get(int(i), b""))
 
     def piece_bytes(self, i: int) -> bytes:
-        """The bytes token `i` adds to a text (b"" for id 0 and ids past the vocabulary)."""
-        return self.pieces.get(int(i), b"")
+        """The bytes token `i` adds to a text (b"" for id 0, silent ids and ids past the vocabulary)."""
+        return b"" if int(i) in self.silent else self.pieces.get(int(i), b"")
 
 
 def _parse_line(line: str, path: str, n: int) -> tuple[int, bytes]:

@@ -32,11 +32,14 @@ GGUF_DIR = os.path.join(HERE, "gguf")
 FAMILIES = ("llama", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
 CONVERTED = ("llama", "qwen2", "qwen3", "mixtral", "olmoe")          # by llama.cpp's converter
 QUANTIZED = [(f, q) for f in ("llama", "qwen2", "mixtral") for q in ("q8_0", "q4_0")]
+RWKV7 = "rwkv7-hd64"            # fla's RWKV-7 (tests/fixtures/make_rwkv7.py), by the converter at BF16
+READ = FAMILIES + (RWKV7,)
 with open(os.path.join(GGUF_DIR, "made_by.json")) as _f:
     MADE_BY = json.load(_f)
 
 
-def fixture(family, kind="f32"):
+def fixture(family, kind=None):
+    kind = kind or ("bf16" if family == RWKV7 else "f32")      # the RWKV-7 weights are bfloat16 values
     return os.path.join(GGUF_DIR, f"{family}-{kind}.gguf")
 
 
@@ -51,16 +54,16 @@ def relative(got, want):
 
 
 def test_the_fixtures_come_from_llama_cpp():
-    for family in CONVERTED:
-        assert MADE_BY[f"{family}-f32.gguf"].startswith("convert_hf_to_gguf.py")
+    for family in CONVERTED + (RWKV7,):
+        assert MADE_BY[os.path.basename(fixture(family))].startswith("convert_hf_to_gguf.py")
     for family, qtype in QUANTIZED:
         assert MADE_BY[f"{family}-{qtype}.gguf"].startswith(("convert_hf_to_gguf.py", "llama-quantize"))
 
 
 # ---- reading -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
-@pytest.mark.parametrize("family", FAMILIES)
-def test_f32_gguf_matches_transformers(family, backend):
+@pytest.mark.parametrize("family", READ)
+def test_float_gguf_matches_the_reference_library(family, backend):        # transformers; fla for RWKV-7
     _, ref, want = reference(family)
     model = cogcore.load(fixture(family), backend=backend)
     assert relative(model.forward(ref["prompt"]), want) < 1e-4
@@ -73,15 +76,15 @@ def test_f32_gguf_matches_transformers(family, backend):
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
-@pytest.mark.parametrize("family", ["llama", "mixtral"])
-def test_f32_gguf_matches_llama_cpps_own_logits(family, backend):
+@pytest.mark.parametrize("family", ["llama", "mixtral", RWKV7])
+def test_f32_gguf_matches_llama_cpps_own_logits(family, backend):        # RWKV7: llama.cpp ran its F32 conversion
     _, ref, _ = reference(family)
     want = np.load(os.path.join(GGUF_DIR, "llama_cpp_logits.npz"))[family]     # llama.cpp, F32 KV cache
     got = cogcore.load(fixture(family), backend=backend).forward(ref["prompt"])
     assert relative(got, want) < 1e-4
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", READ)
 def test_a_gguf_file_gives_the_config_of_its_hugging_face_directory(family):
     d, _, _ = reference(family)
     from_hf = cogcore.load(d, backend="numpy").config.to_dict()
@@ -90,6 +93,8 @@ def test_a_gguf_file_gives_the_config_of_its_hugging_face_directory(family):
         assert from_hf["rope_scaling"]["rope_type"] == "llama3"
         assert from_gguf["rope_scaling"]["rope_type"] == "factors"
         from_hf.pop("rope_scaling"), from_gguf.pop("rope_scaling")
+    if family == RWKV7:          # llama.cpp normalises kk as x / max(|x|, eps), fla's fused kernel x / sqrt(|x|^2 + eps)
+        assert (from_hf.pop("rwkv_kk_norm"), from_gguf.pop("rwkv_kk_norm")) == ("epsilon", "clamp")
     assert from_gguf == from_hf
 
 
@@ -206,6 +211,40 @@ def test_a_gguf_file_reads_text_as_its_hugging_face_directory(family):
     np.testing.assert_allclose(gg.forward(ids), hf.forward(ids), rtol=0, atol=1e-4)
 
 
+def test_rwkv7_gguf_reads_text_as_its_directory_and_llama_cpp():
+    with open(os.path.join(HERE, "rwkv_world", "reference.json"), encoding="utf-8") as f:
+        texts = list(json.load(f)["encodings"])          # the texts whose pieces the fixture's vocabulary has
+    d, _, _ = reference(RWKV7)
+    hf, gg = cogcore.load(d, backend="numpy"), cogcore.load(fixture(RWKV7), backend="numpy")
+    assert gg.config.bos_token_id == gg.config.eos_token_id == 0           # <s>, the end of text
+    for text in texts + ["Hello, world!", "naïve café — 東京 🙂"]:
+        ids = gg.tokenizer.encode(text)
+        assert ids == hf.tokenizer.encode(text) and gg.tokenizer.decode(ids) == text
+    # llama.cpp's trie holds every token's text: `llama-tokenize -m rwkv7-hd64-bf16.gguf --ids
+    # -p "<s> [PAD300] x"` (with or without --no-parse-special) gives these ids
+    assert gg.tokenizer.encode("<s> [PAD300] x") == [0, 33, 300, 33, 121]
+    assert gg.tokenizer.decode([0, 33, 300, 33, 121]) == "  x"                # control and unused: nothing
+    from cogcore.chat_template import chat_prompt_ids, model_chat_template
+    ids, _ = chat_prompt_ids(gg, [{"role": "user", "content": "Hi"}], model_chat_template(gg))
+    assert ids[0] == 0 and gg.tokenizer.decode(ids) == "User: Hi\n\nAssistant:"     # llama.cpp's rwkv-world template
+
+
+def test_the_rwkv_unescape_inverts_the_converters_repr():
+    from cogcore.errors import InputError
+    from cogcore.gguf_vocab import tokenizer_from_gguf, unescape_rwkv
+    pieces = [bytes([b]) for b in range(256)] + ["naïve 東京".encode(), b"it's \\ \"x\"", b"\t\n\r\x00\xff"]
+    for piece in pieces:
+        assert unescape_rwkv(repr(piece)[2:-1]) == piece          # convert_hf_to_gguf's _set_vocab_rwkv_world
+    meta = {"tokenizer.ggml.model": "rwkv", "tokenizer.ggml.tokens": ["<s>"] + [repr(p)[2:-1] for p in pieces]}
+    assert tokenizer_from_gguf(meta, "m.gguf").encode("naïve 東京!") == [257, 34]
+    for bad in ("\\x4", "ab\\", "\\xZZ"):
+        with pytest.raises(InputError, match=r"m.gguf: tokenizer.ggml.tokens\[3\]"):
+            tokenizer_from_gguf(dict(meta, **{"tokenizer.ggml.tokens": meta["tokenizer.ggml.tokens"][:3] + [bad]}),
+                                "m.gguf")
+    with pytest.raises(InputError, match="every single byte"):
+        tokenizer_from_gguf(dict(meta, **{"tokenizer.ggml.tokens": meta["tokenizer.ggml.tokens"][:200]}), "m.gguf")
+
+
 def test_a_gguf_file_has_the_chat_template_of_its_directory():
     from cogcore.chat_template import chat_prompt_ids, model_chat_template
     d, _, _ = reference("qwen2")
@@ -292,6 +331,21 @@ def test_convert_command(tmp_path, capsys):
     assert "cogcore model" in capsys.readouterr().err
     assert main(["inspect", fixture("mixtral", "q4_0")]) == 0
     assert "q4_0" in capsys.readouterr().out
+
+
+def test_rwkv7_widths_come_from_the_tensors(tmp_path):
+    """The converter writes feed_forward_length = 4 x hidden for fla's intermediate_size: null."""
+    _, ref, want = reference(RWKV7)
+    path = rewritten(tmp_path, fixture(RWKV7), {"general.architecture": "rwkv7", "rwkv7.feed_forward_length": 512})
+    model = cogcore.load(path, backend="numpy")
+    assert model.config.intermediate_size == 64
+    assert relative(model.forward(ref["prompt"]), want) < 1e-4
+
+
+def test_rwkv7_is_read_but_not_written(tmp_path):
+    with pytest.raises(ConfigError, match="found rwkv7"):
+        export_gguf(reference(RWKV7)[0], tmp_path / "r.gguf")
+    assert not os.listdir(tmp_path)
 
 
 def test_a_norm_topk_prob_llama_cpp_would_ignore_is_refused(tmp_path):
@@ -413,6 +467,17 @@ def test_bad_metadata_is_named(tmp_path, change, drop, error, match):
     refused(rewritten(tmp_path, fixture("llama", "q4_0"), change, drop), error, match)
 
 
+@pytest.mark.parametrize("change, drop, match", [
+    ({}, ("rwkv7.wkv.head_size",), "'rwkv7.wkv.head_size'"),
+    ({"rwkv7.wkv.head_size": 48}, (), "rwkv_head_size.*divisor of hidden_size=128"),
+    ({"rwkv7.block_count": 3}, (), "'rwkv7.block_count': expected 2"),
+    ({"rwkv7.attention.layer_norm_epsilon": "small"}, (), "'rwkv7.attention.layer_norm_epsilon'"),
+])
+def test_bad_rwkv7_metadata_is_named(tmp_path, change, drop, match):
+    change = {"general.architecture": "rwkv7", **change}
+    refused(rewritten(tmp_path, fixture(RWKV7), change, drop), ConfigError, match)
+
+
 def test_an_unknown_tensor_is_named(tmp_path):
     src = fixture("llama", "q4_0")
     data = open(src, "rb").read().replace(b"blk.1.ffn_up.weight", b"blk.1.ffn_xx.weight")
@@ -425,14 +490,15 @@ METADATA_VALUES = (st.none() | st.booleans() | st.integers(-3, 2 ** 64) | st.flo
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(family=st.sampled_from(["llama", "mixtral", "qwen2_moe", "qwen3", "olmoe"]), data=st.data())
+@given(family=st.sampled_from(["llama", "mixtral", "qwen2_moe", "qwen3", "olmoe", RWKV7]), data=st.data())
 def test_fuzzed_metadata_gives_a_config_or_a_clear_error(family, data):
     """Any metadata key set to any value (or removed): a Config or a CogcoreError, nothing else."""
     from cogcore.gguf_model import metadata, open_gguf, read_config, read_tensors
     path = fixture(family)
     reader = open_gguf(path)
     meta = metadata(reader, path, vocabulary=False)
-    keys = sorted(meta) + [f"{meta['general.architecture']}.rope.scaling.type"]
+    arch = meta["general.architecture"]
+    keys = sorted(meta) + [f"{arch}.rope.scaling.type"]
     for _ in range(data.draw(st.integers(1, 3))):
         key = data.draw(st.sampled_from(keys))
         value = data.draw(METADATA_VALUES)
@@ -440,7 +506,7 @@ def test_fuzzed_metadata_gives_a_config_or_a_clear_error(family, data):
             meta.pop(key, None)
         else:
             meta[key] = value
-    tensors, _ = read_tensors(reader, path)
+    tensors, _ = read_tensors(reader, path, arch)
     try:
         read_config(meta, tensors, path)
     except CogcoreError:
@@ -456,7 +522,7 @@ def test_fuzz_the_gguf_reader(tmp_path):
     from test_fuzz import mutate_bytes
     rng = random.Random(int(os.environ.get("COGCORE_FUZZ_SEED", "0")))
     sources = {}
-    for family, kind in (("llama", "q4_0"), ("mixtral", "q8_0"), ("qwen2", "q8_0")):
+    for family, kind in (("llama", "q4_0"), ("mixtral", "q8_0"), ("qwen2", "q8_0"), (RWKV7, "bf16")):
         data = open(fixture(family, kind), "rb").read()
         sources[family] = (data, gguf.GGUFReader(fixture(family, kind)).data_offset)
     outcomes = {"ok": 0, "error": 0}
