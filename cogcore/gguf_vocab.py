@@ -40,7 +40,7 @@ from typing import Any
 from .config import read_json
 from .errors import InputError
 from .tokenizer import (CHAT_TEMPLATE_FILE, HF_TOKENIZER_CONFIG, HF_TOKENIZER_FILE, TOKENIZER_FILE, HFTokenizer,
-                        add_transformers_special_tokens, chat_template_files)
+                        add_transformers_special_tokens, chat_template_files, token_content)
 
 # gguf.TokenType, spelled here so that reading a file needs no gguf import
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -413,7 +413,7 @@ def _add_special_vocab(writer, model_dir: Path, merges: bool, n_vocab: int | Non
         pairs = (spec.get("model") or {}).get("merges") or []
         writer.add_token_merges([m if isinstance(m, str) else " ".join(p.replace(" ", "\u0120") for p in m)
                                  for m in pairs])
-    names = {t: _content(settings.get(f"{t}_token")) for t in SPECIAL_TYPES}
+    names = {t: token_content(settings.get(f"{t}_token")) for t in SPECIAL_TYPES}
     if settings:                                           # BERT-like: CLS/SEP stand for BOS/EOS
         names["bos"], names["eos"] = names["bos"] or names["cls"], names["eos"] or names["sep"]
     add = _post_processor_flags(spec.get("post_processor"), names, bool(settings)) if spec else {}
@@ -440,12 +440,6 @@ def _add_special_vocab(writer, model_dir: Path, merges: bool, n_vocab: int | Non
         writer.add_normalizer_lowercase(lowercase)
     if strip_accents is not None:
         writer.add_normalizer_strip_accents(strip_accents)
-
-
-def _content(entry) -> str | None:
-    """A tokenizer_config.json special token: a string or {"content": ...}."""
-    entry = entry.get("content") if isinstance(entry, dict) else entry
-    return entry if isinstance(entry, str) and entry else None
 
 
 def _set_special(ids: dict, typ: str, value, n_vocab: int | None) -> None:
@@ -666,7 +660,7 @@ def _tokenizer_json_vocab(model_dir: Path, n_vocab: int | None):
     id_to_token = {i: t for t, i in tok.get_vocab(with_added_tokens=True).items()}
     size = max(n_vocab or 0, max(id_to_token, default=-1) + 1)
     byte_fallback = bool(bpe.get("byte_fallback"))
-    unk = bpe.get("unk_token") or _content(settings.get("unk_token"))
+    unk = bpe.get("unk_token") or token_content(settings.get("unk_token"))
     tokens, types = [], []
     for i in range(size):
         text = id_to_token.get(i)

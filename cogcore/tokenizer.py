@@ -239,6 +239,12 @@ MODEL_TYPE_TOKENIZER_CLASS = {"qwen2": "Qwen2Tokenizer"}
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
+def token_content(entry) -> str | None:
+    """A tokenizer_config.json special token: a string or {"content": ...}; None for anything else."""
+    entry = entry.get("content") if isinstance(entry, dict) else entry
+    return entry if isinstance(entry, str) and entry else None
+
+
 def add_transformers_special_tokens(tok, model_dir, settings: dict) -> None:
     """Add to `tok` (a tokenizers.Tokenizer) the special tokens transformers 5's AutoTokenizer
     appends to a tokenizer.json that lacks them, in its order, at the next ids:
@@ -247,10 +253,6 @@ def add_transformers_special_tokens(tok, model_dir, settings: dict) -> None:
     import json
 
     from tokenizers import AddedToken
-
-    def text(entry):
-        entry = entry.get("content") if isinstance(entry, dict) else entry
-        return entry if isinstance(entry, str) and entry else None
 
     try:
         with open(os.path.join(os.fspath(model_dir), "config.json"), encoding="utf-8") as f:
@@ -262,7 +264,8 @@ def add_transformers_special_tokens(tok, model_dir, settings: dict) -> None:
     defaults = CLASS_SPECIAL_DEFAULTS.get(MODEL_TYPE_TOKENIZER_CLASS.get(model_type, cls), {})
     extra = settings.get("extra_special_tokens") or settings.get("additional_special_tokens") or []
     extra = extra.values() if isinstance(extra, dict) else extra if isinstance(extra, list) else []
-    names = [text(settings.get(name)) or defaults.get(name) for name in SPECIAL_TOKEN_NAMES] + [text(t) for t in extra]
+    names = [token_content(settings.get(name)) or defaults.get(name) for name in SPECIAL_TOKEN_NAMES]
+    names += [token_content(t) for t in extra]
     missing = dict.fromkeys(t for t in names if t is not None and tok.token_to_id(t) is None)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
 

@@ -171,7 +171,8 @@ def test_every_family_writes_the_keys_of_llama_cpps_converter(family, tmp_path):
     theirs = tokenizer_keys(read_meta(os.path.join(GGUF_DIR, f"{family}-f32.gguf")))
     mine = tokenizer_keys(write_vocab(os.path.join(FAMILIES, family), tmp_path / "v.gguf"))
     assert mine == theirs
-    n = len(json.load(open(os.path.join(FAMILIES, family, "tokenizer.json"), encoding="utf-8"))["model"]["vocab"])
+    with open(os.path.join(FAMILIES, family, "tokenizer.json"), encoding="utf-8") as f:
+        n = len(json.load(f)["model"]["vocab"])
     appended = ["<|endoftext|>"] if family == "qwen2" else []
     assert theirs["tokenizer.ggml.tokens"][n:] == appended + [f"[PAD{i}]" for i in range(n + len(appended), 320)]
 
@@ -193,7 +194,7 @@ def test_special_tokens_transformers_appends_are_written_after_the_vocabulary(tm
     """Special tokens tokenizer_config.json names but tokenizer.json lacks: transformers appends
     them (bos..mask, then the extra ones), so llama.cpp's converter lists them there, as control."""
     shutil.copytree(os.path.join(FAMILIES, "llama"), tmp_path / "m")
-    settings = json.load(open(tmp_path / "m" / "tokenizer_config.json", encoding="utf-8"))
+    settings = json.loads((tmp_path / "m" / "tokenizer_config.json").read_text(encoding="utf-8"))
     settings.update(mask_token="<mask>", pad_token="<pad>", extra_special_tokens=["<x>", "<pad>"])
     (tmp_path / "m" / "tokenizer_config.json").write_text(json.dumps(settings), encoding="utf-8")
     meta = write_vocab(tmp_path / "m", tmp_path / "v.gguf")
