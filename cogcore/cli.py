@@ -41,13 +41,20 @@ class Terminated(KeyboardInterrupt):
 
 
 def _on_sigterm(signum, frame):
+    # Raised wherever the main thread is. If that is inside a __del__ (Python only prints
+    # exceptions raised there and carries on), the work would run to its end: so ask again
+    # every 0.2 s (SIGALRM, same handler) until one lands.
+    signal.signal(signal.SIGALRM, _on_sigterm)
+    signal.setitimer(signal.ITIMER_REAL, 0.2, 0.2)
     raise Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     on_main_thread = threading.current_thread() is threading.main_thread()   # where signals can be set
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if on_main_thread else None
+    if on_main_thread:
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGALRM)}
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.run(args) or 0
     except CogcoreError as e:
@@ -63,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         if on_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:

@@ -294,6 +294,35 @@ def test_stale_temporaries_are_removed_on_the_next_write(tmp_path):
     assert not stale.exists() and mine.exists()
 
 
+SWALLOWED_SIGTERM = """
+import argparse, os, signal, sys, time, types
+from cogcore import cli
+
+class Swallows:
+    def __del__(self):   # SIGTERM lands in here: Python prints the exception and carries on
+        os.kill(os.getpid(), signal.SIGTERM)
+        sum(range(100000))
+
+def run(args):
+    Swallows()
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        pass
+    print("ran to the end")
+
+cli.build_parser = lambda: types.SimpleNamespace(parse_args=lambda argv: argparse.Namespace(run=run, command="test"))
+sys.exit(cli.main([]))
+"""
+
+
+def test_sigterm_swallowed_by_a_finalizer_is_raised_again():
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", SWALLOWED_SIGTERM], capture_output=True, cwd=ROOT, timeout=60)
+    assert b"Exception ignored" in done.stderr                       # the first one was swallowed
+    assert done.returncode == 128 + signal.SIGTERM and b"terminated" in done.stderr, done.stderr
+    assert b"ran to the end" not in done.stdout and time.perf_counter() - start < 15
+
+
 def test_sigterm_during_a_long_write_leaves_nothing(tmp_path):
     out = tmp_path / "big"
     proc = subprocess.Popen([sys.executable, "-m", "cogcore", "init", "--preset", "4b", str(out)],
