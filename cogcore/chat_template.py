@@ -31,8 +31,8 @@ import functools
 import json
 import os
 
-from .errors import CogcoreError, InputError
-from .tokenizer import chat_template_files
+from .errors import InputError
+from .tokenizer import HF_TOKENIZER_CONFIG, chat_template_files, read_tokenizer_config
 
 
 @functools.lru_cache(maxsize=8)
@@ -153,7 +153,6 @@ class TemplateChat:
 
 
 ROLES = ("system", "developer", "user", "assistant")     # developer: OpenAI's newer name for system
-TEMPLATE_CONFIG = "tokenizer_config.json"
 
 
 def message_text(message, index: int) -> tuple[str, str]:
@@ -218,14 +217,7 @@ def chat_template(model_dir: str | None) -> tuple[str, dict] | None:
     one; chat_template.jinja beside it, where transformers 5 saves it, comes first, as in transformers."""
     if model_dir is None or not os.path.isdir(model_dir):
         return None
-    path = os.path.join(model_dir, TEMPLATE_CONFIG)
-    config = {}
-    if os.path.isfile(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                config = json.load(f)
-        except (OSError, ValueError) as e:
-            raise CogcoreError(f"{path}: expected valid JSON, found a parse error: {e}") from None
+    config = read_tokenizer_config(model_dir)
     config = config if isinstance(config, dict) else {}
     template = chat_template_files(model_dir)
     template = config.get("chat_template") if template is None else template
@@ -235,7 +227,7 @@ def chat_template(model_dir: str | None) -> tuple[str, dict] | None:
     if template is None:
         return None
     if not isinstance(template, str):
-        raise InputError(f"{path}: chat_template: expected a string, found {type(template).__name__}")
+        raise InputError(f"{os.path.join(model_dir, HF_TOKENIZER_CONFIG)}: chat_template: expected a string, found {type(template).__name__}")
     special = {k: (v.get("content") if isinstance(v, dict) else v) for k, v in config.items()
                if k in ("bos_token", "eos_token")}
     return template, special

@@ -181,6 +181,14 @@ class StreamDecoder:
 
 HF_TOKENIZER_FILE = "tokenizer.json"
 HF_TOKENIZER_CONFIG = "tokenizer_config.json"
+
+
+def read_tokenizer_config(model_dir: str):
+    """The parsed tokenizer_config.json of model_dir ({} when there is none), or an InputError
+    saying what is wrong with the file."""
+    from .config import read_json
+    path = os.path.join(model_dir, HF_TOKENIZER_CONFIG)
+    return read_json(path, InputError, "tokenizer config") if os.path.isfile(path) else {}
 CHAT_TEMPLATE_FILE, CHAT_TEMPLATE_DIR = "chat_template.jinja", "additional_chat_templates"
 
 
@@ -328,15 +336,9 @@ class HFTokenizer(_TokenizerBase):
             raise InputError(f"{path}: expected a tokenizers-library tokenizer.json, found a file it "
                              f"cannot load ({e})") from None
         settings_path = os.path.join(model_dir, HF_TOKENIZER_CONFIG)
-        settings = {}
-        if os.path.isfile(settings_path):
-            try:
-                with open(settings_path, encoding="utf-8") as f:
-                    settings = json.load(f)
-            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-                raise InputError(f"{settings_path}: expected valid JSON, found a parse error: {e}") from None
-            if not isinstance(settings, dict):
-                raise InputError(f"{settings_path}: expected a JSON object, found {type(settings).__name__}")
+        settings = read_tokenizer_config(model_dir)
+        if not isinstance(settings, dict):
+            raise InputError(f"{settings_path}: expected a JSON object, found {type(settings).__name__}")
         add_transformers_special_tokens(tok, model_dir, settings)
         template = chat_template_files(model_dir)
         if template is not None:
