@@ -32,6 +32,7 @@ import json
 import os
 
 from .errors import InputError
+from .generate import Conversation, Stream, resolve_options
 from .tokenizer import HF_TOKENIZER_CONFIG, chat_template_files, read_tokenizer_config
 
 
@@ -81,9 +82,10 @@ def render(template: str, messages: list[dict], add_generation_prompt: bool = Fa
         raise InputError(f"chat_template: rendering failed ({e})") from None
 
 
-class TemplateChat:
-    """A chat through the model's chat template, one cache across turns (the interface of
-    `cogcore.generate.Conversation`).
+class TemplateChat(Conversation):
+    """A chat through the model's chat template, one cache across turns: a
+    `cogcore.generate.Conversation` (same options, history policies and prompt cache)
+    whose turns are rendered by the template instead of cogcore's own turn format.
 
     Each turn renders the whole conversation with `add_generation_prompt=True`. What
     the cache already holds (the earlier prompts and replies, with their special
@@ -98,23 +100,14 @@ class TemplateChat:
     a directory).
     """
 
-    def __init__(self, model, stats: bool = False, history: str | None = None, prompt_cache=None, **options):
-        from .generate import history_policy, resolve_options
-        self.model, self.stats, self.options, self.prompt_cache = model, stats, options, prompt_cache
-        self.tokenizer = model.tokenizer
-        resolve_options(model, **options)        # bad options fail now, not at the first turn
-        self.history = history_policy(model, history)
-        self.notice: str | None = None           # set by a turn that had to drop the conversation
-        self.reset()
-
     def reset(self) -> None:
+        self.tokenizer = self.model.tokenizer
         self.cache = self.model.new_cache() if self.prompt_cache is None else None
         self.messages: list[dict] = []
         self.cached_ids: list[int] = []          # every token the cache holds, or will once pending is fed
         self.last = None
 
-    def send(self, text: str, **overrides):
-        from .generate import Stream, resolve_options
+    def send(self, text: str, **overrides) -> Stream:
         tok = self.tokenizer
         options = {**self.options, **overrides}
         self.notice = None
