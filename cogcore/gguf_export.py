@@ -26,8 +26,9 @@ from .dtypes import f32
 from .errors import ConfigError, WeightsError
 from .gguf_names import ARCH_OF_FAMILY, ARCHES, METADATA, ROPE_FREQS, gguf_name, permute_rows
 from .gguf_vocab import add_vocab_to_gguf
-from .quant import QuantTensor
+from .quant import QuantTensor, packed_shape
 from .tensorfile import temporary_name
+from .weights import ExpertStack
 
 KEPT_F32 = (".mlp.gate.weight", ".shared_expert_gate.weight")    # routers: the converter keeps them F32
 
@@ -104,6 +105,8 @@ def _gguf_type(a, name: str):
         return T.F32, lambda: f32(a if isinstance(a, QuantTensor) else np.asarray(a))   # exact: widened
     if isinstance(a, QuantTensor):
         return T[a.qtype.upper()], lambda: a.data
+    if isinstance(a, ExpertStack) and isinstance(a[0], QuantTensor):   # a family's quantized experts
+        return T[a[0].qtype.upper()], lambda: np.stack([p.data for p in a.parts])
     kind = {np.dtype(np.float32): T.F32, np.dtype(np.float16): T.F16, np.dtype(np.uint16): T.BF16}[np.dtype(a.dtype)]
     return kind, lambda: np.asarray(a)       # an ExpertStack is stacked here, one tensor at a time
 
@@ -132,7 +135,9 @@ def plan(model, arch_name: str) -> list[tuple[str, object, tuple[int, ...], Call
         if target is None:
             raise WeightsError(f"{model.path}: tensor '{name}': GGUF has no name for it")
         kind, make = _gguf_type(a, name)
-        shape = a.data.shape if kind.name in ("Q8_0", "Q4_0") else tuple(a.shape)    # blocks: their bytes
+        shape = tuple(a.shape)
+        if kind.name in ("Q8_0", "Q4_0"):                    # blocks: their bytes
+            shape = packed_shape(shape, kind.name.lower())
         if ARCHES[arch_name].permute_qk and target.endswith(("attn_q.weight", "attn_k.weight", "attn_q.bias",
                                                               "attn_k.bias")):
             heads = config.num_attention_heads if ".attn_q." in target else config.num_key_value_heads

@@ -36,7 +36,7 @@ from .families.hf import PER_EXPERT
 from .gguf_names import (ARCHES, METADATA, ROPE_FREQS, RWKV7_GLOBAL, RWKV7_LAYER, RWKV7_LERPS, cogcore_name,
                          unpermute_rows)
 from .quant import QuantTensor
-from .weights import stack_experts
+from .weights import ExpertStack
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
@@ -442,7 +442,7 @@ def read_tensors(reader, path: str, arch: str | None = None) -> tuple[dict, dict
             raise WeightsError(f"{path}: per-expert tensors of '{stacked}': expected experts 0..{max(by_index)}, "
                                f"found {sorted(by_index)}")
         arrays, names = zip(*(by_index[e] for e in range(E)))
-        tensors[stacked] = stack_experts(list(arrays), list(names), path)
+        tensors[stacked] = ExpertStack(list(arrays), list(names), path)
         gguf_names[stacked] = names[0]
     return tensors, gguf_names
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import WeightsError
-from .quant import QuantTensor
 
 
 class Weights:
@@ -79,18 +78,3 @@ class ExpertStack:
         a = np.stack([p.dequantize() if hasattr(p, "dequantize") else p for p in self.parts])
         return a if dtype is None else a.astype(dtype)
 
-
-def stack_experts(parts: list, names: list[str], source: str = "<memory>"):
-    """Per-expert tensors as one stacked [E, ...] tensor: an ExpertStack of float arrays (no copy),
-    or one QuantTensor of quantized ones (a copy of their blocks: the quantized MoE kernels take
-    one block array), which must then all share a format and shape."""
-    if not any(isinstance(p, QuantTensor) for p in parts):
-        return ExpertStack(parts, names, source)
-    first = parts[0]
-    for part, name in zip(parts, names):
-        if not (isinstance(part, QuantTensor) and isinstance(first, QuantTensor)
-                and (part.qtype, part.shape) == (first.qtype, first.shape)):
-            raise WeightsError(f"{source}: tensor '{name}': expected {getattr(first, 'qtype', first.dtype)} "
-                               f"{list(first.shape)} like '{names[0]}', found "
-                               f"{getattr(part, 'qtype', part.dtype)} {list(part.shape)}")
-    return QuantTensor(np.stack([p.data for p in parts]), first.qtype, (len(parts), *first.shape))

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..config import LLAMA3_KEYS
 from ..errors import ConfigError, WeightsError
-from ..weights import stack_experts
+from ..weights import ExpertStack
 
 _MISSING = object()
 
@@ -137,7 +137,7 @@ def cogcore_name(family, name: str) -> str:
 def map_tensors(family, tensors: dict[str, np.ndarray], origin: dict[str, str], source: str,
                 tied: bool = False):
     """Foreign names -> cogcore names (family.RENAMES), per-expert tensors -> ExpertStack
-    (quantized ones, as `cogcore quantize` writes them: one stacked QuantTensor, weights.stack_experts).
+    (float or quantized, as `cogcore quantize` writes them).
 
     A family may also list VIEWS, (regex on the cogcore name, function): a view of the
     array in cogcore's layout (a transpose, a reshape), applied after the renames.
@@ -167,6 +167,6 @@ def map_tensors(family, tensors: dict[str, np.ndarray], origin: dict[str, str], 
             raise WeightsError(f"{source}: expert tensors of '{stacked}': expected experts 0..{E - 1}, "
                                f"found none for expert {missing[0]}")
         parts = [by_index[e] for e in range(E)]
-        out[stacked] = stack_experts([a for a, _ in parts], [n for _, n in parts], source)
+        out[stacked] = ExpertStack([a for a, _ in parts], [n for _, n in parts], source)
         where[stacked] = origin.get(parts[0][1], source)
     return out, where
