@@ -170,8 +170,6 @@ class Model:
         self.last_pass = ctx
         return logits
 
-    __call__ = forward
-
     def _mixer_name(self, i: int) -> str:
         return f"layer {i}'s {self.config.layer_types[i]} mixer (model.layers.{i})"
 
@@ -218,13 +216,12 @@ def load(path: str | os.PathLike, backend: str = "numba", strict: bool = True) -
     strict: tensors the config does not use are an error (False: ignore them).
     """
     from .gguf_model import is_gguf, read_gguf
+    ops = ops_for(backend)
     if is_gguf(path):
         path = os.fspath(path)
-        ops = ops_for(backend)
         config, tensors, origin = read_gguf(path)
     else:
         path = check_model_dir(path)
-        ops = ops_for(backend)
         config = Config.from_file(os.path.join(path, "config.json"))
         tensors, origin = read_model_tensors(path)
         family = family_of(config)
