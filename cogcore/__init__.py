@@ -9,6 +9,18 @@
     cogcore.quantize("weights/cogcore-tiny", "tiny-q4", "q4_0")   # GGML q8_0 / q4_0 blocks
 """
 
+import os as _os
+
+# Idle thread pools sleep instead of spinning. GNU OpenMP (Numba's threading layer) spins a worker
+# for milliseconds after every parallel region and OpenBLAS spins its threads for ~0.1 s after every
+# call; in a decode step, where most kernels run on one thread, that spinning thread held the second
+# core and, with any other program running, the step's own thread had to share a core with it: two
+# threads decoded up to 2x slower than one (docs/performance.md, "Two threads"). libgomp reads its
+# variable when Numba starts its threads, OpenBLAS when numpy is first imported (so this one only
+# applies when cogcore is imported before numpy, as by the command line). 2**18 cycles: ~0.1 ms.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "18")
+
 from .config import Config, preset
 from .errors import CogcoreError, ConfigError, InputError, WeightsError
 from .model import Model, load, parameter_counts, tensor_shapes

@@ -396,6 +396,39 @@ def test_parallel_variant_runs_on_two_threads_from_a_warm_cache(tmp_path):
     assert cold[2] == warm[2] == "2"                      # threads that ran iterations
 
 
+IDLE_POOL_PROBE = """
+import os, time
+import cogcore                      # before numpy, as the command line does
+import numpy as np
+from cogcore.kernels import threads
+
+def others():                       # CPU seconds of every thread but the main one (whose id is the pid)
+    return sum(int(open(f"/proc/self/task/{tid}/schedstat").read().split()[0])
+               for tid in os.listdir("/proc/self/task") if int(tid) != os.getpid()) / 1e9
+
+A = np.ones((256, 256), np.float32)
+threads.thread_ids_parallel(1000), A @ A                            # both pools started
+before, t0 = others(), time.perf_counter()
+for _ in range(50):                 # a parallel region and a BLAS call, then 2 ms of serial work
+    threads.thread_ids_parallel(1000), A @ A
+    end = time.perf_counter() + 0.002
+    while time.perf_counter() < end:
+        pass
+print(others() - before, time.perf_counter() - t0)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="per-thread CPU time from Linux's /proc")
+def test_idle_thread_pools_sleep_instead_of_spinning():
+    """Between parallel regions (and after a BLAS call) the other threads sleep: a spinning worker
+    holds the second core during a decode step's serial kernels (docs/performance.md, "Two threads")."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")}
+    env.update(NUMBA_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2")
+    other, wall = map(float, subprocess.run([sys.executable, "-c", IDLE_POOL_PROBE], env=env, capture_output=True,
+                                            text=True, check=True).stdout.split())
+    assert other < 0.25 * wall, (other, wall)      # spinning pools: about the whole wall time
+
+
 def test_warm_up_compiles_or_loads_every_op():
     seconds = NB.warm_up()
     assert seconds >= 0
