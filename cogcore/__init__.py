@@ -11,15 +11,18 @@
 
 import os as _os
 
-# Idle thread pools sleep instead of spinning. GNU OpenMP (Numba's threading layer) spins a worker
-# for milliseconds after every parallel region and OpenBLAS spins its threads for ~0.1 s after every
-# call; in a decode step, where most kernels run on one thread, that spinning thread held the second
-# core and, with any other program running, the step's own thread had to share a core with it: two
-# threads decoded up to 2x slower than one (docs/performance.md, "Two threads"). libgomp reads its
-# variable when Numba starts its threads, OpenBLAS when numpy is first imported (so this one only
-# applies when cogcore is imported before numpy, as by the command line). 2**18 cycles: ~0.1 ms.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "18")
+# Idle thread pools sleep soon instead of spinning. GNU OpenMP (Numba's threading layer here) spins a
+# worker for ~8 ms after every parallel region, OpenBLAS its threads for ~0.1 s after every call. A
+# decode step of a small model has one parallel region (lm_head), so with two threads a worker spun
+# through the step on the second core, and with any other program running the step's own thread got
+# half a core: two threads decoded up to 2x slower than one. 2000 spins (~0.1 ms) keep a worker awake
+# between the back-to-back regions of a large model (a sleeping worker made each ~50 us dearer and
+# took the 4b's two-thread gain) and let it sleep through serial stretches (docs/performance.md,
+# "Two threads"). libgomp reads its variable when Numba starts its threads; OpenBLAS when numpy is
+# first imported, so that one only applies when cogcore is imported first (as by the command line).
+if "OMP_WAIT_POLICY" not in _os.environ:
+    _os.environ.setdefault("GOMP_SPINCOUNT", "2000")
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "18")              # 2**18 cycles: ~0.1 ms
 
 from .config import Config, preset
 from .errors import CogcoreError, ConfigError, InputError, WeightsError

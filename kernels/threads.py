@@ -11,8 +11,8 @@ On a machine shared with other work, two pools that spin while they wait (OpenMP
 for Numba, pthreads for OpenBLAS) can slow each other down badly; `cogcore bench
 --threads N` sets both to N so that figures are taken with a known thread count.
 
-Both pools sleep as soon as their work is done: `import cogcore` sets `OMP_WAIT_POLICY=PASSIVE`
-and `OPENBLAS_THREAD_TIMEOUT` unless the environment sets them (cogcore/__init__.py says why).
+Both pools sleep soon after their work is done: `import cogcore` sets `GOMP_SPINCOUNT` and
+`OPENBLAS_THREAD_TIMEOUT` unless the environment sets them (cogcore/__init__.py says why).
 """
 
 from __future__ import annotations
