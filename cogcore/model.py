@@ -205,7 +205,8 @@ class Model:
         return generate(self, prompt, **options)
 
 
-def load(path: str | os.PathLike, backend: str = "numba", strict: bool = True) -> Model:
+def load(path: str | os.PathLike, backend: str = "numba", strict: bool = True,
+         int8_activations: bool = False) -> Model:
     """Load a model directory (SPEC Section 1): config.json plus memory-mapped safetensors weights.
 
     The directory may also be an unmodified Hugging Face directory of a public family
@@ -214,9 +215,11 @@ def load(path: str | os.PathLike, backend: str = "numba", strict: bool = True) -
 
     backend: "numba" (compiled kernels, default) or "numpy" (the reference).
     strict: tensors the config does not use are an error (False: ignore them).
+    int8_activations: dot q8_0 / q4_0 weights with the activations rounded to q8_0 blocks, in
+    integers, as GGML does on the CPU (faster, not the float path: docs/quantization.md).
     """
     from .gguf_model import is_gguf, read_gguf
-    ops = ops_for(backend)
+    ops = ops_for(backend, int8_activations)
     if is_gguf(path):
         path = os.fspath(path)
         config, tensors, origin = read_gguf(path)

@@ -36,11 +36,12 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from .linear import FAST, SMALL_T
+from .linear import FAST, SMALL_T, as_float32
 from .threads import pick, twins
 
 Q8_0, Q4_0 = 0, 1
 CODE = {"q8_0": Q8_0, "q4_0": Q4_0}
+QTYPES = tuple(CODE)
 BLOCK_BYTES = np.array([34, 18], np.int64)
 HALF_TO_FLOAT = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
 ROWS_PER_TASK = 16                     # output rows per parallel task
@@ -81,11 +82,16 @@ def _broadcast(builder, value):
     return builder.shuffle_vector(v, v, _splat(0, _I32))
 
 
+def _scale(builder, block_ptr, table_ptr):
+    """A block's float16 scale as float32 (through the 65536-entry table)."""
+    return builder.load(builder.gep(table_ptr, [builder.zext(_load(builder, block_ptr, 0, _I16), _I64)]))
+
+
 def _block(builder, qtype, block_ptr, table_ptr):
     """(d, lo, hi): a block's float32 scale and its values q without the scale, elements 0..15 and 16..31
     as two float vectors. q8_0: the 32 int8 after the scale; q4_0: byte j's low nibble is element j, its
     high nibble element j + 16, each minus 8."""
-    d = builder.load(builder.gep(table_ptr, [builder.zext(_load(builder, block_ptr, 0, _I16), _I64)]))
+    d = _scale(builder, block_ptr, table_ptr)
     if qtype == Q8_0:
         lo, hi = (_load(builder, block_ptr, off, ir.VectorType(_I8, _LANES)) for off in (2, 18))
     else:
@@ -159,27 +165,37 @@ def _dot_intrinsic(qtype):
                 s = _vfma(builder, hi, xhi, builder.fmul(lo, xlo))
                 return _vfma(builder, _broadcast(builder, d), s, acc)
 
-            zero = ir.Constant(_VF, [0.0] * _LANES)
-            k = _const(_I64, ACCUMULATORS)
-            # blocks k*i + a into accumulator a, then the last nblocks % k blocks into the first one
-            accs = _emit_for(builder, builder.udiv(nblocks, k), [zero] * ACCUMULATORS,
-                             lambda i, acc: [add_block(builder.add(builder.mul(i, k), _const(_I64, a)), acc[a])
-                                             for a in range(ACCUMULATORS)])
-            first = builder.mul(builder.udiv(nblocks, k), k)
-            accs[0], = _emit_for(builder, builder.urem(nblocks, k), [accs[0]],
-                                 lambda i, acc: [add_block(builder.add(first, i), acc[0])])
-            v = accs[0]
-            for a in accs[1:]:
-                v = builder.fadd(v, a)
-            width = _LANES
-            while width > 1:                                            # halve: 16 -> 8 -> 4 -> 2 -> 1
-                width //= 2
-                v = builder.fadd(*(builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width),
-                                                                            list(range(start, start + width))))
-                                   for start in (0, width)))
-            return builder.extract_element(v, _const(_I32, 0))
+            return _sum_lanes(builder, _accumulate(builder, nblocks, add_block))
         return types.float32(row, x, table), codegen
     return dot
+
+
+def _accumulate(builder, n, add):
+    """ACCUMULATORS float vectors, zero, after acc = add(i, acc) for i in range(n): item k*j + a
+    into accumulator a (independent multiply-add chains), the last n % k items into the first."""
+    zero = ir.Constant(_VF, [0.0] * _LANES)
+    k = _const(_I64, ACCUMULATORS)
+    accs = _emit_for(builder, builder.udiv(n, k), [zero] * ACCUMULATORS,
+                     lambda i, acc: [add(builder.add(builder.mul(i, k), _const(_I64, a)), acc[a])
+                                     for a in range(ACCUMULATORS)])
+    first = builder.mul(builder.udiv(n, k), k)
+    accs[0], = _emit_for(builder, builder.urem(n, k), [accs[0]], lambda i, acc: [add(builder.add(first, i), acc[0])])
+    return accs
+
+
+def _sum_lanes(builder, accs):
+    """The sum of every lane of the float vectors accs (added lane by lane first, then halved:
+    16 -> 8 -> 4 -> 2 -> 1)."""
+    v = accs[0]
+    for a in accs[1:]:
+        v = builder.fadd(v, a)
+    width = v.type.count
+    while width > 1:
+        width //= 2
+        v = builder.fadd(*(builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width),
+                                                                    list(range(start, start + width))))
+                           for start in (0, width)))
+    return builder.extract_element(v, _const(_I32, 0))
 
 
 def _dequantize_intrinsic(qtype):
@@ -209,6 +225,129 @@ def _dequantize_intrinsic(qtype):
 
 dot_q8_0, dot_q4_0 = _dot_intrinsic(Q8_0), _dot_intrinsic(Q4_0)
 dequantize_row_q8_0, dequantize_row_q4_0 = _dequantize_intrinsic(Q8_0), _dequantize_intrinsic(Q4_0)
+
+
+# ---- int8 activations (an option, off by default): GGML's vec_dot_q8_0_q8_0 / vec_dot_q4_0_q8_0 ----
+# The activation row is rounded to q8_0 blocks once (`quantize_activations`): int8 xq, float32 xd
+# (the block's float16 scale), and xs, minus the sum of each 4 consecutive xq. A weight block is
+# then dotted with it in integers, y = sum over blocks of d_w * d_x * (q_w . q_x), as unsigned
+# bytes u times signed xq: q4_0's nibbles are u = q_w + 8, q8_0's bytes xor 0x80 are u = q_w + 128,
+# so q_w . q_x = u . q_x - 8 (or 128) * sum(q_x), and the correction is where the int32 lanes start.
+# On AVX-512 VNNI one vpdpbusd does 64 byte products into 16 int32 lanes (two blocks, lane i the
+# sum of bytes 4i..4i+3); elsewhere the same lanes come from int32 products (`_dpbusd`).
+_V16I8, _V32I8, _V64I8 = (ir.VectorType(_I8, n) for n in (16, 32, 64))
+_V8I32, _V16I32 = ir.VectorType(_I32, 8), ir.VectorType(_I32, 16)
+_OFFSET_SHIFT = {Q4_0: 3, Q8_0: 7}           # the unsigned bytes are q_w + 2**shift
+
+
+def _target_has_vnni() -> bool:
+    """Whether the CPU Numba compiles for has 512-bit VNNI (vpdpbusd on zmm: avx512f, bw, vnni)."""
+    from numba import config
+    wanted = ("avx512f", "avx512bw", "avx512vnni")
+    if config.CPU_NAME and config.CPU_NAME != "host":          # NUMBA_CPU_NAME: a portable target
+        return {f"+{f}" for f in wanted} <= set((config.CPU_FEATURES or "").split(","))
+    import llvmlite.binding as llvm
+    host = llvm.get_host_cpu_features()
+    return all(host.get(f, False) for f in wanted)
+
+
+VNNI = _target_has_vnni()
+
+
+def _indices(values):
+    return ir.Constant(ir.VectorType(_I32, len(values)), list(values))
+
+
+def _dpbusd(builder, acc, a, b, vnni):
+    """acc[i] + sum over k < 4 of a[4i + k] * b[4i + k], 16 int32 lanes; a <64 x i8> unsigned, b signed.
+
+    vnni: the vpdpbusd instruction (declared in the <16 x i32> form, which LLVM 22 upgrades to its
+    <64 x i8> one and older LLVMs take as is); otherwise int32 products summed four by four."""
+    if vnni:
+        name = "llvm.x86.avx512.vpdpbusd.512"
+        fn = builder.module.globals.get(name) or ir.Function(
+            builder.module, ir.FunctionType(_V16I32, [_V16I32] * 3), name)
+        return builder.call(fn, [acc, builder.bitcast(a, _V16I32), builder.bitcast(b, _V16I32)])
+    wide = ir.VectorType(_I32, 64)
+    products = builder.mul(builder.zext(a, wide), builder.sext(b, wide))
+    for k in range(4):
+        acc = builder.add(acc, builder.shuffle_vector(products, products, _indices(range(k, 64, 4))))
+    return acc
+
+
+def _unsigned_block(builder, qtype, block_ptr):
+    """A weight block's 32 values as unsigned bytes in element order: q_w + 8 (q4_0: the nibbles,
+    low ones then high ones) or q_w + 128 (q8_0: the int8 xor 0x80)."""
+    if qtype == Q8_0:
+        return builder.xor(_load(builder, block_ptr, 2, _V32I8), ir.Constant(_V32I8, [-128] * 32))
+    nibbles = _load(builder, block_ptr, 2, _V16I8)
+    low, high = builder.and_(nibbles, _splat(15, _I8)), builder.lshr(nibbles, _splat(4, _I8))
+    return builder.shuffle_vector(low, high, _indices(range(32)))
+
+
+def _dot_i8_intrinsic(qtype, vnni):
+    @intrinsic
+    def dot(typingctx, row, xq, xs, xd, table):
+        """Sum over blocks of d_w * d_x * (q_w . q_x): one packed row against one q8_0 activation
+        row (xq int8 [cols], xs int32 [cols // 4], xd float32 [cols // 32])."""
+        if not (_is_vector(row, types.uint8) and _is_vector(xq, types.int8) and _is_vector(xs, types.int32)
+                and _is_vector(xd, types.float32) and _is_vector(table, types.float32)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            row_, xq_, xs_, xd_, table_ = _arrays(context, builder, sig, args)
+            nblocks = builder.extract_value(xd_.shape, 0)
+            xs_bytes = builder.bitcast(xs_.data, _I8.as_pointer())
+            shift = ir.Constant(_V16I32, [_OFFSET_SHIFT[qtype]] * 16)
+
+            def block_ptr(b):
+                return builder.gep(row_.data, [builder.mul(b, _const(_I64, int(BLOCK_BYTES[qtype])))])
+
+            def add_blocks(b, acc, pair):
+                """acc + d * float(lanes) for blocks b and b + 1 (pair) or b alone (the other half zero)."""
+                first = block_ptr(b)
+                off = builder.shl(b, _const(_I64, 5))                      # 32 bytes of xq, 8 int32 of xs
+                d = [builder.fmul(_scale(builder, first, table_.data), builder.load(builder.gep(xd_.data, [b])))]
+                if pair:
+                    b1 = builder.add(b, _const(_I64, 1))
+                    second = block_ptr(b1)
+                    u = builder.shuffle_vector(_unsigned_block(builder, qtype, first),
+                                               _unsigned_block(builder, qtype, second), _indices(range(64)))
+                    x = _load(builder, xq_.data, off, _V64I8)
+                    lanes = _load(builder, xs_bytes, off, _V16I32)
+                    d.append(builder.fmul(_scale(builder, second, table_.data),
+                                          builder.load(builder.gep(xd_.data, [b1]))))
+                else:
+                    u = builder.shuffle_vector(_unsigned_block(builder, qtype, first),
+                                               ir.Constant(_V32I8, [0] * 32), _indices(range(64)))
+                    x = builder.shuffle_vector(_load(builder, xq_.data, off, _V32I8), ir.Constant(_V32I8, [0] * 32),
+                                               _indices(range(64)))
+                    lanes = builder.shuffle_vector(_load(builder, xs_bytes, off, _V8I32),
+                                                   ir.Constant(_V8I32, [0] * 8), _indices(range(16)))
+                    d.append(_const(_F32, 0.0))
+                dots = _dpbusd(builder, builder.shl(lanes, shift), u, x, vnni)   # q_w . q_x, four bytes a lane
+                pair_d = ir.Constant(ir.VectorType(_F32, 2), ir.Undefined)
+                for i, v in enumerate(d):
+                    pair_d = builder.insert_element(pair_d, v, _const(_I32, i))
+                scale = builder.shuffle_vector(pair_d, pair_d, _indices([0] * 8 + [1] * 8))
+                return _vfma(builder, scale, builder.sitofp(dots, _VF), acc)
+
+            accs = _accumulate(builder, builder.lshr(nblocks, _const(_I64, 1)),
+                               lambda i, acc: add_blocks(builder.shl(i, _const(_I64, 1)), acc, True))
+            last = builder.sub(nblocks, _const(_I64, 1))
+            accs[0], = _emit_for(builder, builder.and_(nblocks, _const(_I64, 1)), [accs[0]],
+                                 lambda i, acc: [add_blocks(last, acc[0], False)])
+            return _sum_lanes(builder, accs)
+        return types.float32(row, xq, xs, xd, table), codegen
+    return dot
+
+
+def dot_i8_intrinsics(vnni: bool = VNNI):
+    """(q8_0, q4_0) int8-activation dot intrinsics; vnni=False forces the generic form (tests)."""
+    return _dot_i8_intrinsic(Q8_0, vnni), _dot_i8_intrinsic(Q4_0, vnni)
+
+
+dot_q8_0_q8_0, dot_q4_0_q8_0 = dot_i8_intrinsics()
 
 
 # ---- decode: the fused GEMV ------------------------------------------------------------------------
@@ -254,17 +393,26 @@ def dequantize_rows(data, r0, r1, code, out):
     fn(data, r0, r1, code, HALF_TO_FLOAT, out)
 
 
+def _check_linear(x, data, code, cols):
+    if x.shape[1] != cols or data.shape[1] != cols // 32 * BLOCK_BYTES[code]:
+        raise ValueError(f"linear: x has {x.shape[1]} columns, the {QTYPES[code]} weight {cols} "
+                         f"({data.shape[1]} bytes per row)")
+
+
 def linear(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndarray:
     """y = x W^T; x [T, cols] float32, W packed uint8 [rows, cols // 32 * bytes] -> [T, rows]."""
     code = CODE[qtype]
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.shape[1] != cols or data.shape[1] != cols // 32 * BLOCK_BYTES[code]:
-        raise ValueError(f"linear: x has {x.shape[1]} columns, the {qtype} weight {cols} "
-                         f"({data.shape[1]} bytes per row)")
+    _check_linear(x, data, code, cols)
     data = np.ascontiguousarray(data)
+    if x.shape[0] <= SMALL_T:
+        return pick(_gemv_1, _gemv_p, data.shape[0] * cols)(x, data, code, HALF_TO_FLOAT)
+    return _prefill(x, data, code, cols)
+
+
+def _prefill(x, data, code, cols):
+    """x W^T for many rows of x: blocks of weight rows dequantized into a bounded scratch, then BLAS."""
     T, m = x.shape[0], data.shape[0]
-    if T <= SMALL_T:
-        return pick(_gemv_1, _gemv_p, m * cols)(x, data, code, HALF_TO_FLOAT)
     out = np.empty((T, m), np.float32)
     rows = max(16, min(m, PREFILL_SCRATCH // max(1, cols)))
     scratch = np.empty((rows, cols), np.float32)
@@ -303,16 +451,152 @@ def _expert(xt, G, U, Dn, weight, code, table, yt):
 _expert_1, _expert_p = twins(_expert, fastmath=FAST)
 
 
+def _check_expert(gate, up, down, yt, code, F, D):
+    row_bytes = lambda cols: cols // 32 * BLOCK_BYTES[code]
+    if (gate.shape != (F, row_bytes(D)) or up.shape != gate.shape or down.shape != (D, row_bytes(F))
+            or yt.shape != (D,)):
+        raise ValueError(f"expert_decode: x has {D} values; the {QTYPES[code]} gate {gate.shape}, up {up.shape} "
+                         f"and down {down.shape} bytes and the output {yt.shape} do not fit it")
+
+
 def expert_decode(xt, gate, up, down, weight: float, qtype: str, yt) -> None:
     """yt += weight * down(silu(gate xt) * up xt) for one token xt [D] and one expert's packed
     gate, up [F, bytes] and down [D, bytes]: the MoE decode reads only the chosen experts' blocks
     (each expert may live in its own array: per-expert tensors of a Hugging Face directory)."""
     code, (F, D) = CODE[qtype], (gate.shape[0], xt.shape[0])
-    row_bytes = lambda cols: cols // 32 * BLOCK_BYTES[code]
-    if (gate.shape != (F, row_bytes(D)) or up.shape != gate.shape or down.shape != (D, row_bytes(F))
-            or yt.shape != (D,)):
-        raise ValueError(f"expert_decode: x has {D} values; the {qtype} gate {gate.shape}, up {up.shape} and "
-                         f"down {down.shape} bytes and the output {yt.shape} do not fit it")
+    _check_expert(gate, up, down, yt, code, F, D)
     fn = pick(_expert_1, _expert_p, 3 * F * D)
     fn(xt, np.ascontiguousarray(gate), np.ascontiguousarray(up), np.ascontiguousarray(down), np.float32(weight),
        code, HALF_TO_FLOAT, yt)
+
+
+# ---- int8 activations: decode GEMV, MoE experts, prefill --------------------------------------------
+@intrinsic
+def float32_bits(typingctx, value):
+    """The uint32 bit pattern of a float32 (a register bitcast, no memory)."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], _I32)
+    return types.uint32(types.float32), codegen
+
+
+@njit(inline="always")
+def to_float16(d):
+    """The float32 value of float16(d) for d >= 0, rounded to nearest, ties to even (GGML_FP32_TO_FP16)."""
+    if d < np.float32(6.1035156e-05):                  # 2**-14: float16's subnormals, multiples of 2**-24
+        return np.rint(d * np.float32(16777216.0)) * np.float32(5.9604645e-08)
+    bits = float32_bits(d)                             # keep 10 of the 23 mantissa bits, ties to even
+    bits = (bits + np.uint32(0xFFF) + ((bits >> np.uint32(13)) & np.uint32(1))) & np.uint32(0xFFFFE000)
+    r = as_float32(bits)
+    return r if r <= np.float32(65504.0) else np.float32(np.inf)
+
+
+@njit(inline="always")
+def _quantize_row(x, xq, xs, xd):
+    """One activation row x [cols] float32 -> q8_0: xq int8 [cols], xd float32 [cols // 32] (the float16
+    scale's value), xs int32 [cols // 4] = minus the sum of each 4 consecutive xq.
+    GGML's reference quantizer: d = max|x| / 127, q = roundf(x * (1 / d)), halves away from zero."""
+    for b in range(xd.shape[0]):
+        amax = np.float32(0.0)
+        for j in range(32 * b, 32 * b + 32):
+            amax = max(amax, abs(x[j]))
+        d = amax / np.float32(127.0)
+        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
+        xd[b] = to_float16(d)
+        for j in range(32 * b, 32 * b + 32):
+            v = x[j] * inv
+            a = abs(v)
+            whole = np.floor(a)
+            q = np.int8(whole) + np.int8(a - whole >= np.float32(0.5))
+            xq[j] = -q if v < 0 else q
+        for g in range(8 * b, 8 * b + 8):
+            xs[g] = -(np.int32(xq[4 * g]) + np.int32(xq[4 * g + 1]) + np.int32(xq[4 * g + 2]) + np.int32(xq[4 * g + 3]))
+
+
+@njit(cache=True)
+def _quantize_rows(x, xq, xs, xd):
+    for t in range(x.shape[0]):
+        _quantize_row(x[t], xq[t], xs[t], xd[t])
+
+
+def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x [T, cols] float32 (cols a multiple of 32) -> its rows as q8_0 blocks: xq int8 [T, cols],
+    xs int32 [T, cols // 4] (minus the sum of each 4 consecutive xq), xd float32 [T, cols // 32]."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    T, cols = x.shape
+    xq, xs = np.empty((T, cols), np.int8), np.empty((T, cols // 4), np.int32)
+    xd = np.empty((T, cols // 32), np.float32)
+    _quantize_rows(x, xq, xs, xd)
+    return xq, xs, xd
+
+
+@njit(inline="always")
+def row_dot_i8(row, xq, xs, xd, code, table):
+    """The int8-activation dot of a packed row in its format with one quantized activation row."""
+    return dot_q8_0_q8_0(row, xq, xs, xd, table) if code == Q8_0 else dot_q4_0_q8_0(row, xq, xs, xd, table)
+
+
+def _gemv_i8(xq, xs, xd, data, code, table):
+    out = np.empty((xq.shape[0], data.shape[0]), np.float32)
+    for task in prange((data.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        for o in range(task * ROWS_PER_TASK, min(data.shape[0], (task + 1) * ROWS_PER_TASK)):
+            for t in range(xq.shape[0]):
+                out[t, o] = row_dot_i8(data[o], xq[t], xs[t], xd[t], code, table)
+    return out
+
+
+_gemv_i8_1, _gemv_i8_p = twins(_gemv_i8)
+
+
+def linear_i8(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndarray:
+    """`linear` with the rows of x rounded to q8_0 blocks first (GGML's int8 activations).
+
+    Decode (T <= SMALL_T): integer block dots (`dot_q8_0_q8_0`, `dot_q4_0_q8_0`). Prefill: the
+    rounded x (xq * d_x, exact in float32) through the dequantize + BLAS path, which is the same
+    sum to round-off."""
+    code = CODE[qtype]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    _check_linear(x, data, code, cols)
+    data = np.ascontiguousarray(data)
+    xq, xs, xd = quantize_activations(x)
+    T = x.shape[0]
+    if T <= SMALL_T:
+        return pick(_gemv_i8_1, _gemv_i8_p, data.shape[0] * cols)(xq, xs, xd, data, code, HALF_TO_FLOAT)
+    rounded = (xq.reshape(T, -1, 32) * xd[:, :, None]).reshape(T, cols)
+    return _prefill(rounded, data, code, cols)
+
+
+@njit(fastmath=FAST, inline="always")
+def _gate_up_i8_task(xq, xs, xd, G, U, code, table, h, task):
+    """h[o] = silu(gate[o] . x) * (up[o] . x) for a group of rows o, x quantized."""
+    for o in range(task * ROWS_PER_TASK, min(h.shape[0], (task + 1) * ROWS_PER_TASK)):
+        g, u = row_dot_i8(G[o], xq, xs, xd, code, table), row_dot_i8(U[o], xq, xs, xd, code, table)
+        h[o] = g / (np.float32(1.0) + np.exp(-g)) * u
+
+
+def _expert_i8(xq, xs, xd, G, U, Dn, weight, code, table, yt):
+    F, D = G.shape[0], yt.shape[0]
+    h = np.empty(F, np.float32)
+    for task in prange((F + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        _gate_up_i8_task(xq, xs, xd, G, U, code, table, h, task)
+    hq, hs, hd = np.empty(F, np.int8), np.empty(F // 4, np.int32), np.empty(F // 32, np.float32)
+    _quantize_row(h, hq, hs, hd)                     # once for the whole down projection
+    for task in prange((D + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        for o in range(task * ROWS_PER_TASK, min(D, (task + 1) * ROWS_PER_TASK)):
+            yt[o] += weight * row_dot_i8(Dn[o], hq, hs, hd, code, table)
+
+
+_expert_i8_1, _expert_i8_p = twins(_expert_i8, fastmath=FAST)
+
+
+def expert_decode_i8(xq, xs, xd, gate, up, down, weight: float, qtype: str, yt) -> None:
+    """`expert_decode` with int8 activations: the token already quantized (`quantize_activations`, one
+    row: xq [D], xs [D // 4], xd [D // 32]; quantized once, shared by every chosen expert), the
+    expert's hidden h quantized once for its down projection."""
+    code, (F, D) = CODE[qtype], (gate.shape[0], xq.shape[0])
+    _check_expert(gate, up, down, yt, code, F, D)
+    fn = pick(_expert_i8_1, _expert_i8_p, 3 * F * D)
+    fn(xq, xs, xd, np.ascontiguousarray(gate), np.ascontiguousarray(up), np.ascontiguousarray(down),
+       np.float32(weight), code, HALF_TO_FLOAT, yt)
