@@ -275,79 +275,115 @@ def _dpbusd(builder, acc, a, b, vnni):
     return acc
 
 
-def _unsigned_block(builder, qtype, block_ptr):
-    """A weight block's 32 values as unsigned bytes in element order: q_w + 8 (q4_0: the nibbles,
-    low ones then high ones) or q_w + 128 (q8_0: the int8 xor 0x80)."""
+def _unsigned_pair(builder, qtype, first, second):
+    """Two weight blocks' 64 values (block pointers first, second; second None: zeros) as unsigned
+    bytes in element order: q_w + 128 for q8_0 (the int8 xor 0x80), q_w + 8 for q4_0 (the nibbles:
+    the 16 bytes of each block twice, the second copy shifted right by 4 within each 64-bit lane,
+    then masked: low nibbles are elements 0..15, high ones 16..31)."""
+    half = _V32I8 if qtype == Q8_0 else _V16I8
+    a = _load(builder, first, 2, half)
+    b = ir.Constant(half, [0] * half.count) if second is None else _load(builder, second, 2, half)
     if qtype == Q8_0:
-        return builder.xor(_load(builder, block_ptr, 2, _V32I8), ir.Constant(_V32I8, [-128] * 32))
-    nibbles = _load(builder, block_ptr, 2, _V16I8)
-    low, high = builder.and_(nibbles, _splat(15, _I8)), builder.lshr(nibbles, _splat(4, _I8))
-    return builder.shuffle_vector(low, high, _indices(range(32)))
+        return builder.xor(builder.shuffle_vector(a, b, _indices(range(64))), ir.Constant(_V64I8, [-128] * 64))
+    twice = builder.shuffle_vector(a, b, _indices([*range(16), *range(16), *range(16, 32), *range(16, 32)]))
+    qwords = ir.VectorType(_I64, 8)
+    shifted = builder.lshr(builder.bitcast(twice, qwords), ir.Constant(qwords, [0, 0, 4, 4] * 2))
+    return builder.and_(builder.bitcast(shifted, _V64I8), ir.Constant(_V64I8, [15] * 64))
 
 
-def _dot_i8_intrinsic(qtype, vnni):
+ROWS_I8 = 4                          # weight rows per pass over the quantized activation row
+PREFETCH_BYTES = 8192                 # how far ahead the weight rows are prefetched (at least)
+
+
+def _prefetch(builder, ptr):
+    """Ask for the cache line at ptr (a read, kept close): llvm.prefetch, never faults."""
+    name = "llvm.prefetch.p0i8"
+    fn = builder.module.globals.get(name) or ir.Function(
+        builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), name)
+    builder.call(fn, [ptr, _const(_I32, 0), _const(_I32, 3), _const(_I32, 1)])
+
+
+def _dot_i8_intrinsic(qtype, vnni, nrows):
     @intrinsic
-    def dot(typingctx, row, xq, xs, xd, table):
-        """Sum over blocks of d_w * d_x * (q_w . q_x): one packed row against one q8_0 activation
-        row (xq int8 [cols], xs int32 [cols // 4], xd float32 [cols // 32])."""
-        if not (_is_vector(row, types.uint8) and _is_vector(xq, types.int8) and _is_vector(xs, types.int32)
-                and _is_vector(xd, types.float32) and _is_vector(table, types.float32)):
+    def dot_rows(typingctx, data, first, xq, xs, xd, table, out, at):
+        """out[at + k] = sum over blocks of d_w * d_x * (q_w . q_x) for rows first + k (k < nrows) of the
+        packed 2-D data, against one q8_0 activation row (xq int8 [cols], xs int32 [cols // 4], xd float32
+        [cols // 32]). The activation's bytes are loaded once per pair of blocks for all nrows rows, and
+        each row has its own accumulator (independent multiply-add chains)."""
+        if not (isinstance(data, types.Array) and data.dtype == types.uint8 and data.ndim == 2
+                and data.layout == "C" and isinstance(first, types.Integer) and isinstance(at, types.Integer)
+                and _is_vector(xq, types.int8) and _is_vector(xs, types.int32) and _is_vector(xd, types.float32)
+                and _is_vector(table, types.float32) and _is_vector(out, types.float32)):
             return None
 
         def codegen(context, builder, sig, args):
-            row_, xq_, xs_, xd_, table_ = _arrays(context, builder, sig, args)
+            data_, _, xq_, xs_, xd_, table_, out_, _ = [
+                context.make_array(t)(context, builder, a) if isinstance(t, types.Array) else a
+                for t, a in zip(sig.args, args)]
+            first_, at_ = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (1, 7))
             nblocks = builder.extract_value(xd_.shape, 0)
+            stride = builder.extract_value(data_.strides, 0)
+            rows = [builder.gep(data_.data, [builder.mul(builder.add(first_, _const(_I64, k)), stride)])
+                    for k in range(nrows)]
             xs_bytes = builder.bitcast(xs_.data, _I8.as_pointer())
             shift = ir.Constant(_V16I32, [_OFFSET_SHIFT[qtype]] * 16)
+            block_bytes = _const(_I64, int(BLOCK_BYTES[qtype]))
+            group = builder.mul(stride, _const(_I64, nrows))               # prefetch whole groups of rows ahead
+            ahead = builder.mul(builder.udiv(builder.add(_const(_I64, PREFETCH_BYTES - 1), group), group), group)
 
-            def block_ptr(b):
-                return builder.gep(row_.data, [builder.mul(b, _const(_I64, int(BLOCK_BYTES[qtype])))])
-
-            def add_blocks(b, acc, pair):
-                """acc + d * float(lanes) for blocks b and b + 1 (pair) or b alone (the other half zero)."""
-                first = block_ptr(b)
+            def add_blocks(b, accs, pair):
+                """accs[k] + d * float(lanes) for blocks b and b + 1 (pair) or b alone (the other half zero)
+                of every row k."""
                 off = builder.shl(b, _const(_I64, 5))                      # 32 bytes of xq, 8 int32 of xs
-                d = [builder.fmul(_scale(builder, first, table_.data), builder.load(builder.gep(xd_.data, [b])))]
+                b1 = builder.add(b, _const(_I64, 1))
                 if pair:
-                    b1 = builder.add(b, _const(_I64, 1))
-                    second = block_ptr(b1)
-                    u = builder.shuffle_vector(_unsigned_block(builder, qtype, first),
-                                               _unsigned_block(builder, qtype, second), _indices(range(64)))
                     x = _load(builder, xq_.data, off, _V64I8)
                     lanes = _load(builder, xs_bytes, off, _V16I32)
-                    d.append(builder.fmul(_scale(builder, second, table_.data),
-                                          builder.load(builder.gep(xd_.data, [b1]))))
+                    dx = [builder.load(builder.gep(xd_.data, [i])) for i in (b, b1)]
                 else:
-                    u = builder.shuffle_vector(_unsigned_block(builder, qtype, first),
-                                               ir.Constant(_V32I8, [0] * 32), _indices(range(64)))
                     x = builder.shuffle_vector(_load(builder, xq_.data, off, _V32I8), ir.Constant(_V32I8, [0] * 32),
                                                _indices(range(64)))
                     lanes = builder.shuffle_vector(_load(builder, xs_bytes, off, _V8I32),
                                                    ir.Constant(_V8I32, [0] * 8), _indices(range(16)))
-                    d.append(_const(_F32, 0.0))
-                dots = _dpbusd(builder, builder.shl(lanes, shift), u, x, vnni)   # q_w . q_x, four bytes a lane
-                pair_d = ir.Constant(ir.VectorType(_F32, 2), ir.Undefined)
-                for i, v in enumerate(d):
-                    pair_d = builder.insert_element(pair_d, v, _const(_I32, i))
-                scale = builder.shuffle_vector(pair_d, pair_d, _indices([0] * 8 + [1] * 8))
-                return _vfma(builder, scale, builder.sitofp(dots, _VF), acc)
+                    dx = [builder.load(builder.gep(xd_.data, [b]))]
+                lanes = builder.shl(lanes, shift)                          # minus 8 or 128 times sum(q_x)
+                out = []
+                for row, acc in zip(rows, accs):
+                    blocks = [builder.gep(row, [builder.mul(i, block_bytes)]) for i in ((b, b1) if pair else (b,))]
+                    if pair:                                     # the lines of both blocks, PREFETCH_BYTES on
+                        for block in blocks[::2 if qtype == Q4_0 else 1]:
+                            _prefetch(builder, builder.gep(block, [ahead]))
+                    u = _unsigned_pair(builder, qtype, blocks[0], blocks[1] if pair else None)
+                    dots = _dpbusd(builder, lanes, u, x, vnni)              # q_w . q_x, four bytes a lane
+                    pair_d = ir.Constant(ir.VectorType(_F32, 2), [0.0, 0.0])
+                    for i, (block, d) in enumerate(zip(blocks, dx)):
+                        pair_d = builder.insert_element(pair_d, builder.fmul(_scale(builder, block, table_.data), d),
+                                                        _const(_I32, i))
+                    scale = builder.shuffle_vector(pair_d, pair_d, _indices([0] * 8 + [1] * 8))
+                    out.append(_vfma(builder, scale, builder.sitofp(dots, _VF), acc))
+                return out
 
-            accs = _accumulate(builder, builder.lshr(nblocks, _const(_I64, 1)),
-                               lambda i, acc: add_blocks(builder.shl(i, _const(_I64, 1)), acc, True))
+            zero = ir.Constant(_VF, [0.0] * _LANES)
+            accs = _emit_for(builder, builder.lshr(nblocks, _const(_I64, 1)), [zero] * nrows,
+                             lambda i, accs: add_blocks(builder.shl(i, _const(_I64, 1)), accs, True))
             last = builder.sub(nblocks, _const(_I64, 1))
-            accs[0], = _emit_for(builder, builder.and_(nblocks, _const(_I64, 1)), [accs[0]],
-                                 lambda i, acc: [add_blocks(last, acc[0], False)])
-            return _sum_lanes(builder, accs)
-        return types.float32(row, xq, xs, xd, table), codegen
-    return dot
+            accs = _emit_for(builder, builder.and_(nblocks, _const(_I64, 1)), accs,
+                             lambda i, accs: add_blocks(last, accs, False))
+            for k, acc in enumerate(accs):
+                builder.store(_sum_lanes(builder, [acc]), builder.gep(out_.data, [builder.add(at_, _const(_I64, k))]))
+            return context.get_dummy_value()
+        return types.none(data, first, xq, xs, xd, table, out, at), codegen
+    return dot_rows
 
 
-def dot_i8_intrinsics(vnni: bool = VNNI):
-    """(q8_0, q4_0) int8-activation dot intrinsics; vnni=False forces the generic form (tests)."""
-    return _dot_i8_intrinsic(Q8_0, vnni), _dot_i8_intrinsic(Q4_0, vnni)
+def dot_i8_intrinsics(vnni: bool = VNNI, nrows: int = ROWS_I8):
+    """{code: int8-activation dot intrinsic over nrows rows}; vnni=False forces the generic form (tests)."""
+    return {code: _dot_i8_intrinsic(code, vnni, nrows) for code in (Q8_0, Q4_0)}
 
 
-dot_q8_0_q8_0, dot_q4_0_q8_0 = dot_i8_intrinsics()
+_DOTS_I8, _DOT_I8 = dot_i8_intrinsics(), dot_i8_intrinsics(nrows=1)
+dot_rows_q8_0, dot_rows_q4_0 = _DOTS_I8[Q8_0], _DOTS_I8[Q4_0]
+dot_row_q8_0, dot_row_q4_0 = _DOT_I8[Q8_0], _DOT_I8[Q4_0]
 
 
 # ---- decode: the fused GEMV ------------------------------------------------------------------------
@@ -533,17 +569,29 @@ def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 @njit(inline="always")
-def row_dot_i8(row, xq, xs, xd, code, table):
-    """The int8-activation dot of a packed row in its format with one quantized activation row."""
-    return dot_q8_0_q8_0(row, xq, xs, xd, table) if code == Q8_0 else dot_q4_0_q8_0(row, xq, xs, xd, table)
+def rows_i8(data, r0, r1, xq, xs, xd, code, table, out):
+    """out[r] = the int8-activation dot of packed row r of data with one quantized activation row, for
+    r0 <= r < r1: ROWS_I8 rows per pass over the activation, then one at a time."""
+    r = r0
+    while r + ROWS_I8 <= r1:
+        if code == Q8_0:
+            dot_rows_q8_0(data, r, xq, xs, xd, table, out, r)
+        else:
+            dot_rows_q4_0(data, r, xq, xs, xd, table, out, r)
+        r += ROWS_I8
+    for o in range(r, r1):
+        if code == Q8_0:
+            dot_row_q8_0(data, o, xq, xs, xd, table, out, o)
+        else:
+            dot_row_q4_0(data, o, xq, xs, xd, table, out, o)
 
 
 def _gemv_i8(xq, xs, xd, data, code, table):
     out = np.empty((xq.shape[0], data.shape[0]), np.float32)
     for task in prange((data.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        for o in range(task * ROWS_PER_TASK, min(data.shape[0], (task + 1) * ROWS_PER_TASK)):
-            for t in range(xq.shape[0]):
-                out[t, o] = row_dot_i8(data[o], xq[t], xs[t], xd[t], code, table)
+        r0, r1 = task * ROWS_PER_TASK, min(data.shape[0], (task + 1) * ROWS_PER_TASK)
+        for t in range(xq.shape[0]):
+            rows_i8(data, r0, r1, xq[t], xs[t], xd[t], code, table, out[t])
     return out
 
 
@@ -568,24 +616,22 @@ def linear_i8(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndar
     return _prefill(rounded, data, code, cols)
 
 
-@njit(fastmath=FAST, inline="always")
-def _gate_up_i8_task(xq, xs, xd, G, U, code, table, h, task):
-    """h[o] = silu(gate[o] . x) * (up[o] . x) for a group of rows o, x quantized."""
-    for o in range(task * ROWS_PER_TASK, min(h.shape[0], (task + 1) * ROWS_PER_TASK)):
-        g, u = row_dot_i8(G[o], xq, xs, xd, code, table), row_dot_i8(U[o], xq, xs, xd, code, table)
-        h[o] = g / (np.float32(1.0) + np.exp(-g)) * u
-
-
 def _expert_i8(xq, xs, xd, G, U, Dn, weight, code, table, yt):
     F, D = G.shape[0], yt.shape[0]
-    h = np.empty(F, np.float32)
+    g, u, h, y = np.empty(F, np.float32), np.empty(F, np.float32), np.empty(F, np.float32), np.empty(D, np.float32)
     for task in prange((F + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        _gate_up_i8_task(xq, xs, xd, G, U, code, table, h, task)
+        r0, r1 = task * ROWS_PER_TASK, min(F, (task + 1) * ROWS_PER_TASK)
+        rows_i8(G, r0, r1, xq, xs, xd, code, table, g)
+        rows_i8(U, r0, r1, xq, xs, xd, code, table, u)
+        for o in range(r0, r1):
+            h[o] = g[o] / (np.float32(1.0) + np.exp(-g[o])) * u[o]
     hq, hs, hd = np.empty(F, np.int8), np.empty(F // 4, np.int32), np.empty(F // 32, np.float32)
     _quantize_row(h, hq, hs, hd)                     # once for the whole down projection
     for task in prange((D + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        for o in range(task * ROWS_PER_TASK, min(D, (task + 1) * ROWS_PER_TASK)):
-            yt[o] += weight * row_dot_i8(Dn[o], hq, hs, hd, code, table)
+        r0, r1 = task * ROWS_PER_TASK, min(D, (task + 1) * ROWS_PER_TASK)
+        rows_i8(Dn, r0, r1, hq, hs, hd, code, table, y)
+        for o in range(r0, r1):
+            yt[o] += weight * y[o]
 
 
 _expert_i8_1, _expert_i8_p = twins(_expert_i8, fastmath=FAST)

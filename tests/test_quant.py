@@ -501,14 +501,16 @@ def test_int8_block_dots_are_exact(qtype):
     from cogcore.blocks.linear import linear_int8
     from cogcore.kernels import quant as kq
     rng = np.random.default_rng(2)
-    generic = kq.dot_i8_intrinsics(vnni=False)[kq.CODE[qtype]]
+    four, one = (kq.dot_i8_intrinsics(vnni=False, nrows=n)[kq.CODE[qtype]] for n in (4, 1))
 
     @njit
     def generic_rows(data, xq, xs, xd, table):                 # fresh, not cached: the generic form
         out = np.empty((xq.shape[0], data.shape[0]), np.float32)
         for t in range(xq.shape[0]):
-            for o in range(data.shape[0]):
-                out[t, o] = generic(data[o], xq[t], xs[t], xd[t], table)
+            for r in range(0, data.shape[0] - 3, 4):
+                four(data, r, xq[t], xs[t], xd[t], table, out[t], r)
+            for r in range(data.shape[0] // 4 * 4, data.shape[0]):
+                one(data, r, xq[t], xs[t], xd[t], table, out[t], r)
         return out
 
     for nblocks in (1, 2, 3, 5, 7):
