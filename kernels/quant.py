@@ -586,8 +586,12 @@ def rows_i8(data, r0, r1, xq, xs, xd, code, table, out):
             dot_row_q4_0(data, o, xq, xs, xd, table, out, o)
 
 
-def _gemv_i8(xq, xs, xd, data, code, table):
-    out = np.empty((xq.shape[0], data.shape[0]), np.float32)
+def _gemv_i8(x, data, code, table):
+    T, cols = x.shape
+    xq, xs, xd = np.empty((T, cols), np.int8), np.empty((T, cols // 4), np.int32), np.empty((T, cols // 32), np.float32)
+    for t in range(T):                              # each row of x quantized once, here (no extra call)
+        _quantize_row(x[t], xq[t], xs[t], xd[t])
+    out = np.empty((T, data.shape[0]), np.float32)
     for task in prange((data.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         r0, r1 = task * ROWS_PER_TASK, min(data.shape[0], (task + 1) * ROWS_PER_TASK)
         for t in range(xq.shape[0]):
@@ -608,10 +612,10 @@ def linear_i8(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndar
     x = np.ascontiguousarray(x, dtype=np.float32)
     _check_linear(x, data, code, cols)
     data = np.ascontiguousarray(data)
-    xq, xs, xd = quantize_activations(x)
     T = x.shape[0]
     if T <= SMALL_T:
-        return pick(_gemv_i8_1, _gemv_i8_p, data.shape[0] * cols)(xq, xs, xd, data, code, HALF_TO_FLOAT)
+        return pick(_gemv_i8_1, _gemv_i8_p, data.shape[0] * cols)(x, data, code, HALF_TO_FLOAT)
+    xq, _, xd = quantize_activations(x)
     rounded = (xq.reshape(T, -1, 32) * xd[:, :, None]).reshape(T, cols)
     return _prefill(rounded, data, code, cols)
 

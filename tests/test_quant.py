@@ -545,9 +545,8 @@ def test_int8_serial_and_parallel_kernels_agree(qtype):
     from cogcore.kernels import quant as kq
     rng = np.random.default_rng(6)
     W = quantize_tensor(rng.standard_normal((77, 224)).astype(np.float32), qtype)
-    xq, xs, xd = kq.quantize_activations(rng.standard_normal((2, 224)).astype(np.float32))
-    serial, parallel = (fn(xq, xs, xd, W.data, kq.CODE[qtype], kq.HALF_TO_FLOAT) for fn in (kq._gemv_i8_1,
-                                                                                             kq._gemv_i8_p))
+    x = rng.standard_normal((2, 224)).astype(np.float32)
+    serial, parallel = (fn(x, W.data, kq.CODE[qtype], kq.HALF_TO_FLOAT) for fn in (kq._gemv_i8_1, kq._gemv_i8_p))
     np.testing.assert_array_equal(serial, parallel)                # the same dots, rows split differently
     E, D, F = 2, 64, 96
     G = quantize_tensor(rng.standard_normal((F, D)).astype(np.float32), qtype).data
