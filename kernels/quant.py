@@ -14,15 +14,20 @@ float32. Here the weight is never widened whole:
 - MoE decode: the fused GEMV over the chosen experts' blocks only (the same
   gate/up -> silu * up -> down pipeline as kernels/moe.py).
 
-The block loops are written in LLVM IR (`dot_q8_0`, `dot_q4_0`, `dequantize_row_*`
-below, Numba intrinsics), because LLVM does not vectorise the Numba-level loops well:
-it vectorised the per-block loop across blocks with gathers and byte inserts, and a
-32-lane accumulator array stayed in memory (1-10 GB/s). In IR a block is two
-16-wide float vectors (elements j and j + 16 share lane j), so every instruction in
-the loop is a vector one (int8 -> int32 widen, int -> float, multiply-adds), two
-blocks per iteration into two accumulators (no stall on the multiply-add latency),
-and the 16 lanes are summed once per row. The summation order is fixed by that
-code, not left to fastmath.
+The block loops are written in LLVM IR (`dot_rows_q8_0`, `dot_rows_q4_0`,
+`dequantize_row_*` below, Numba intrinsics), because LLVM does not vectorise the
+Numba-level loops well: it vectorised the per-block loop across blocks with gathers and
+byte inserts, and a 32-lane accumulator array stayed in memory (1-10 GB/s). In IR a
+block is two 16-wide float vectors (elements j and j + 16 share lane j), so every
+instruction in the loop is a vector one (int8 -> int32 widen, int -> float,
+multiply-adds). Four weight rows share each pass over x (x loaded once per block for
+all four, one accumulator each: independent multiply-add chains), each row is
+prefetched 8 KiB ahead, and the 16 lanes are summed once per row. The summation order
+is fixed by that code, not left to fastmath.
+
+An option, off by default, computes as GGML does on the CPU: the activations rounded
+to q8_0 blocks and integer block dots (`linear_i8`, `expert_decode_i8`; second half of
+this module).
 
 The float16 scale is decoded through a 65536-entry float32 table, as GGML does.
 Kernels that split work across threads come in a serial and a parallel variant
@@ -51,7 +56,6 @@ PREFILL_SCRATCH = 1 << 20              # float32 values dequantized per BLAS blo
 # ---- the block loops, in LLVM IR -----------------------------------------------------------------
 _I8, _I16, _I32, _I64, _F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
 _LANES = 16
-ACCUMULATORS = 2                      # blocks in flight per row (independent multiply-add chains)
 _VF = ir.VectorType(_F32, _LANES)       # half a block of float32
 
 
@@ -145,44 +149,6 @@ def _blocks_in(builder, values):
             builder.bitcast(values.data, _I8.as_pointer()))
 
 
-def _dot_intrinsic(qtype):
-    @intrinsic
-    def dot(typingctx, row, x, table):
-        """x . dequantize(row) for one packed row (len(x) // 32 blocks): sum over blocks of d * (q . x)."""
-        if not (_is_vector(row, types.uint8) and _is_vector(x, types.float32) and _is_vector(table, types.float32)):
-            return None
-
-        def codegen(context, builder, sig, args):
-            row_, x_, table_ = _arrays(context, builder, sig, args)
-            nblocks, xbytes = _blocks_in(builder, x_)
-
-            def add_block(b, acc):
-                """acc + d * (lo * x[32b : 32b + 16] + hi * x[32b + 16 : 32b + 32])"""
-                d, lo, hi = _block_at(builder, qtype, row_, table_, b)
-                xoff = builder.shl(b, _const(_I64, 7))                    # 32 float32 per block
-                xlo = _load(builder, xbytes, xoff, _VF)
-                xhi = _load(builder, xbytes, builder.add(xoff, _const(_I64, 64)), _VF)
-                s = _vfma(builder, hi, xhi, builder.fmul(lo, xlo))
-                return _vfma(builder, _broadcast(builder, d), s, acc)
-
-            return _sum_lanes(builder, _accumulate(builder, nblocks, add_block))
-        return types.float32(row, x, table), codegen
-    return dot
-
-
-def _accumulate(builder, n, add):
-    """ACCUMULATORS float vectors, zero, after acc = add(i, acc) for i in range(n): item k*j + a
-    into accumulator a (independent multiply-add chains), the last n % k items into the first."""
-    zero = ir.Constant(_VF, [0.0] * _LANES)
-    k = _const(_I64, ACCUMULATORS)
-    accs = _emit_for(builder, builder.udiv(n, k), [zero] * ACCUMULATORS,
-                     lambda i, acc: [add(builder.add(builder.mul(i, k), _const(_I64, a)), acc[a])
-                                     for a in range(ACCUMULATORS)])
-    first = builder.mul(builder.udiv(n, k), k)
-    accs[0], = _emit_for(builder, builder.urem(n, k), [accs[0]], lambda i, acc: [add(builder.add(first, i), acc[0])])
-    return accs
-
-
 def _sum_lanes(builder, accs):
     """The sum of every lane of the float vectors accs (added lane by lane first, then halved:
     16 -> 8 -> 4 -> 2 -> 1)."""
@@ -223,8 +189,84 @@ def _dequantize_intrinsic(qtype):
     return dequantize_row
 
 
-dot_q8_0, dot_q4_0 = _dot_intrinsic(Q8_0), _dot_intrinsic(Q4_0)
 dequantize_row_q8_0, dequantize_row_q4_0 = _dequantize_intrinsic(Q8_0), _dequantize_intrinsic(Q4_0)
+
+
+ROWS = 4                             # weight rows per pass over the activation row
+PREFETCH_BYTES = 8192                 # how far ahead the weight rows are prefetched (at least)
+
+
+def _prefetch(builder, ptr):
+    """Ask for the cache line at ptr (a read, kept close): llvm.prefetch, never faults."""
+    name = "llvm.prefetch.p0i8"
+    fn = builder.module.globals.get(name) or ir.Function(
+        builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), name)
+    builder.call(fn, [ptr, _const(_I32, 0), _const(_I32, 3), _const(_I32, 1)])
+
+
+def _rows_typed(data, first, table, out, at):
+    """Whether the shared arguments of a rows intrinsic have the types it needs."""
+    return (isinstance(data, types.Array) and data.dtype == types.uint8 and data.ndim == 2 and data.layout == "C"
+            and isinstance(first, types.Integer) and isinstance(at, types.Integer)
+            and _is_vector(table, types.float32) and _is_vector(out, types.float32))
+
+
+def _rows_codegen(context, builder, sig, args, nrows, loop):
+    """The body of a rows intrinsic f(data, first, *x, table, out, at): out[at + k] = the dot of packed
+    row first + k of data with the activation arrays x, for k < nrows. loop(x arrays, block pointer of
+    row k at block b as row_block(k, b), prefetch(block pointer), table) -> one float vector per row,
+    whose lanes are summed. Each row is prefetched PREFETCH_BYTES ahead (whole groups of nrows rows):
+    several rows interleaved defeat the hardware prefetcher (9.5 against 31 GB/s here)."""
+    arrays = [context.make_array(t)(context, builder, a) if isinstance(t, types.Array) else None
+              for t, a in zip(sig.args, args)]
+    data_, table_, out_ = arrays[0], arrays[-3], arrays[-2]
+    first, at = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (1, len(args) - 1))
+    stride = builder.extract_value(data_.strides, 0)
+    rows = [builder.gep(data_.data, [builder.mul(builder.add(first, _const(_I64, k)), stride)]) for k in range(nrows)]
+    group = builder.mul(stride, _const(_I64, nrows))
+    ahead = builder.mul(builder.udiv(builder.add(_const(_I64, PREFETCH_BYTES - 1), group), group), group)
+    qtype = loop.qtype
+    block_bytes = _const(_I64, int(BLOCK_BYTES[qtype]))
+    accs = loop(builder, arrays[2:-3], lambda k, b: builder.gep(rows[k], [builder.mul(b, block_bytes)]),
+                lambda ptr: _prefetch(builder, builder.gep(ptr, [ahead])), table_)
+    for k, acc in enumerate(accs):
+        builder.store(_sum_lanes(builder, [acc]), builder.gep(out_.data, [builder.add(at, _const(_I64, k))]))
+    return context.get_dummy_value()
+
+
+def _float_rows(qtype, nrows):
+    """The default (float path) loop over nrows rows: per block, acc_k += d * (lo * x_lo + hi * x_hi),
+    x's 32 floats loaded once for all rows."""
+    def loop(builder, x_arrays, row_block, prefetch, table_):
+        nblocks, xbytes = _blocks_in(builder, x_arrays[0])
+
+        def add_block(b, accs):
+            xoff = builder.shl(b, _const(_I64, 7))                        # 32 float32 per block
+            xlo = _load(builder, xbytes, xoff, _VF)
+            xhi = _load(builder, xbytes, builder.add(xoff, _const(_I64, 64)), _VF)
+            out = []
+            for k, acc in enumerate(accs):
+                block = row_block(k, b)
+                prefetch(block)
+                d, lo, hi = _block(builder, qtype, block, table_.data)
+                s = _vfma(builder, hi, xhi, builder.fmul(lo, xlo))
+                out.append(_vfma(builder, _broadcast(builder, d), s, acc))
+            return out
+        return _emit_for(builder, nblocks, [ir.Constant(_VF, [0.0] * _LANES)] * nrows, add_block)
+    loop.qtype = qtype
+
+    @intrinsic
+    def dot_rows(typingctx, data, first, x, table, out, at):
+        """out[at + k] = x . dequantize(data[first + k]) for k < nrows: sum over blocks of d * (q . x)."""
+        if not (_rows_typed(data, first, table, out, at) and _is_vector(x, types.float32)):
+            return None
+        return (types.none(data, first, x, table, out, at),
+                lambda context, builder, sig, args: _rows_codegen(context, builder, sig, args, nrows, loop))
+    return dot_rows
+
+
+dot_rows_q8_0, dot_rows_q4_0 = _float_rows(Q8_0, ROWS), _float_rows(Q4_0, ROWS)
+dot_row_q8_0, dot_row_q4_0 = _float_rows(Q8_0, 1), _float_rows(Q4_0, 1)
 
 
 # ---- int8 activations (an option, off by default): GGML's vec_dot_q8_0_q8_0 / vec_dot_q4_0_q8_0 ----
@@ -291,120 +333,102 @@ def _unsigned_pair(builder, qtype, first, second):
     return builder.and_(builder.bitcast(shifted, _V64I8), ir.Constant(_V64I8, [15] * 64))
 
 
-ROWS_I8 = 4                          # weight rows per pass over the quantized activation row
-PREFETCH_BYTES = 8192                 # how far ahead the weight rows are prefetched (at least)
+def _int8_rows(qtype, nrows, vnni):
+    """The int8-activation loop over nrows rows, two blocks per step (one vpdpbusd each row), the
+    activation's bytes loaded once for all rows."""
+    def loop(builder, x_arrays, row_block, prefetch, table_):
+        xq_, xs_, xd_ = x_arrays
+        nblocks = builder.extract_value(xd_.shape, 0)
+        xs_bytes = builder.bitcast(xs_.data, _I8.as_pointer())
+        shift = ir.Constant(_V16I32, [_OFFSET_SHIFT[qtype]] * 16)
 
+        def add_blocks(b, accs, pair):
+            """accs[k] + d * float(lanes) for blocks b and b + 1 (pair) or b alone (the other half zero)
+            of every row k."""
+            off = builder.shl(b, _const(_I64, 5))                          # 32 bytes of xq, 8 int32 of xs
+            b1 = builder.add(b, _const(_I64, 1))
+            if pair:
+                x = _load(builder, xq_.data, off, _V64I8)
+                lanes = _load(builder, xs_bytes, off, _V16I32)
+                dx = [builder.load(builder.gep(xd_.data, [i])) for i in (b, b1)]
+            else:
+                x = builder.shuffle_vector(_load(builder, xq_.data, off, _V32I8), ir.Constant(_V32I8, [0] * 32),
+                                           _indices(range(64)))
+                lanes = builder.shuffle_vector(_load(builder, xs_bytes, off, _V8I32), ir.Constant(_V8I32, [0] * 8),
+                                               _indices(range(16)))
+                dx = [builder.load(builder.gep(xd_.data, [b]))]
+            lanes = builder.shl(lanes, shift)                              # minus 8 or 128 times sum(q_x)
+            out = []
+            for k, acc in enumerate(accs):
+                blocks = [row_block(k, i) for i in ((b, b1) if pair else (b,))]
+                if pair:                                         # the lines of both blocks
+                    for block in blocks[::2 if qtype == Q4_0 else 1]:
+                        prefetch(block)
+                u = _unsigned_pair(builder, qtype, blocks[0], blocks[1] if pair else None)
+                dots = _dpbusd(builder, lanes, u, x, vnni)                  # q_w . q_x, four bytes a lane
+                pair_d = ir.Constant(ir.VectorType(_F32, 2), [0.0, 0.0])
+                for i, (block, d) in enumerate(zip(blocks, dx)):
+                    pair_d = builder.insert_element(pair_d, builder.fmul(_scale(builder, block, table_.data), d),
+                                                    _const(_I32, i))
+                scale = builder.shuffle_vector(pair_d, pair_d, _indices([0] * 8 + [1] * 8))
+                out.append(_vfma(builder, scale, builder.sitofp(dots, _VF), acc))
+            return out
 
-def _prefetch(builder, ptr):
-    """Ask for the cache line at ptr (a read, kept close): llvm.prefetch, never faults."""
-    name = "llvm.prefetch.p0i8"
-    fn = builder.module.globals.get(name) or ir.Function(
-        builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), name)
-    builder.call(fn, [ptr, _const(_I32, 0), _const(_I32, 3), _const(_I32, 1)])
+        zero = ir.Constant(_VF, [0.0] * _LANES)
+        accs = _emit_for(builder, builder.lshr(nblocks, _const(_I64, 1)), [zero] * nrows,
+                         lambda i, accs: add_blocks(builder.shl(i, _const(_I64, 1)), accs, True))
+        last = builder.sub(nblocks, _const(_I64, 1))
+        return _emit_for(builder, builder.and_(nblocks, _const(_I64, 1)), accs,
+                         lambda i, accs: add_blocks(last, accs, False))
+    loop.qtype = qtype
 
-
-def _dot_i8_intrinsic(qtype, vnni, nrows):
     @intrinsic
     def dot_rows(typingctx, data, first, xq, xs, xd, table, out, at):
         """out[at + k] = sum over blocks of d_w * d_x * (q_w . q_x) for rows first + k (k < nrows) of the
-        packed 2-D data, against one q8_0 activation row (xq int8 [cols], xs int32 [cols // 4], xd float32
-        [cols // 32]). The activation's bytes are loaded once per pair of blocks for all nrows rows, and
-        each row has its own accumulator (independent multiply-add chains)."""
-        if not (isinstance(data, types.Array) and data.dtype == types.uint8 and data.ndim == 2
-                and data.layout == "C" and isinstance(first, types.Integer) and isinstance(at, types.Integer)
-                and _is_vector(xq, types.int8) and _is_vector(xs, types.int32) and _is_vector(xd, types.float32)
-                and _is_vector(table, types.float32) and _is_vector(out, types.float32)):
+        packed data, against one q8_0 activation row (xq int8 [cols], xs int32 [cols // 4], xd float32
+        [cols // 32])."""
+        if not (_rows_typed(data, first, table, out, at) and _is_vector(xq, types.int8)
+                and _is_vector(xs, types.int32) and _is_vector(xd, types.float32)):
             return None
-
-        def codegen(context, builder, sig, args):
-            data_, _, xq_, xs_, xd_, table_, out_, _ = [
-                context.make_array(t)(context, builder, a) if isinstance(t, types.Array) else a
-                for t, a in zip(sig.args, args)]
-            first_, at_ = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (1, 7))
-            nblocks = builder.extract_value(xd_.shape, 0)
-            stride = builder.extract_value(data_.strides, 0)
-            rows = [builder.gep(data_.data, [builder.mul(builder.add(first_, _const(_I64, k)), stride)])
-                    for k in range(nrows)]
-            xs_bytes = builder.bitcast(xs_.data, _I8.as_pointer())
-            shift = ir.Constant(_V16I32, [_OFFSET_SHIFT[qtype]] * 16)
-            block_bytes = _const(_I64, int(BLOCK_BYTES[qtype]))
-            group = builder.mul(stride, _const(_I64, nrows))               # prefetch whole groups of rows ahead
-            ahead = builder.mul(builder.udiv(builder.add(_const(_I64, PREFETCH_BYTES - 1), group), group), group)
-
-            def add_blocks(b, accs, pair):
-                """accs[k] + d * float(lanes) for blocks b and b + 1 (pair) or b alone (the other half zero)
-                of every row k."""
-                off = builder.shl(b, _const(_I64, 5))                      # 32 bytes of xq, 8 int32 of xs
-                b1 = builder.add(b, _const(_I64, 1))
-                if pair:
-                    x = _load(builder, xq_.data, off, _V64I8)
-                    lanes = _load(builder, xs_bytes, off, _V16I32)
-                    dx = [builder.load(builder.gep(xd_.data, [i])) for i in (b, b1)]
-                else:
-                    x = builder.shuffle_vector(_load(builder, xq_.data, off, _V32I8), ir.Constant(_V32I8, [0] * 32),
-                                               _indices(range(64)))
-                    lanes = builder.shuffle_vector(_load(builder, xs_bytes, off, _V8I32),
-                                                   ir.Constant(_V8I32, [0] * 8), _indices(range(16)))
-                    dx = [builder.load(builder.gep(xd_.data, [b]))]
-                lanes = builder.shl(lanes, shift)                          # minus 8 or 128 times sum(q_x)
-                out = []
-                for row, acc in zip(rows, accs):
-                    blocks = [builder.gep(row, [builder.mul(i, block_bytes)]) for i in ((b, b1) if pair else (b,))]
-                    if pair:                                     # the lines of both blocks, PREFETCH_BYTES on
-                        for block in blocks[::2 if qtype == Q4_0 else 1]:
-                            _prefetch(builder, builder.gep(block, [ahead]))
-                    u = _unsigned_pair(builder, qtype, blocks[0], blocks[1] if pair else None)
-                    dots = _dpbusd(builder, lanes, u, x, vnni)              # q_w . q_x, four bytes a lane
-                    pair_d = ir.Constant(ir.VectorType(_F32, 2), [0.0, 0.0])
-                    for i, (block, d) in enumerate(zip(blocks, dx)):
-                        pair_d = builder.insert_element(pair_d, builder.fmul(_scale(builder, block, table_.data), d),
-                                                        _const(_I32, i))
-                    scale = builder.shuffle_vector(pair_d, pair_d, _indices([0] * 8 + [1] * 8))
-                    out.append(_vfma(builder, scale, builder.sitofp(dots, _VF), acc))
-                return out
-
-            zero = ir.Constant(_VF, [0.0] * _LANES)
-            accs = _emit_for(builder, builder.lshr(nblocks, _const(_I64, 1)), [zero] * nrows,
-                             lambda i, accs: add_blocks(builder.shl(i, _const(_I64, 1)), accs, True))
-            last = builder.sub(nblocks, _const(_I64, 1))
-            accs = _emit_for(builder, builder.and_(nblocks, _const(_I64, 1)), accs,
-                             lambda i, accs: add_blocks(last, accs, False))
-            for k, acc in enumerate(accs):
-                builder.store(_sum_lanes(builder, [acc]), builder.gep(out_.data, [builder.add(at_, _const(_I64, k))]))
-            return context.get_dummy_value()
-        return types.none(data, first, xq, xs, xd, table, out, at), codegen
+        return (types.none(data, first, xq, xs, xd, table, out, at),
+                lambda context, builder, sig, args: _rows_codegen(context, builder, sig, args, nrows, loop))
     return dot_rows
 
 
-def dot_i8_intrinsics(vnni: bool = VNNI, nrows: int = ROWS_I8):
+def dot_i8_intrinsics(vnni: bool = VNNI, nrows: int = ROWS):
     """{code: int8-activation dot intrinsic over nrows rows}; vnni=False forces the generic form (tests)."""
-    return {code: _dot_i8_intrinsic(code, vnni, nrows) for code in (Q8_0, Q4_0)}
+    return {code: _int8_rows(code, nrows, vnni) for code in (Q8_0, Q4_0)}
 
 
 _DOTS_I8, _DOT_I8 = dot_i8_intrinsics(), dot_i8_intrinsics(nrows=1)
-dot_rows_q8_0, dot_rows_q4_0 = _DOTS_I8[Q8_0], _DOTS_I8[Q4_0]
-dot_row_q8_0, dot_row_q4_0 = _DOT_I8[Q8_0], _DOT_I8[Q4_0]
+dot_rows_q8_0_q8_0, dot_rows_q4_0_q8_0 = _DOTS_I8[Q8_0], _DOTS_I8[Q4_0]
+dot_row_q8_0_q8_0, dot_row_q4_0_q8_0 = _DOT_I8[Q8_0], _DOT_I8[Q4_0]
 
 
 # ---- decode: the fused GEMV ------------------------------------------------------------------------
 @njit(inline="always")
-def row_dot(row, x, code, table):
-    """x . dequantize(row) in the row's format."""
-    return dot_q8_0(row, x, table) if code == Q8_0 else dot_q4_0(row, x, table)
-
-
-@njit(inline="always")
-def _gemv_task(x, data, code, table, out, task):
-    """out[:, o] = x . dequantize(data[o]) for a group of rows o (each row stays in L1 across the rows of x)."""
-    for o in range(task * ROWS_PER_TASK, min(data.shape[0], (task + 1) * ROWS_PER_TASK)):
-        for t in range(x.shape[0]):
-            out[t, o] = row_dot(data[o], x[t], code, table)
+def dot_rows(data, r0, r1, x, code, table, out):
+    """out[r] = x . dequantize(data[r]) for r0 <= r < r1: ROWS rows per pass over x, then one at a time."""
+    r = r0
+    while r + ROWS <= r1:
+        if code == Q8_0:
+            dot_rows_q8_0(data, r, x, table, out, r)
+        else:
+            dot_rows_q4_0(data, r, x, table, out, r)
+        r += ROWS
+    for o in range(r, r1):
+        if code == Q8_0:
+            dot_row_q8_0(data, o, x, table, out, o)
+        else:
+            dot_row_q4_0(data, o, x, table, out, o)
 
 
 def _gemv(x, data, code, table):
     out = np.empty((x.shape[0], data.shape[0]), np.float32)
     for task in prange((data.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        _gemv_task(x, data, code, table, out, task)
+        r0, r1 = task * ROWS_PER_TASK, min(data.shape[0], (task + 1) * ROWS_PER_TASK)
+        for t in range(x.shape[0]):                  # the task's rows stay in L1 across the rows of x
+            dot_rows(data, r0, r1, x[t], code, table, out[t])
     return out
 
 
@@ -460,28 +484,20 @@ def _prefill(x, data, code, cols):
 
 
 # ---- MoE decode: only the chosen experts' blocks are read ---------------------------------------
-@njit(fastmath=FAST, inline="always")
-def _gate_up_task(xt, G, U, code, table, h, task):
-    """h[o] = silu(gate[o] . xt) * (up[o] . xt) for a group of rows o."""
-    for o in range(task * ROWS_PER_TASK, min(h.shape[0], (task + 1) * ROWS_PER_TASK)):
-        g, u = row_dot(G[o], xt, code, table), row_dot(U[o], xt, code, table)
-        h[o] = g / (np.float32(1.0) + np.exp(-g)) * u
-
-
-@njit(inline="always")
-def _down_task(h, Dn, weight, code, table, yt, task):
-    """yt[o] += weight * (down[o] . h) for a group of rows o."""
-    for o in range(task * ROWS_PER_TASK, min(yt.shape[0], (task + 1) * ROWS_PER_TASK)):
-        yt[o] += weight * row_dot(Dn[o], h, code, table)
-
-
 def _expert(xt, G, U, Dn, weight, code, table, yt):
     F, D = G.shape[0], yt.shape[0]
-    h = np.empty(F, np.float32)
+    g, u, h, y = np.empty(F, np.float32), np.empty(F, np.float32), np.empty(F, np.float32), np.empty(D, np.float32)
     for task in prange((F + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        _gate_up_task(xt, G, U, code, table, h, task)
+        r0, r1 = task * ROWS_PER_TASK, min(F, (task + 1) * ROWS_PER_TASK)
+        dot_rows(G, r0, r1, xt, code, table, g)
+        dot_rows(U, r0, r1, xt, code, table, u)
+        for o in range(r0, r1):
+            h[o] = g[o] / (np.float32(1.0) + np.exp(-g[o])) * u[o]
     for task in prange((D + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        _down_task(h, Dn, weight, code, table, yt, task)
+        r0, r1 = task * ROWS_PER_TASK, min(D, (task + 1) * ROWS_PER_TASK)
+        dot_rows(Dn, r0, r1, h, code, table, y)
+        for o in range(r0, r1):
+            yt[o] += weight * y[o]
 
 
 _expert_1, _expert_p = twins(_expert, fastmath=FAST)
@@ -571,19 +587,19 @@ def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 @njit(inline="always")
 def rows_i8(data, r0, r1, xq, xs, xd, code, table, out):
     """out[r] = the int8-activation dot of packed row r of data with one quantized activation row, for
-    r0 <= r < r1: ROWS_I8 rows per pass over the activation, then one at a time."""
+    r0 <= r < r1: ROWS rows per pass over the activation, then one at a time."""
     r = r0
-    while r + ROWS_I8 <= r1:
+    while r + ROWS <= r1:
         if code == Q8_0:
-            dot_rows_q8_0(data, r, xq, xs, xd, table, out, r)
+            dot_rows_q8_0_q8_0(data, r, xq, xs, xd, table, out, r)
         else:
-            dot_rows_q4_0(data, r, xq, xs, xd, table, out, r)
-        r += ROWS_I8
+            dot_rows_q4_0_q8_0(data, r, xq, xs, xd, table, out, r)
+        r += ROWS
     for o in range(r, r1):
         if code == Q8_0:
-            dot_row_q8_0(data, o, xq, xs, xd, table, out, o)
+            dot_row_q8_0_q8_0(data, o, xq, xs, xd, table, out, o)
         else:
-            dot_row_q4_0(data, o, xq, xs, xd, table, out, o)
+            dot_row_q4_0_q8_0(data, o, xq, xs, xd, table, out, o)
 
 
 def _gemv_i8(x, data, code, table):
