@@ -5,8 +5,11 @@ key and value of head g once for all G = H/Hkv query heads of the group, in
 chunks of CHUNK keys (scores of the chunk, one rescale of the running sum per
 chunk, then the weighted values), and keeps a running max, sum and output per
 head. For decode (one query) the key range is split across threads
-(flash-decoding) and the partial results are merged exactly; prefill splits
-over queries and heads. The visible keys of a query are a contiguous index
+(flash-decoding) and the partial results are merged exactly. Prefill (at least
+PREFILL_MIN_T queries) is the textbook form instead, in blocks of queries: the
+scores Q K^T and the weighted values P V are matrix products (BLAS), between
+them each row of scores becomes the softmax over that query's visible keys
+(zero elsewhere). The visible keys of a query are a contiguous index
 range when keys come in ascending position order, as the caches hand them
 over; the wrapper sorts them when they do not, then computes the ranges.
 """
@@ -22,6 +25,9 @@ from .threads import pick, twins
 
 CHUNK = 128              # keys per step of the running softmax; scratch buffers are [G, CHUNK]
 MIN_SPLIT = 256          # keys per split at least
+PREFILL_MIN_T = 16       # queries from which the scores are BLAS products
+SCORE_BLOCK = 1 << 21    # score values per block of queries in prefill (8 MiB) at most
+QUERY_BLOCK = 64         # queries per block: a causal block computes scores of its diagonal block only
 
 
 @njit(inline="always", fastmath=FAST)
@@ -112,6 +118,42 @@ def _attention(q, K, V, lo, hi, nsplit, scale):
 _attention_1, _attention_p = twins(_attention, fastmath=FAST)
 
 
+def _shift_scores(s, lo, hi, G):
+    """Row r of the scores s [rows, n] belongs to query r // G: minus its largest score over that
+    query's visible keys lo..hi-1 there, -inf at the other keys (so exp gives softmax numerators)."""
+    for r in prange(s.shape[0]):
+        row, a, b = s[r], lo[r // G], hi[r // G]
+        m = np.float32(-np.inf)
+        for j in range(a, b):
+            m = max(m, row[j])
+        row[:a] = -np.inf
+        row[a:b] -= m
+        row[b:] = -np.inf
+
+
+_shift_scores_1, _shift_scores_p = twins(_shift_scores, fastmath=FAST)
+
+
+def _prefill(q, k, v, lo, hi, scale):
+    """softmax(q k^T / sqrt(hd)) v per kv head g and block of queries (q, k, v float32, keys ascending)."""
+    T, H, hd = q.shape
+    Hkv = k.shape[1]
+    G = H // Hkv
+    out = np.empty((T, H, hd), np.float32)
+    block = max(1, min(QUERY_BLOCK, SCORE_BLOCK // (G * max(1, int((hi - lo).max())))))
+    for g in range(Hkv):
+        kg, vg = np.ascontiguousarray(k[:, g]), np.ascontiguousarray(v[:, g])     # [S, hd]
+        for t0 in range(0, T, block):
+            t1 = min(T, t0 + block)
+            a, b = int(lo[t0:t1].min()), int(hi[t0:t1].max())                  # the keys this block sees
+            s = (q[t0:t1, g * G:(g + 1) * G].reshape(-1, hd) * scale) @ kg[a:b].T   # [(t1 - t0) G, b - a]
+            pick(_shift_scores_1, _shift_scores_p, s.size)(s, lo[t0:t1] - a, hi[t0:t1] - a, G)
+            np.exp(s, out=s)                                  # numpy's exp is vectorised, Numba's is not
+            s /= s.sum(axis=1, keepdims=True)                                  # softmax rows
+            out[t0:t1, g * G:(g + 1) * G] = (s @ vg[a:b]).reshape(t1 - t0, G, hd)
+    return out
+
+
 def visible_ranges(q_pos, k_pos, window):
     """[lo, hi) index ranges of the keys each query sees (k_pos ascending)."""
     hi = np.searchsorted(k_pos, q_pos, side="right")
@@ -138,9 +180,12 @@ def attention(q, k, v, q_pos, k_pos, window=0):
     q_pos = np.asarray(q_pos)
     lo, hi = visible_ranges(q_pos, k_pos, window)
     T, H, hd = q.shape
+    scale = np.float32(1.0 / np.sqrt(hd))
+    if T >= PREFILL_MIN_T:
+        return _prefill(np.asarray(q, np.float32), np.asarray(k, np.float32), np.asarray(v, np.float32), lo, hi, scale)
     work = int((hi - lo).sum()) * k.shape[1] * hd * 2
     fn = pick(_attention_1, _attention_p, work)
     threads = numba.get_num_threads()
     nsplit = n_splits(T, k.shape[1], int((hi - lo).max()), threads) if fn is _attention_p else 1
     return fn(np.ascontiguousarray(q, np.float32), np.ascontiguousarray(k, np.float32),
-              np.ascontiguousarray(v, np.float32), lo, hi, nsplit, np.float32(1.0 / np.sqrt(hd)))
+              np.ascontiguousarray(v, np.float32), lo, hi, nsplit, scale)
