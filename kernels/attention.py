@@ -6,7 +6,8 @@ chunks of CHUNK keys (scores of the chunk, one rescale of the running sum per
 chunk, then the weighted values), and keeps a running max, sum and output per
 head. For decode (one query) the key range is split across threads
 (flash-decoding) and the partial results are merged exactly. Prefill (at least
-PREFILL_MIN_T queries) is the textbook form instead, in blocks of queries: the
+PREFILL_MIN_T queries) and long contexts (BLAS_MIN_KEYS visible keys) take the
+textbook form instead, in blocks of queries: the
 scores Q K^T and the weighted values P V are matrix products (BLAS), between
 them each row of scores becomes the softmax over that query's visible keys
 (zero elsewhere). The visible keys of a query are a contiguous index
@@ -25,7 +26,8 @@ from .threads import pick, twins
 
 CHUNK = 128              # keys per step of the running softmax; scratch buffers are [G, CHUNK]
 MIN_SPLIT = 256          # keys per split at least
-PREFILL_MIN_T = 16       # queries from which the scores are BLAS products
+PREFILL_MIN_T = 16       # queries from which the scores are BLAS products ...
+BLAS_MIN_KEYS = 512      # ... and keys (one query is enough then: a long-context decode step)
 SCORE_BLOCK = 1 << 21    # score values per block of queries in prefill (8 MiB) at most
 QUERY_BLOCK = 64         # queries per block: a causal block computes scores of its diagonal block only
 
@@ -142,7 +144,7 @@ def _prefill(q, k, v, lo, hi, scale):
     out = np.empty((T, H, hd), np.float32)
     block = max(1, min(QUERY_BLOCK, SCORE_BLOCK // (G * max(1, int((hi - lo).max())))))
     for g in range(Hkv):
-        kg, vg = np.ascontiguousarray(k[:, g]), np.ascontiguousarray(v[:, g])     # [S, hd]
+        kg, vg = k[:, g], v[:, g]                                              # [S, hd] views
         for t0 in range(0, T, block):
             t1 = min(T, t0 + block)
             a, b = int(lo[t0:t1].min()), int(hi[t0:t1].max())                  # the keys this block sees
@@ -181,7 +183,7 @@ def attention(q, k, v, q_pos, k_pos, window=0):
     lo, hi = visible_ranges(q_pos, k_pos, window)
     T, H, hd = q.shape
     scale = np.float32(1.0 / np.sqrt(hd))
-    if T >= PREFILL_MIN_T:
+    if T >= PREFILL_MIN_T or int((hi - lo).max()) >= BLAS_MIN_KEYS:
         return _prefill(np.asarray(q, np.float32), np.asarray(k, np.float32), np.asarray(v, np.float32), lo, hi, scale)
     work = int((hi - lo).sum()) * k.shape[1] * hd * 2
     fn = pick(_attention_1, _attention_p, work)

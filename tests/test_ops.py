@@ -129,7 +129,8 @@ def parity_rope():
 def parity_attention():
     H, Hkv, hd = 6, 3, 7
     cases = [(1, 1, 0), (1, 700, 0), (1, 700, 33), (9, 9, 0), (7, 300, 5), (6, 11, 0),
-             (40, 40, 0), (37, 300, 0), (37, 300, 5), (70, 90, 33)]   # from PREFILL_MIN_T queries on: BLAS
+             (40, 40, 0), (37, 300, 0), (37, 300, 5), (70, 90, 33),    # from PREFILL_MIN_T queries on: BLAS
+             (1, 1000, 600), (2, 530, 0)]                               # from BLAS_MIN_KEYS keys on: BLAS
     for T, S, window in cases:
         rng = np.random.default_rng(S + T)
         q, k, v = rand(rng, T, H, hd), rand(rng, S, Hkv, hd), rand(rng, S, Hkv, hd)
