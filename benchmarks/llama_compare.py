@@ -95,7 +95,7 @@ def cogcore_bench(model, prompt: int, gen: int, reps: int) -> float:
         cache = model.new_cache()
         t = time.perf_counter()
         if prompt:
-            model.forward(ids[:prompt], cache)
+            model.forward(ids[:prompt], cache, last_only=True)     # as llama-bench: logits of the last token
         else:
             for i in range(gen):
                 model.forward(ids[i:i + 1], cache)

@@ -391,8 +391,9 @@ def model_rows(rep: Report, lim: dict, quick: bool, precisions: tuple[str, ...],
         if b == "numpy" and quick:
             continue
         rep.step(f"prefill {prefill_len} tokens, {b}")
-        pre[b] = timeit(lambda: m.forward(ids), 1 if b == "numpy" else 2)
-    flop = 2 * params_pt * prefill_len
+        pre[b] = timeit(lambda: m.forward(ids, last_only=True), 1 if b == "numpy" else 2)
+    lm_head = cfg.vocab_size * cfg.hidden_size          # a prefill reads out the last token only
+    flop = 2 * (params_pt - lm_head) * prefill_len + 2 * lm_head
     per_tok = pre["numba"] / prefill_len
     rep.add(Row("model", f"prefill {prefill_len} tokens, 8x1024 {precision}", pre["numba"], pre.get("numpy"),
                 f"{flop / pre['numba'] / lim['flops']:.0%} of sgemm; {per_tok * 1e3:.2f} ms/token = "
