@@ -211,7 +211,7 @@ def _rows_typed(data, first, table, out, at):
             and _is_vector(table, types.float32) and _is_vector(out, types.float32))
 
 
-def _rows_codegen(context, builder, sig, args, nrows, loop):
+def _rows_codegen(context, builder, sig, args, qtype, nrows, loop):
     """The body of a rows intrinsic f(data, first, *x, table, out, at): out[at + k] = the dot of packed
     row first + k of data with the activation arrays x, for k < nrows. loop(x arrays, block pointer of
     row k at block b as row_block(k, b), prefetch(block pointer), table) -> one float vector per row,
@@ -225,7 +225,6 @@ def _rows_codegen(context, builder, sig, args, nrows, loop):
     rows = [builder.gep(data_.data, [builder.mul(builder.add(first, _const(_I64, k)), stride)]) for k in range(nrows)]
     group = builder.mul(stride, _const(_I64, nrows))
     ahead = builder.mul(builder.udiv(builder.add(_const(_I64, PREFETCH_BYTES - 1), group), group), group)
-    qtype = loop.qtype
     block_bytes = _const(_I64, int(BLOCK_BYTES[qtype]))
     accs = loop(builder, arrays[2:-3], lambda k, b: builder.gep(rows[k], [builder.mul(b, block_bytes)]),
                 lambda ptr: _prefetch(builder, builder.gep(ptr, [ahead])), table_)
@@ -253,7 +252,6 @@ def _float_rows(qtype, nrows):
                 out.append(_vfma(builder, _broadcast(builder, d), s, acc))
             return out
         return _emit_for(builder, nblocks, [ir.Constant(_VF, [0.0] * _LANES)] * nrows, add_block)
-    loop.qtype = qtype
 
     @intrinsic
     def dot_rows(typingctx, data, first, x, table, out, at):
@@ -261,7 +259,7 @@ def _float_rows(qtype, nrows):
         if not (_rows_typed(data, first, table, out, at) and _is_vector(x, types.float32)):
             return None
         return (types.none(data, first, x, table, out, at),
-                lambda context, builder, sig, args: _rows_codegen(context, builder, sig, args, nrows, loop))
+                lambda context, builder, sig, args: _rows_codegen(context, builder, sig, args, qtype, nrows, loop))
     return dot_rows
 
 
@@ -380,7 +378,6 @@ def _int8_rows(qtype, nrows, vnni):
         last = builder.sub(nblocks, _const(_I64, 1))
         return _emit_for(builder, builder.and_(nblocks, _const(_I64, 1)), accs,
                          lambda i, accs: add_blocks(last, accs, False))
-    loop.qtype = qtype
 
     @intrinsic
     def dot_rows(typingctx, data, first, xq, xs, xd, table, out, at):
@@ -391,7 +388,7 @@ def _int8_rows(qtype, nrows, vnni):
                 and _is_vector(xs, types.int32) and _is_vector(xd, types.float32)):
             return None
         return (types.none(data, first, xq, xs, xd, table, out, at),
-                lambda context, builder, sig, args: _rows_codegen(context, builder, sig, args, nrows, loop))
+                lambda context, builder, sig, args: _rows_codegen(context, builder, sig, args, qtype, nrows, loop))
     return dot_rows
 
 
@@ -585,7 +582,7 @@ def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 @njit(inline="always")
-def rows_i8(data, r0, r1, xq, xs, xd, code, table, out):
+def dot_rows_i8(data, r0, r1, xq, xs, xd, code, table, out):
     """out[r] = the int8-activation dot of packed row r of data with one quantized activation row, for
     r0 <= r < r1: ROWS rows per pass over the activation, then one at a time."""
     r = r0
@@ -611,7 +608,7 @@ def _gemv_i8(x, data, code, table):
     for task in prange((data.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         r0, r1 = task * ROWS_PER_TASK, min(data.shape[0], (task + 1) * ROWS_PER_TASK)
         for t in range(xq.shape[0]):
-            rows_i8(data, r0, r1, xq[t], xs[t], xd[t], code, table, out[t])
+            dot_rows_i8(data, r0, r1, xq[t], xs[t], xd[t], code, table, out[t])
     return out
 
 
@@ -641,15 +638,15 @@ def _expert_i8(xq, xs, xd, G, U, Dn, weight, code, table, yt):
     g, u, h, y = np.empty(F, np.float32), np.empty(F, np.float32), np.empty(F, np.float32), np.empty(D, np.float32)
     for task in prange((F + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         r0, r1 = task * ROWS_PER_TASK, min(F, (task + 1) * ROWS_PER_TASK)
-        rows_i8(G, r0, r1, xq, xs, xd, code, table, g)
-        rows_i8(U, r0, r1, xq, xs, xd, code, table, u)
+        dot_rows_i8(G, r0, r1, xq, xs, xd, code, table, g)
+        dot_rows_i8(U, r0, r1, xq, xs, xd, code, table, u)
         for o in range(r0, r1):
             h[o] = g[o] / (np.float32(1.0) + np.exp(-g[o])) * u[o]
     hq, hs, hd = np.empty(F, np.int8), np.empty(F // 4, np.int32), np.empty(F // 32, np.float32)
     _quantize_row(h, hq, hs, hd)                     # once for the whole down projection
     for task in prange((D + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         r0, r1 = task * ROWS_PER_TASK, min(D, (task + 1) * ROWS_PER_TASK)
-        rows_i8(Dn, r0, r1, hq, hs, hd, code, table, y)
+        dot_rows_i8(Dn, r0, r1, hq, hs, hd, code, table, y)
         for o in range(r0, r1):
             yt[o] += weight * y[o]
 

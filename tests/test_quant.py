@@ -578,5 +578,5 @@ def test_int8_activations_option_runs_a_model(float_dir, tmp_path, qtype):
         np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     err = np.abs(want - float_path).mean() / np.abs(float_path).mean()
     assert 0 < err < 0.1, err
-    args = build_parser().parse_args(["generate", "--model", str(out), "--int8-activations", "hi"])
+    args = build_parser().parse_args(["generate", "--model", str(out), "--backend", "numpy", "--int8-activations", "hi"])
     assert load_model(args).ops.int8_activations
