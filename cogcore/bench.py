@@ -500,6 +500,7 @@ def run(only: list[str] | None = None, quick: bool = False, threads: int | None 
         rep.header("whole model")
         if int8_activations:
             rep.line("  --int8-activations: q8_0/q4_0 weights dotted with activations rounded to q8_0 blocks")
+            rep.facts["int8_activations"] = True
         model_rows(rep, lim, quick, tuple(precisions), 512 if quick else prefill_len, tuple(model_dirs),
                    int8_activations)
     if "sparse" in sections:
