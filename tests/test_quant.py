@@ -538,6 +538,8 @@ def test_int8_linear_matches_reference(qtype, T):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     Wf = rng.standard_normal((5, 32)).astype(np.float32)            # float weights keep the float path
     np.testing.assert_array_equal(NumbaInt8Ops.linear(x[:, :32], Wf), NumbaOps.linear(x[:, :32], Wf))
+    for ops in (NumbaInt8Ops, ReferenceInt8Ops):                     # no rows at all
+        assert ops.linear(x[:0], W).shape == (0, W.shape[0])
 
 
 @pytest.mark.parametrize("qtype", QTYPES)
