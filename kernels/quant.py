@@ -542,14 +542,18 @@ def to_float16(d):
 def _quantize_row(x, xq, xs, xd):
     """One activation row x [cols] float32 -> q8_0: xq int8 [cols], xd float32 [cols // 32] (the float16
     scale's value), xs int32 [cols // 4] = minus the sum of each 4 consecutive xq.
-    GGML's reference quantizer: d = max|x| / 127, q = roundf(x * (1 / d)), halves away from zero."""
+    GGML's reference quantizer: d = max|x| / 127, q = roundf(x * (1 / d)), halves away from zero.
+    A block holding a NaN gets scale NaN (max() would skip it), so that the dots come out NaN as on
+    the float path and the model reports the layer, instead of a finite wrong answer."""
     for b in range(xd.shape[0]):
         amax = np.float32(0.0)
+        nan = False
         for j in range(32 * b, 32 * b + 32):
             amax = max(amax, abs(x[j]))
+            nan |= x[j] != x[j]
         d = amax / np.float32(127.0)
-        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-        xd[b] = to_float16(d)
+        inv = np.float32(1.0) / d if d != 0 and not nan else np.float32(0.0)
+        xd[b] = np.float32(np.nan) if nan else to_float16(d)
         for j in range(32 * b, 32 * b + 32):
             v = x[j] * inv
             a = abs(v)

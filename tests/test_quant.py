@@ -542,6 +542,23 @@ def test_int8_linear_matches_reference(qtype, T):
         assert ops.linear(x[:0], W).shape == (0, W.shape[0])
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_int8_linear_keeps_a_non_finite_activation_non_finite(bad):
+    """A NaN or inf in x leaves the rows it reaches non-finite on both backends, as on the float path,
+    so the model names the layer instead of answering from garbage (max() alone would skip a NaN)."""
+    from cogcore.backends import NumbaInt8Ops
+    from cogcore.blocks import ReferenceInt8Ops
+    rng = np.random.default_rng(7)
+    W = quantize_tensor(rng.standard_normal((40, 64)).astype(np.float32), "q4_0")
+    for T in (1, 20):                                                # decode kernel, prefill path
+        x = rng.standard_normal((T, 64)).astype(np.float32)
+        x[0, 5] = bad
+        for ops in (NumbaInt8Ops, ReferenceInt8Ops):
+            with np.errstate(invalid="ignore"):
+                y = ops.linear(x, W)
+            assert not np.isfinite(y[0]).any() and np.isfinite(y[1:]).all()
+
+
 @pytest.mark.parametrize("qtype", QTYPES)
 def test_int8_serial_and_parallel_kernels_agree(qtype):
     from cogcore.kernels import quant as kq
