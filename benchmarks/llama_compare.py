@@ -21,7 +21,8 @@ prints each round's figures, the medians and the cogcore / llama.cpp ratios:
 
 Decode is llama-bench's tg64 (64 tokens generated after an empty context, mean tok/s) against
 cogcore decoding 64 tokens one by one from an empty cache; prefill is pp512 against one
-forward pass over 512 tokens. `make` needs torch and transformers (the `dev` extra does not
+forward pass over 512 tokens. `--int8-activations` loads cogcore's quantized models with that
+option (llama.cpp's own arithmetic). `make` needs torch and transformers (the `dev` extra does not
 carry torch); llama.cpp's own tools come from a checkout / build outside this repository.
 """
 
@@ -94,7 +95,7 @@ def cogcore_bench(model, prompt: int, gen: int, reps: int) -> float:
         cache = model.new_cache()
         t = time.perf_counter()
         if prompt:
-            model.forward(ids[:prompt], cache)
+            model.forward(ids[:prompt], cache, last_only=True)     # as llama-bench: logits of the last token
         else:
             for i in range(gen):
                 model.forward(ids[i:i + 1], cache)
@@ -102,14 +103,16 @@ def cogcore_bench(model, prompt: int, gen: int, reps: int) -> float:
     return statistics.mean(rates)
 
 
-def bench(out: str, llama_bin: str, threads: int, rounds: int, reps: int, precisions, tests) -> None:
+def bench(out: str, llama_bin: str, threads: int, rounds: int, reps: int, precisions, tests,
+          int8_activations: bool = False) -> None:
     import cogcore
     from cogcore.backends import NumbaOps
     from cogcore.kernels.threads import set_threads
 
     set_threads(threads)
     NumbaOps.warm_up()
-    models = {p: cogcore.load(os.path.join(out, "hf" if p == "f32" else f"cogcore-{p}")) for p in precisions}
+    models = {p: cogcore.load(os.path.join(out, "hf" if p == "f32" else f"cogcore-{p}"),
+                              int8_activations=int8_activations) for p in precisions}
     for m in models.values():
         cogcore_bench(m, 0, 4, 1)                    # first touch of the memory-mapped weights
     figures: dict[tuple, list[tuple[float, float]]] = {}
@@ -122,7 +125,8 @@ def bench(out: str, llama_bin: str, threads: int, rounds: int, reps: int, precis
                 figures.setdefault((p, name), []).append((cc, ll))
                 print(f"round {r + 1} {p:5s} {name:6s} t={threads}: cogcore {cc:8.1f} tok/s  llama.cpp {ll:8.1f} tok/s"
                       f"  ratio {cc / ll:.2f}", flush=True)
-    print(f"\nthreads {threads}, {rounds} rounds, each figure the mean of {reps} repetitions; medians:")
+    print(f"\nthreads {threads}, {rounds} rounds, each figure the mean of {reps} repetitions"
+          f"{', cogcore with --int8-activations' if int8_activations else ''}; medians:")
     print(f"| precision | test | cogcore tok/s | llama.cpp tok/s | cogcore / llama.cpp (median of per-round ratios) |")
     print("|---|---|---|---|---|")
     for (p, name), pairs in figures.items():
@@ -147,12 +151,15 @@ def main(argv=None) -> None:
     bn.add_argument("--reps", type=int, default=3, help="repetitions inside each figure")
     bn.add_argument("--precision", action="append", choices=PRECISIONS)
     bn.add_argument("--prefill", type=int, default=512, help="prompt length of the prefill test (0: none)")
+    bn.add_argument("--int8-activations", action="store_true",
+                    help="cogcore rounds the activations to q8_0 blocks and uses integer dots, as llama.cpp")
     args = ap.parse_args(argv)
     if args.cmd == "make":
         make(args.dir, args.llama_src, args.llama_bin, args.seed)
     else:
         tests = [(0, 64)] + ([(args.prefill, 0)] if args.prefill else [])
-        bench(args.dir, args.llama_bin, args.threads, args.rounds, args.reps, args.precision or PRECISIONS, tests)
+        bench(args.dir, args.llama_bin, args.threads, args.rounds, args.reps, args.precision or PRECISIONS, tests,
+              args.int8_activations)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ and it names every op that stays on the NumPy reference.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -28,11 +29,19 @@ def _linear(x, W):
     return linear.linear(x, W)
 
 
-def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk):
+def _linear_int8(x, W):
+    """`_linear` with int8 activations for a quantized weight (kernels.quant.linear_i8)."""
+    if isinstance(W, QuantTensor):
+        return quant.linear_i8(x, W.data, W.qtype, W.shape[-1])
+    return linear.linear(x, W)
+
+
+def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk, int8=False):
     """kernels.moe over stored float experts. Over quantized ones (stacked, or a lazy stack of
     per-expert tensors): the fused GEMV of kernels.quant for each chosen expert of a few tokens
     (decode) when the three projections share one format; otherwise (prefill, or mixed formats)
-    the experts grouped as in the reference, each through `_linear`."""
+    the experts grouped as in the reference, each through `_linear`. int8: int8 activations, each
+    token quantized once for all its experts."""
     formats = {getattr(W[0], "qtype", None) for W in (gate_proj, up_proj, down_proj)}
     if formats == {None}:
         return moe.moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk)
@@ -40,12 +49,17 @@ def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk):
     top, wts = moe.route(_linear(x, router), k, bool(norm_topk))
     counts = np.bincount(top.ravel(), minlength=router.shape[0])
     if len(x) > linear.SMALL_T or len(formats) > 1:
-        return grouped_experts(x, top, wts, counts, gate_proj, up_proj, down_proj, _linear), counts
+        return grouped_experts(x, top, wts, counts, gate_proj, up_proj, down_proj,
+                               _linear_int8 if int8 else _linear), counts
     y = np.zeros_like(x)
+    xq = quant.quantize_activations(x) if int8 else None
     for t, c in np.ndindex(*top.shape):
         e = top[t, c]
         g, u, d = gate_proj[e], up_proj[e], down_proj[e]
-        quant.expert_decode(x[t], g.data, u.data, d.data, wts[t, c], g.qtype, y[t])
+        if int8:
+            quant.expert_decode_i8(*(a[t] for a in xq), g.data, u.data, d.data, wts[t, c], g.qtype, y[t])
+        else:
+            quant.expert_decode(x[t], g.data, u.data, d.data, wts[t, c], g.qtype, y[t])
     return y, counts
 
 
@@ -53,6 +67,7 @@ class NumbaOps:
     """`Ops`, `FusedResidualNorm`, `FusedRecurrent` and `Compiled` over the Numba kernels (backend "numba")."""
 
     name = "numba"
+    int8_activations = False
 
     linear = staticmethod(_linear)
     embed = staticmethod(ReferenceOps.embed)         # reference: a row gather, nothing to compile
@@ -86,6 +101,15 @@ class NumbaOps:
         return time.perf_counter() - t0
 
 
+class NumbaInt8Ops(NumbaOps):
+    """`NumbaOps` with int8 activations for quantized weights (kernels.quant's `linear_i8`,
+    `expert_decode_i8`); the twin of `cogcore.blocks.ReferenceInt8Ops`."""
+
+    int8_activations = True
+    linear = staticmethod(_linear_int8)
+    moe = staticmethod(functools.partial(_moe, int8=True))
+
+
 def _exercise(ops):
     """Call every op once per weight dtype and per decode / prefill path."""
     rng = np.random.default_rng(0)
@@ -100,9 +124,11 @@ def _exercise(ops):
     for qtype in ("q8_0", "q4_0"):
         Wq = quantize_tensor(rng.standard_normal((3, 32), np.float32), qtype)
         Eq = quantize_tensor(rng.standard_normal((2, 32, 32), np.float32), qtype)
-        ops.linear(xq, Wq)
-        ops.linear(np.repeat(xq, 8, 0), Wq)
-        ops.moe(xq, rng.standard_normal((2, 32), np.float32), Eq, Eq, Eq, 1, True)
+        for int8 in (False, True):               # the float path, int8 activations
+            lin = _linear_int8 if int8 else _linear
+            lin(xq, Wq)
+            lin(np.repeat(xq, 8, 0), Wq)
+            _moe(xq, rng.standard_normal((2, 32), np.float32), Eq, Eq, Eq, 1, True, int8=int8)
     w = np.ones(16, np.float32)
     for n in (x, np.repeat(x, 64, 0)):
         ops.rmsnorm(n, w, 1e-5), ops.layernorm(n, w, w, 1e-5)

@@ -348,10 +348,11 @@ def decode_row(rep: Report, name: str, models: dict, bpt: int, lim: dict, reps: 
 
 
 def model_rows(rep: Report, lim: dict, quick: bool, precisions: tuple[str, ...], prefill_len: int,
-               model_dirs: tuple[str, ...] = ()) -> None:
+               model_dirs: tuple[str, ...] = (), int8_activations: bool = False) -> None:
     """Decode of the 8 x 1024 hybrid at every precision (and of model directories, e.g. the 4b
     preset written by `cogcore init`), then prefill at the first precision."""
     from .model import Model, load
+    from .ops import ops_for
     from .weights import Weights
 
     cfg = bench_config()
@@ -362,7 +363,7 @@ def model_rows(rep: Report, lim: dict, quick: bool, precisions: tuple[str, ...],
     for precision in precisions:
         rep.step(f"random {precision} weights of the 8-layer bench model")
         tensors = bench_weights(cfg, precision)
-        models = {b: Model(cfg, Weights(tensors), backend=b) for b in ("numba", "numpy")}
+        models = {b: Model(cfg, Weights(tensors), backend=ops_for(b, int8_activations)) for b in ("numba", "numpy")}
         t = decode_row(rep, f"8x1024 {precision}", models, bytes_per_token(cfg, tensors), lim, reps)
         if first is None:
             first = (precision, tensors, models, t)
@@ -370,7 +371,7 @@ def model_rows(rep: Report, lim: dict, quick: bool, precisions: tuple[str, ...],
             del tensors, models
     for path in model_dirs:
         rep.step(f"loading {path} (memory-mapped)")
-        m = load(path)
+        m = load(path, int8_activations=int8_activations)
         tensors = m.weights.tensors                  # cogcore's names (a family's or a GGUF file's mapped)
         c = m.config
         experts = (f"{c.num_experts} experts x {c.moe_intermediate_size} top-{c.num_experts_per_tok}"
@@ -390,8 +391,9 @@ def model_rows(rep: Report, lim: dict, quick: bool, precisions: tuple[str, ...],
         if b == "numpy" and quick:
             continue
         rep.step(f"prefill {prefill_len} tokens, {b}")
-        pre[b] = timeit(lambda: m.forward(ids), 1 if b == "numpy" else 2)
-    flop = 2 * params_pt * prefill_len
+        pre[b] = timeit(lambda: m.forward(ids, last_only=True), 1 if b == "numpy" else 2)
+    lm_head = cfg.vocab_size * cfg.hidden_size          # a prefill reads out the last token only
+    flop = 2 * (params_pt - lm_head) * prefill_len + 2 * lm_head
     per_tok = pre["numba"] / prefill_len
     rep.add(Row("model", f"prefill {prefill_len} tokens, 8x1024 {precision}", pre["numba"], pre.get("numpy"),
                 f"{flop / pre['numba'] / lim['flops']:.0%} of sgemm; {per_tok * 1e3:.2f} ms/token = "
@@ -468,12 +470,13 @@ def sparse_rows(rep: Report, context: int, quick: bool) -> None:
 
 def run(only: list[str] | None = None, quick: bool = False, threads: int | None = None,
         precisions: tuple[str, ...] = PRECISIONS, context: int = 16384, prefill_len: int = 2048,
-        model_dirs: tuple[str, ...] = (), out=sys.stdout, progress=sys.stderr) -> Report:
+        model_dirs: tuple[str, ...] = (), int8_activations: bool = False, out=sys.stdout,
+        progress=sys.stderr) -> Report:
     import platform
 
     import numba
 
-    from .backends import NumbaOps
+    from .backends import NumbaInt8Ops, NumbaOps
     from .kernels.threads import set_threads
 
     rep = Report(out, progress)
@@ -485,7 +488,7 @@ def run(only: list[str] | None = None, quick: bool = False, threads: int | None 
              + ("" if blas_set is None else f", OpenBLAS {'set' if blas_set else 'not settable'} to {threads}")
              + f"; numpy {np.__version__}, numba {numba.__version__}")
     rep.step("compiling / loading the kernels")
-    t_compile = NumbaOps.warm_up()
+    t_compile = (NumbaInt8Ops if int8_activations else NumbaOps).warm_up()
     rep.line(f"  kernel warm-up (compile, or load from numba's cache): {t_compile:.1f} s (excluded below)")
     rep.facts["warm_up_s"] = t_compile
     rep.header("machine limits")
@@ -495,7 +498,11 @@ def run(only: list[str] | None = None, quick: bool = False, threads: int | None 
         kernel_rows(rep, lim, quick)
     if "model" in sections:
         rep.header("whole model")
-        model_rows(rep, lim, quick, tuple(precisions), 512 if quick else prefill_len, tuple(model_dirs))
+        if int8_activations:
+            rep.line("  --int8-activations: q8_0/q4_0 weights dotted with activations rounded to q8_0 blocks")
+            rep.facts["int8_activations"] = True
+        model_rows(rep, lim, quick, tuple(precisions), 512 if quick else prefill_len, tuple(model_dirs),
+                   int8_activations)
     if "sparse" in sections:
         context = 4096 if quick and context == 16384 else context
         rep.header(f"sparse against full attention decode at context {context}")

@@ -81,6 +81,9 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
                         help=f"model directory or GGUF file (default: the shipped model, {DEFAULT_MODEL})")
     parser.add_argument("--backend", choices=("numba", "numpy"), default="numba",
                         help="numba (compiled, default) or numpy (the reference)")
+    parser.add_argument("--int8-activations", action="store_true",
+                        help="q8_0/q4_0 weights: round the activations to q8_0 blocks and use integer dots, "
+                             "as llama.cpp does (faster; not the float path, see docs/quantization.md)")
 
 
 def load_model(args):
@@ -91,7 +94,7 @@ def load_model(args):
         raise CogcoreError(f"no model given and the shipped model was not found (looked in "
                            f"{' and '.join(MODEL_PLACES)}); pass --model DIR (e.g. one made by "
                            f"`cogcore init --preset tiny DIR`)")
-    model = load(args.model, backend=args.backend)
+    model = load(args.model, backend=args.backend, int8_activations=args.int8_activations)
     if isinstance(model.ops, Compiled):   # compile (or load) the kernels now, so speeds reported later exclude it
         notice = threading.Timer(5.0, print, ("cogcore: compiling the kernels (once per install; "
                                               "a minute or so)...",), {"file": sys.stderr, "flush": True})

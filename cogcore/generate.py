@@ -277,7 +277,8 @@ class Stream:
         return self._result
 
     def _forward(self, ids, cache=None) -> np.ndarray:
-        logits = self.model.forward(np.asarray(ids, np.int64), cache=self.cache if cache is None else cache)
+        logits = self.model.forward(np.asarray(ids, np.int64), cache=self.cache if cache is None else cache,
+                                    last_only=True)
         if self.stats is not None:
             self.stats.add(self.model.last_pass)
         return logits

@@ -133,20 +133,23 @@ class Model:
                              f"max_position_embeddings={limit}")
         return ids.astype(np.int64)
 
-    def forward(self, token_ids, cache: Cache | None = None) -> np.ndarray:
+    def forward(self, token_ids, cache: Cache | None = None, *, last_only: bool = False) -> np.ndarray:
         """Logits [T, V] float32 for token ids [T]; with a cache, the tokens continue it.
 
         Without a cache the tokens start at position 0 on a fresh one. Feeding a
         sequence whole or in any split gives the same logits (SPEC Section 5).
+        last_only: the logits of the last token only, [1, V]: all that a prefill needs, and
+        lm_head is then read for one token instead of T (a third of a 512-token prefill at a
+        32000-token vocabulary).
         """
         cache = cache if cache is not None else self.new_cache()
         ids = self.check_tokens(token_ids, cache.length)
         with np.errstate(all="ignore"):   # NaN/Inf are reported by name after each layer, not as warnings
-            return self._forward(ids, cache)
+            return self._forward(ids, cache, last_only)
 
     __call__ = forward
 
-    def _forward(self, ids: np.ndarray, cache: Cache) -> np.ndarray:
+    def _forward(self, ids: np.ndarray, cache: Cache, last_only: bool) -> np.ndarray:
         ops = self.ops
         ctx = Pass(positions=np.arange(cache.length, cache.length + len(ids)))
 
@@ -164,6 +167,8 @@ class Model:
                 x = h + layer.ffn(layer.post_norm(h), ffn_state, ctx)
                 self._check_finite(x, self._ffn_name(i))
             xn = self.norm(x)
+        if last_only:
+            xn = xn[-1:]
         logits = ops.linear(xn, self.lm_head)                           # Norm(x; norm) @ lm_head.T [T, V]
         self._check_finite(logits, "the output projection (lm_head.weight)")
         cache.length += len(ids)
@@ -205,7 +210,8 @@ class Model:
         return generate(self, prompt, **options)
 
 
-def load(path: str | os.PathLike, backend: str = "numba", strict: bool = True) -> Model:
+def load(path: str | os.PathLike, backend: str = "numba", strict: bool = True,
+         int8_activations: bool = False) -> Model:
     """Load a model directory (SPEC Section 1): config.json plus memory-mapped safetensors weights.
 
     The directory may also be an unmodified Hugging Face directory of a public family
@@ -214,9 +220,11 @@ def load(path: str | os.PathLike, backend: str = "numba", strict: bool = True) -
 
     backend: "numba" (compiled kernels, default) or "numpy" (the reference).
     strict: tensors the config does not use are an error (False: ignore them).
+    int8_activations: dot q8_0 / q4_0 weights with the activations rounded to q8_0 blocks, in
+    integers, as GGML does on the CPU (faster, not the float path: docs/quantization.md).
     """
     from .gguf_model import is_gguf, read_gguf
-    ops = ops_for(backend)
+    ops = ops_for(backend, int8_activations)
     if is_gguf(path):
         path = os.fspath(path)
         config, tensors, origin = read_gguf(path)

@@ -31,14 +31,16 @@ from .errors import InputError
 BACKENDS = ("numba", "numpy")
 
 
-def ops_for(backend: str) -> Ops:
-    """The ops table of a backend name, or an InputError naming the choices."""
+def ops_for(backend: str, int8_activations: bool = False) -> Ops:
+    """The ops table of a backend name, or an InputError naming the choices. int8_activations:
+    quantized weights are dotted with activations rounded to q8_0 blocks (GGML's CPU arithmetic;
+    docs/quantization.md), the table's `int8_activations` attribute."""
     if backend == "numpy":
-        from .blocks import ReferenceOps
-        return ReferenceOps()
+        from .blocks import ReferenceInt8Ops, ReferenceOps
+        return ReferenceInt8Ops() if int8_activations else ReferenceOps()
     if backend == "numba":
-        from .backends import NumbaOps   # imported on demand: loading the kernels is not free
-        return NumbaOps()
+        from .backends import NumbaInt8Ops, NumbaOps   # imported on demand: loading the kernels is not free
+        return NumbaInt8Ops() if int8_activations else NumbaOps()
     raise InputError(f"backend: expected one of {', '.join(BACKENDS)}, found {backend!r}")
 
 

@@ -310,12 +310,13 @@ class PromptCache:
         """Restore the longest stored prefix of `token_ids`, feed the rest, store the result.
 
         Chunks end at every multiple of `snapshot_every` (a checkpoint) and are at most
-        `chunk` tokens. `forward(ids, cache) -> logits [T, V]` defaults to model.forward;
+        `chunk` tokens. `forward(ids, cache) -> logits [T or 1, V]` defaults to model.forward of the
+        last token's logits;
         `progress(done, total)` is called after each chunk.
         Returns (cache, logits [V] of the last token, tokens restored, recorder).
         """
         ids = self.model.check_tokens(token_ids)
-        forward = forward or self.model.forward
+        forward = forward or (lambda chunk_ids, c: self.model.forward(chunk_ids, c, last_only=True))
         cache, logits, rec = self.restore(ids)
         restored = a = cache.length
         every = self.snapshot_every

@@ -55,7 +55,7 @@ def prompt_cache_rows(rep: Report, quick: bool, context: int = 4096, query: int 
     def plain(prompt):
         cache = model.new_cache()
         for a in range(0, len(prompt), 256):
-            logits = model.forward(prompt[a:a + 256], cache)
+            logits = model.forward(prompt[a:a + 256], cache, last_only=True)
         return int(np.argmax(logits[-1]))
 
     reps = 1 if quick else 3

@@ -53,15 +53,19 @@ def quantize_q8_0(x: np.ndarray) -> np.ndarray:
         inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
     q = _roundf(b * inv).astype(np.int8)
     out = np.concatenate([d.astype(np.float16).view(np.uint8), q.view(np.uint8)], axis=1)
-    return out.reshape(*x.shape[:-1], -1)
+    return out.reshape(*x.shape[:-1], out.shape[-1] * x.shape[-1] // BLOCK)   # no -1: x may have no rows
+
+
+def blocks_q8_0(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """q8_0 bytes uint8 [..., nblocks * 34] -> (q int8 [..., nblocks, 32], d float32 [..., nblocks])."""
+    b = np.ascontiguousarray(data).reshape(*data.shape[:-1], data.shape[-1] // 34, 34)
+    return b[..., 2:].view(np.int8), b[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
 
 
 def dequantize_q8_0(data: np.ndarray) -> np.ndarray:
     """q8_0 bytes uint8 [..., nblocks * 34] -> float32 [..., nblocks * 32]: q * d per block."""
-    b = np.ascontiguousarray(data).reshape(-1, 34)
-    d = b[:, :2].copy().view(np.float16).astype(np.float32)     # [n, 1]
-    q = b[:, 2:].view(np.int8).astype(np.float32)                 # [n, 32]
-    return (q * d).reshape(*data.shape[:-1], -1)
+    q, d = blocks_q8_0(data)
+    return (q.astype(np.float32) * d[..., None]).reshape(*data.shape[:-1], d.shape[-1] * BLOCK)
 
 
 def quantize_q4_0(x: np.ndarray) -> np.ndarray:
@@ -80,20 +84,26 @@ def quantize_q4_0(x: np.ndarray) -> np.ndarray:
     q = np.minimum(np.trunc(b * inv + np.float32(8.5)), 15).astype(np.uint8)
     packed = q[:, :16] | (q[:, 16:] << np.uint8(4))
     out = np.concatenate([d.astype(np.float16).view(np.uint8), packed], axis=1)
-    return out.reshape(*x.shape[:-1], -1)
+    return out.reshape(*x.shape[:-1], out.shape[-1] * x.shape[-1] // BLOCK)   # no -1: x may have no rows
+
+
+def blocks_q4_0(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """q4_0 bytes uint8 [..., nblocks * 18] -> (q - 8 int8 [..., nblocks, 32], d float32 [..., nblocks])."""
+    b = np.ascontiguousarray(data).reshape(*data.shape[:-1], data.shape[-1] // 18, 18)
+    nib = b[..., 2:]
+    q = np.concatenate([nib & np.uint8(0x0F), nib >> np.uint8(4)], axis=-1)   # elements 0..15, 16..31
+    return q.view(np.int8) - np.int8(8), b[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
 
 
 def dequantize_q4_0(data: np.ndarray) -> np.ndarray:
     """q4_0 bytes uint8 [..., nblocks * 18] -> float32 [..., nblocks * 32]: (q - 8) * d per block."""
-    b = np.ascontiguousarray(data).reshape(-1, 18)
-    d = b[:, :2].copy().view(np.float16).astype(np.float32)     # [n, 1]
-    nib = b[:, 2:]
-    q = np.concatenate([nib & np.uint8(0x0F), nib >> np.uint8(4)], axis=1)   # elements 0..15, 16..31
-    return ((q.astype(np.float32) - np.float32(8)) * d).reshape(*data.shape[:-1], -1)
+    q, d = blocks_q4_0(data)
+    return (q.astype(np.float32) * d[..., None]).reshape(*data.shape[:-1], d.shape[-1] * BLOCK)
 
 
 QUANTIZE = {"q8_0": quantize_q8_0, "q4_0": quantize_q4_0}
 DEQUANTIZE = {"q8_0": dequantize_q8_0, "q4_0": dequantize_q4_0}
+BLOCKS = {"q8_0": blocks_q8_0, "q4_0": blocks_q4_0}     # the values of each block and its scale
 
 
 def packed_shape(shape: tuple[int, ...], qtype: str) -> tuple[int, ...]:
@@ -133,6 +143,10 @@ class QuantTensor:
     def dequantize(self) -> np.ndarray:
         """float32 of the logical shape (whole tensor: the reference path)."""
         return DEQUANTIZE[self.qtype](self.data).reshape(self.shape)
+
+    def blocks(self) -> tuple[np.ndarray, np.ndarray]:
+        """(q int8 [..., rows, nblocks, 32], d float32 [..., rows, nblocks]): value = q * d."""
+        return BLOCKS[self.qtype](self.data)
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """float32 [len(ids), cols] of the rows `ids` of a 2-D tensor (embedding lookup)."""

@@ -1,19 +1,25 @@
 """Causal grouped-query softmax attention, full or sliding (twin of cogcore.blocks.attention.attention).
 
-One task is (query t, kv head g, split of the key range): it reads each visible
-key and value of head g once for all G = H/Hkv query heads of the group, in
-chunks of CHUNK keys (scores of the chunk, one rescale of the running sum per
-chunk, then the weighted values), and keeps a running max, sum and output per
-head. For decode (one query) the key range is split across threads
-(flash-decoding) and the partial results are merged exactly; prefill splits
-over queries and heads. The visible keys of a query are a contiguous index
+Few queries over short contexts (decode): one task per (query t, kv head g)
+reads each visible key and value of head g once for all G = H/Hkv query heads
+of the group, in chunks of CHUNK keys (scores of the chunk, one rescale of the
+running sum per chunk, then the weighted values), keeping a running max, sum
+and output per head.
+
+Prefill (PREFILL_MIN_T queries or more) and long contexts (BLAS_MIN_KEYS visible
+keys or more) take the textbook form, in blocks of queries: the scores Q K^T and
+the weighted values P V are matrix products (BLAS, on strided views of the
+cache), between them each row of scores becomes the softmax over that query's
+visible keys (zero elsewhere). Numba's exp is a scalar call, numpy's is
+vectorised: at 512 keys the products win even for one query.
+
+The visible keys of a query are a contiguous index
 range when keys come in ascending position order, as the caches hand them
 over; the wrapper sorts them when they do not, then computes the ranges.
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -21,7 +27,10 @@ from .linear import FAST
 from .threads import pick, twins
 
 CHUNK = 128              # keys per step of the running softmax; scratch buffers are [G, CHUNK]
-MIN_SPLIT = 256          # keys per split at least
+PREFILL_MIN_T = 16       # queries from which the scores are BLAS products ...
+BLAS_MIN_KEYS = 512      # ... and keys (one query is enough then: a long-context decode step)
+SCORE_BLOCK = 1 << 21    # score values per block of queries in prefill (8 MiB) at most
+QUERY_BLOCK = 64         # queries per block: a causal block computes scores of its diagonal block only
 
 
 @njit(inline="always", fastmath=FAST)
@@ -66,50 +75,61 @@ def attend_range(q, t, h0, G, K, V, g, lo, hi, scale, m, l, acc, sc):
                     acc[i, j] += e * vs[j]
 
 
-def _attention(q, K, V, lo, hi, nsplit, scale):
+def _attention(q, K, V, lo, hi, scale):
     T, H, hd = q.shape
     Hkv = K.shape[1]
     G = H // Hkv
-    pm = np.empty((T, Hkv, nsplit, G), np.float32)
-    pl = np.empty((T, Hkv, nsplit, G), np.float32)
-    pacc = np.empty((T, Hkv, nsplit, G, hd), np.float32)
-    ntask = T * Hkv * nsplit
-    for task in prange(ntask):
-        t = task // (Hkv * nsplit)
-        g = (task // nsplit) % Hkv
-        sp = task % nsplit
-        n = hi[t] - lo[t]
-        a = lo[t] + (n * sp) // nsplit
-        b = lo[t] + (n * (sp + 1)) // nsplit
+    out = np.empty((T, H, hd), np.float32)
+    for task in prange(T * Hkv):
+        t, g = task // Hkv, task % Hkv
         m = np.full(G, -np.inf, np.float32)
         l = np.zeros(G, np.float32)
         acc = np.zeros((G, hd), np.float32)
         sc = np.empty((G, CHUNK), np.float32)
-        attend_range(q, t, g * G, G, K, V, g, a, b, scale, m, l, acc, sc)
-        pm[t, g, sp] = m
-        pl[t, g, sp] = l
-        pacc[t, g, sp] = acc
-    out = np.empty((T, H, hd), np.float32)
-    for t in prange(T):
-        for g in range(Hkv):
-            for i in range(G):
-                mm = -np.inf
-                for sp in range(nsplit):
-                    mm = max(mm, pm[t, g, sp, i])
-                tot = np.float32(0.0)
-                o = np.zeros(hd, np.float32)
-                for sp in range(nsplit):
-                    if pl[t, g, sp, i] > 0:
-                        c = np.float32(np.exp(pm[t, g, sp, i] - mm))
-                        tot += pl[t, g, sp, i] * c
-                        for j in range(hd):
-                            o[j] += pacc[t, g, sp, i, j] * c
-                for j in range(hd):
-                    out[t, g * G + i, j] = o[j] / tot
+        attend_range(q, t, g * G, G, K, V, g, lo[t], hi[t], scale, m, l, acc, sc)
+        for i in range(G):
+            for j in range(hd):
+                out[t, g * G + i, j] = acc[i, j] / l[i]
     return out
 
 
 _attention_1, _attention_p = twins(_attention, fastmath=FAST)
+
+
+def _shift_scores(s, lo, hi, G):
+    """Row r of the scores s [rows, n] belongs to query r // G: minus its largest score over that
+    query's visible keys lo..hi-1 there, -inf at the other keys (so exp gives softmax numerators)."""
+    for r in prange(s.shape[0]):
+        row, a, b = s[r], lo[r // G], hi[r // G]
+        m = np.float32(-np.inf)
+        for j in range(a, b):
+            m = max(m, row[j])
+        row[:a] = -np.inf
+        row[a:b] -= m
+        row[b:] = -np.inf
+
+
+_shift_scores_1, _shift_scores_p = twins(_shift_scores, fastmath=FAST)
+
+
+def _prefill(q, k, v, lo, hi, scale):
+    """softmax(q k^T / sqrt(hd)) v per kv head g and block of queries (q, k, v float32, keys ascending)."""
+    T, H, hd = q.shape
+    Hkv = k.shape[1]
+    G = H // Hkv
+    out = np.empty((T, H, hd), np.float32)
+    block = max(1, min(QUERY_BLOCK, SCORE_BLOCK // (G * max(1, int((hi - lo).max())))))
+    for g in range(Hkv):
+        kg, vg = k[:, g], v[:, g]                                              # [S, hd] views
+        for t0 in range(0, T, block):
+            t1 = min(T, t0 + block)
+            a, b = int(lo[t0:t1].min()), int(hi[t0:t1].max())                  # the keys this block sees
+            s = (q[t0:t1, g * G:(g + 1) * G].reshape(-1, hd) * scale) @ kg[a:b].T   # [(t1 - t0) G, b - a]
+            pick(_shift_scores_1, _shift_scores_p, s.size)(s, lo[t0:t1] - a, hi[t0:t1] - a, G)
+            np.exp(s, out=s)                                  # numpy's exp is vectorised, Numba's is not
+            s /= s.sum(axis=1, keepdims=True)                                  # softmax rows
+            out[t0:t1, g * G:(g + 1) * G] = (s @ vg[a:b]).reshape(t1 - t0, G, hd)
+    return out
 
 
 def visible_ranges(q_pos, k_pos, window):
@@ -119,17 +139,10 @@ def visible_ranges(q_pos, k_pos, window):
     return lo.astype(np.int64), hi.astype(np.int64)
 
 
-def n_splits(T, Hkv, longest, threads):
-    """Splits of each key range so that every thread has work on decode, none shorter than MIN_SPLIT."""
-    want = max(1, (2 * threads + T * Hkv - 1) // (T * Hkv))
-    return int(max(1, min(want, longest // MIN_SPLIT)))
-
-
 def attention(q, k, v, q_pos, k_pos, window=0):
     """Causal GQA softmax attention, optionally windowed (the reference's contract).
 
     q [T, H, hd]; k, v [S, Hkv, hd]; q_pos [T], k_pos [S] -> [T, H, hd] float32.
-    Decode splits the key range over numba.get_num_threads() threads.
     """
     k_pos = np.asarray(k_pos)
     if len(k_pos) > 1 and not np.all(k_pos[1:] >= k_pos[:-1]):
@@ -138,9 +151,9 @@ def attention(q, k, v, q_pos, k_pos, window=0):
     q_pos = np.asarray(q_pos)
     lo, hi = visible_ranges(q_pos, k_pos, window)
     T, H, hd = q.shape
+    scale = np.float32(1.0 / np.sqrt(hd))
+    if T >= PREFILL_MIN_T or int((hi - lo).max()) >= BLAS_MIN_KEYS:
+        return _prefill(np.asarray(q, np.float32), np.asarray(k, np.float32), np.asarray(v, np.float32), lo, hi, scale)
     work = int((hi - lo).sum()) * k.shape[1] * hd * 2
-    fn = pick(_attention_1, _attention_p, work)
-    threads = numba.get_num_threads()
-    nsplit = n_splits(T, k.shape[1], int((hi - lo).max()), threads) if fn is _attention_p else 1
-    return fn(np.ascontiguousarray(q, np.float32), np.ascontiguousarray(k, np.float32),
-              np.ascontiguousarray(v, np.float32), lo, hi, nsplit, np.float32(1.0 / np.sqrt(hd)))
+    return pick(_attention_1, _attention_p, work)(np.ascontiguousarray(q, np.float32), np.ascontiguousarray(k, np.float32),
+                                                  np.ascontiguousarray(v, np.float32), lo, hi, scale)

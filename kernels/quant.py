@@ -14,15 +14,20 @@ float32. Here the weight is never widened whole:
 - MoE decode: the fused GEMV over the chosen experts' blocks only (the same
   gate/up -> silu * up -> down pipeline as kernels/moe.py).
 
-The block loops are written in LLVM IR (`dot_q8_0`, `dot_q4_0`, `dequantize_row_*`
-below, Numba intrinsics), because LLVM does not vectorise the Numba-level loops well:
-it vectorised the per-block loop across blocks with gathers and byte inserts, and a
-32-lane accumulator array stayed in memory (1-10 GB/s). In IR a block is two
-16-wide float vectors (elements j and j + 16 share lane j), so every instruction in
-the loop is a vector one (int8 -> int32 widen, int -> float, multiply-adds), two
-blocks per iteration into two accumulators (no stall on the multiply-add latency),
-and the 16 lanes are summed once per row. The summation order is fixed by that
-code, not left to fastmath.
+The block loops are written in LLVM IR (`dot_rows_q8_0`, `dot_rows_q4_0`,
+`dequantize_row_*` below, Numba intrinsics), because LLVM does not vectorise the
+Numba-level loops well: it vectorised the per-block loop across blocks with gathers and
+byte inserts, and a 32-lane accumulator array stayed in memory (1-10 GB/s). In IR a
+block is two 16-wide float vectors (elements j and j + 16 share lane j), so every
+instruction in the loop is a vector one (int8 -> int32 widen, int -> float,
+multiply-adds). Four weight rows share each pass over x (x loaded once per block for
+all four, one accumulator each: independent multiply-add chains), each row is
+prefetched 8 KiB ahead, and the 16 lanes are summed once per row. The summation order
+is fixed by that code, not left to fastmath.
+
+An option, off by default, computes as GGML does on the CPU: the activations rounded
+to q8_0 blocks and integer block dots (`linear_i8`, `expert_decode_i8`; second half of
+this module).
 
 The float16 scale is decoded through a 65536-entry float32 table, as GGML does.
 Kernels that split work across threads come in a serial and a parallel variant
@@ -36,11 +41,12 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from .linear import FAST, SMALL_T
+from .linear import FAST, SMALL_T, as_float32
 from .threads import pick, twins
 
 Q8_0, Q4_0 = 0, 1
 CODE = {"q8_0": Q8_0, "q4_0": Q4_0}
+QTYPES = tuple(CODE)
 BLOCK_BYTES = np.array([34, 18], np.int64)
 HALF_TO_FLOAT = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
 ROWS_PER_TASK = 16                     # output rows per parallel task
@@ -50,7 +56,6 @@ PREFILL_SCRATCH = 1 << 20              # float32 values dequantized per BLAS blo
 # ---- the block loops, in LLVM IR -----------------------------------------------------------------
 _I8, _I16, _I32, _I64, _F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
 _LANES = 16
-ACCUMULATORS = 2                      # blocks in flight per row (independent multiply-add chains)
 _VF = ir.VectorType(_F32, _LANES)       # half a block of float32
 
 
@@ -81,11 +86,16 @@ def _broadcast(builder, value):
     return builder.shuffle_vector(v, v, _splat(0, _I32))
 
 
+def _scale(builder, block_ptr, table_ptr):
+    """A block's float16 scale as float32 (through the 65536-entry table)."""
+    return builder.load(builder.gep(table_ptr, [builder.zext(_load(builder, block_ptr, 0, _I16), _I64)]))
+
+
 def _block(builder, qtype, block_ptr, table_ptr):
     """(d, lo, hi): a block's float32 scale and its values q without the scale, elements 0..15 and 16..31
     as two float vectors. q8_0: the 32 int8 after the scale; q4_0: byte j's low nibble is element j, its
     high nibble element j + 16, each minus 8."""
-    d = builder.load(builder.gep(table_ptr, [builder.zext(_load(builder, block_ptr, 0, _I16), _I64)]))
+    d = _scale(builder, block_ptr, table_ptr)
     if qtype == Q8_0:
         lo, hi = (_load(builder, block_ptr, off, ir.VectorType(_I8, _LANES)) for off in (2, 18))
     else:
@@ -139,47 +149,15 @@ def _blocks_in(builder, values):
             builder.bitcast(values.data, _I8.as_pointer()))
 
 
-def _dot_intrinsic(qtype):
-    @intrinsic
-    def dot(typingctx, row, x, table):
-        """x . dequantize(row) for one packed row (len(x) // 32 blocks): sum over blocks of d * (q . x)."""
-        if not (_is_vector(row, types.uint8) and _is_vector(x, types.float32) and _is_vector(table, types.float32)):
-            return None
-
-        def codegen(context, builder, sig, args):
-            row_, x_, table_ = _arrays(context, builder, sig, args)
-            nblocks, xbytes = _blocks_in(builder, x_)
-
-            def add_block(b, acc):
-                """acc + d * (lo * x[32b : 32b + 16] + hi * x[32b + 16 : 32b + 32])"""
-                d, lo, hi = _block_at(builder, qtype, row_, table_, b)
-                xoff = builder.shl(b, _const(_I64, 7))                    # 32 float32 per block
-                xlo = _load(builder, xbytes, xoff, _VF)
-                xhi = _load(builder, xbytes, builder.add(xoff, _const(_I64, 64)), _VF)
-                s = _vfma(builder, hi, xhi, builder.fmul(lo, xlo))
-                return _vfma(builder, _broadcast(builder, d), s, acc)
-
-            zero = ir.Constant(_VF, [0.0] * _LANES)
-            k = _const(_I64, ACCUMULATORS)
-            # blocks k*i + a into accumulator a, then the last nblocks % k blocks into the first one
-            accs = _emit_for(builder, builder.udiv(nblocks, k), [zero] * ACCUMULATORS,
-                             lambda i, acc: [add_block(builder.add(builder.mul(i, k), _const(_I64, a)), acc[a])
-                                             for a in range(ACCUMULATORS)])
-            first = builder.mul(builder.udiv(nblocks, k), k)
-            accs[0], = _emit_for(builder, builder.urem(nblocks, k), [accs[0]],
-                                 lambda i, acc: [add_block(builder.add(first, i), acc[0])])
-            v = accs[0]
-            for a in accs[1:]:
-                v = builder.fadd(v, a)
-            width = _LANES
-            while width > 1:                                            # halve: 16 -> 8 -> 4 -> 2 -> 1
-                width //= 2
-                v = builder.fadd(*(builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width),
-                                                                            list(range(start, start + width))))
-                                   for start in (0, width)))
-            return builder.extract_element(v, _const(_I32, 0))
-        return types.float32(row, x, table), codegen
-    return dot
+def _sum_lanes(builder, v):
+    """The sum of the lanes of the float vector v (halved: 16 -> 8 -> 4 -> 2 -> 1)."""
+    width = v.type.count
+    while width > 1:
+        width //= 2
+        v = builder.fadd(*(builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width),
+                                                                    list(range(start, start + width))))
+                           for start in (0, width)))
+    return builder.extract_element(v, _const(_I32, 0))
 
 
 def _dequantize_intrinsic(qtype):
@@ -207,29 +185,243 @@ def _dequantize_intrinsic(qtype):
     return dequantize_row
 
 
-dot_q8_0, dot_q4_0 = _dot_intrinsic(Q8_0), _dot_intrinsic(Q4_0)
 dequantize_row_q8_0, dequantize_row_q4_0 = _dequantize_intrinsic(Q8_0), _dequantize_intrinsic(Q4_0)
+
+
+ROWS = 4                             # weight rows per pass over the activation row
+PREFETCH_BYTES = 8192                 # how far ahead the weight rows are prefetched (at least)
+
+
+def _prefetch(builder, ptr):
+    """Ask for the cache line at ptr (a read, kept close): llvm.prefetch, never faults."""
+    name = "llvm.prefetch.p0i8"
+    fn = builder.module.globals.get(name) or ir.Function(
+        builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), name)
+    builder.call(fn, [ptr, _const(_I32, 0), _const(_I32, 3), _const(_I32, 1)])
+
+
+def _rows_typed(data, first, table, out, at):
+    """Whether the shared arguments of a rows intrinsic have the types it needs."""
+    return (isinstance(data, types.Array) and data.dtype == types.uint8 and data.ndim == 2 and data.layout == "C"
+            and isinstance(first, types.Integer) and isinstance(at, types.Integer)
+            and _is_vector(table, types.float32) and _is_vector(out, types.float32))
+
+
+def _rows_codegen(context, builder, sig, args, qtype, nrows, loop):
+    """The body of a rows intrinsic f(data, first, *x, table, out, at): out[at + k] = the dot of packed
+    row first + k of data with the activation arrays x, for k < nrows. loop(x arrays, block pointer of
+    row k at block b as row_block(k, b), prefetch(block pointer), table) -> one float vector per row,
+    whose lanes are summed. Each row is prefetched PREFETCH_BYTES ahead (whole groups of nrows rows):
+    several rows interleaved defeat the hardware prefetcher (9.5 against 31 GB/s here)."""
+    arrays = [context.make_array(t)(context, builder, a) if isinstance(t, types.Array) else None
+              for t, a in zip(sig.args, args)]
+    data_, table_, out_ = arrays[0], arrays[-3], arrays[-2]
+    first, at = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (1, len(args) - 1))
+    stride = builder.extract_value(data_.strides, 0)
+    rows = [builder.gep(data_.data, [builder.mul(builder.add(first, _const(_I64, k)), stride)]) for k in range(nrows)]
+    group = builder.mul(stride, _const(_I64, nrows))
+    ahead = builder.mul(builder.udiv(builder.add(_const(_I64, PREFETCH_BYTES - 1), group), group), group)
+    block_bytes = _const(_I64, int(BLOCK_BYTES[qtype]))
+    accs = loop(builder, arrays[2:-3], lambda k, b: builder.gep(rows[k], [builder.mul(b, block_bytes)]),
+                lambda ptr: _prefetch(builder, builder.gep(ptr, [ahead])), table_)
+    for k, acc in enumerate(accs):
+        builder.store(_sum_lanes(builder, acc), builder.gep(out_.data, [builder.add(at, _const(_I64, k))]))
+    return context.get_dummy_value()
+
+
+def _float_rows(qtype, nrows):
+    """The default (float path) loop over nrows rows: per block, acc_k += d * (lo * x_lo + hi * x_hi),
+    x's 32 floats loaded once for all rows."""
+    def loop(builder, x_arrays, row_block, prefetch, table_):
+        nblocks, xbytes = _blocks_in(builder, x_arrays[0])
+
+        def add_block(b, accs):
+            xoff = builder.shl(b, _const(_I64, 7))                        # 32 float32 per block
+            xlo = _load(builder, xbytes, xoff, _VF)
+            xhi = _load(builder, xbytes, builder.add(xoff, _const(_I64, 64)), _VF)
+            out = []
+            for k, acc in enumerate(accs):
+                block = row_block(k, b)
+                prefetch(block)
+                d, lo, hi = _block(builder, qtype, block, table_.data)
+                s = _vfma(builder, hi, xhi, builder.fmul(lo, xlo))
+                out.append(_vfma(builder, _broadcast(builder, d), s, acc))
+            return out
+        return _emit_for(builder, nblocks, [ir.Constant(_VF, [0.0] * _LANES)] * nrows, add_block)
+
+    @intrinsic
+    def dot_rows(typingctx, data, first, x, table, out, at):
+        """out[at + k] = x . dequantize(data[first + k]) for k < nrows: sum over blocks of d * (q . x)."""
+        if not (_rows_typed(data, first, table, out, at) and _is_vector(x, types.float32)):
+            return None
+        return (types.none(data, first, x, table, out, at),
+                lambda context, builder, sig, args: _rows_codegen(context, builder, sig, args, qtype, nrows, loop))
+    return dot_rows
+
+
+dot_rows_q8_0, dot_rows_q4_0 = _float_rows(Q8_0, ROWS), _float_rows(Q4_0, ROWS)
+dot_row_q8_0, dot_row_q4_0 = _float_rows(Q8_0, 1), _float_rows(Q4_0, 1)
+
+
+# ---- int8 activations (an option, off by default): GGML's vec_dot_q8_0_q8_0 / vec_dot_q4_0_q8_0 ----
+# The activation row is rounded to q8_0 blocks once (`quantize_activations`): int8 xq, float32 xd
+# (the block's float16 scale), and xs, minus the sum of each 4 consecutive xq. A weight block is
+# then dotted with it in integers, y = sum over blocks of d_w * d_x * (q_w . q_x), as unsigned
+# bytes u times signed xq: q4_0's nibbles are u = q_w + 8, q8_0's bytes xor 0x80 are u = q_w + 128,
+# so q_w . q_x = u . q_x - 8 (or 128) * sum(q_x), and the correction is where the int32 lanes start.
+# On AVX-512 VNNI one vpdpbusd does 64 byte products into 16 int32 lanes (two blocks, lane i the
+# sum of bytes 4i..4i+3); elsewhere the same lanes come from int32 products (`_dpbusd`).
+_V16I8, _V32I8, _V64I8 = (ir.VectorType(_I8, n) for n in (16, 32, 64))
+_V8I32, _V16I32 = ir.VectorType(_I32, 8), ir.VectorType(_I32, 16)
+_OFFSET_SHIFT = {Q4_0: 3, Q8_0: 7}           # the unsigned bytes are q_w + 2**shift
+
+
+def _target_has_vnni() -> bool:
+    """Whether the CPU Numba compiles for has 512-bit VNNI (vpdpbusd on zmm: avx512f, bw, vnni)."""
+    from numba import config
+    wanted = ("avx512f", "avx512bw", "avx512vnni")
+    if config.CPU_NAME and config.CPU_NAME != "host":          # NUMBA_CPU_NAME: a portable target
+        return {f"+{f}" for f in wanted} <= set((config.CPU_FEATURES or "").split(","))
+    import llvmlite.binding as llvm
+    host = llvm.get_host_cpu_features()
+    return all(host.get(f, False) for f in wanted)
+
+
+VNNI = _target_has_vnni()
+
+
+def _indices(values):
+    return ir.Constant(ir.VectorType(_I32, len(values)), list(values))
+
+
+def _dpbusd(builder, acc, a, b, vnni):
+    """acc[i] + sum over k < 4 of a[4i + k] * b[4i + k], 16 int32 lanes; a <64 x i8> unsigned, b signed.
+
+    vnni: the vpdpbusd instruction (declared in the <16 x i32> form, which LLVM 22 upgrades to its
+    <64 x i8> one and older LLVMs take as is); otherwise int32 products summed four by four."""
+    if vnni:
+        name = "llvm.x86.avx512.vpdpbusd.512"
+        fn = builder.module.globals.get(name) or ir.Function(
+            builder.module, ir.FunctionType(_V16I32, [_V16I32] * 3), name)
+        return builder.call(fn, [acc, builder.bitcast(a, _V16I32), builder.bitcast(b, _V16I32)])
+    wide = ir.VectorType(_I32, 64)
+    products = builder.mul(builder.zext(a, wide), builder.sext(b, wide))
+    for k in range(4):
+        acc = builder.add(acc, builder.shuffle_vector(products, products, _indices(range(k, 64, 4))))
+    return acc
+
+
+def _unsigned_pair(builder, qtype, first, second):
+    """Two weight blocks' 64 values (block pointers first, second; second None: zeros) as unsigned
+    bytes in element order: q_w + 128 for q8_0 (the int8 xor 0x80), q_w + 8 for q4_0 (the nibbles:
+    the 16 bytes of each block twice, the second copy shifted right by 4 within each 64-bit lane,
+    then masked: low nibbles are elements 0..15, high ones 16..31)."""
+    half = _V32I8 if qtype == Q8_0 else _V16I8
+    a = _load(builder, first, 2, half)
+    b = ir.Constant(half, [0] * half.count) if second is None else _load(builder, second, 2, half)
+    if qtype == Q8_0:
+        return builder.xor(builder.shuffle_vector(a, b, _indices(range(64))), ir.Constant(_V64I8, [-128] * 64))
+    twice = builder.shuffle_vector(a, b, _indices([*range(16), *range(16), *range(16, 32), *range(16, 32)]))
+    qwords = ir.VectorType(_I64, 8)
+    shifted = builder.lshr(builder.bitcast(twice, qwords), ir.Constant(qwords, [0, 0, 4, 4] * 2))
+    return builder.and_(builder.bitcast(shifted, _V64I8), ir.Constant(_V64I8, [15] * 64))
+
+
+def _int8_rows(qtype, nrows, vnni):
+    """The int8-activation loop over nrows rows, two blocks per step (one vpdpbusd each row), the
+    activation's bytes loaded once for all rows."""
+    def loop(builder, x_arrays, row_block, prefetch, table_):
+        xq_, xs_, xd_ = x_arrays
+        nblocks = builder.extract_value(xd_.shape, 0)
+        xs_bytes = builder.bitcast(xs_.data, _I8.as_pointer())
+        shift = ir.Constant(_V16I32, [_OFFSET_SHIFT[qtype]] * 16)
+
+        def add_blocks(b, accs, pair):
+            """accs[k] + d * float(lanes) for blocks b and b + 1 (pair) or b alone (the other half zero)
+            of every row k."""
+            off = builder.shl(b, _const(_I64, 5))                          # 32 bytes of xq, 8 int32 of xs
+            b1 = builder.add(b, _const(_I64, 1))
+            if pair:
+                x = _load(builder, xq_.data, off, _V64I8)
+                lanes = _load(builder, xs_bytes, off, _V16I32)
+                dx = [builder.load(builder.gep(xd_.data, [i])) for i in (b, b1)]
+            else:
+                x = builder.shuffle_vector(_load(builder, xq_.data, off, _V32I8), ir.Constant(_V32I8, [0] * 32),
+                                           _indices(range(64)))
+                lanes = builder.shuffle_vector(_load(builder, xs_bytes, off, _V8I32), ir.Constant(_V8I32, [0] * 8),
+                                               _indices(range(16)))
+                dx = [builder.load(builder.gep(xd_.data, [b]))]
+            lanes = builder.shl(lanes, shift)                              # minus 8 or 128 times sum(q_x)
+            out = []
+            for k, acc in enumerate(accs):
+                blocks = [row_block(k, i) for i in ((b, b1) if pair else (b,))]
+                if pair:                                         # the lines of both blocks
+                    for block in blocks[::2 if qtype == Q4_0 else 1]:
+                        prefetch(block)
+                u = _unsigned_pair(builder, qtype, blocks[0], blocks[1] if pair else None)
+                dots = _dpbusd(builder, lanes, u, x, vnni)                  # q_w . q_x, four bytes a lane
+                pair_d = ir.Constant(ir.VectorType(_F32, 2), [0.0, 0.0])
+                for i, (block, d) in enumerate(zip(blocks, dx)):
+                    pair_d = builder.insert_element(pair_d, builder.fmul(_scale(builder, block, table_.data), d),
+                                                    _const(_I32, i))
+                scale = builder.shuffle_vector(pair_d, pair_d, _indices([0] * 8 + [1] * 8))
+                out.append(_vfma(builder, scale, builder.sitofp(dots, _VF), acc))
+            return out
+
+        zero = ir.Constant(_VF, [0.0] * _LANES)
+        accs = _emit_for(builder, builder.lshr(nblocks, _const(_I64, 1)), [zero] * nrows,
+                         lambda i, accs: add_blocks(builder.shl(i, _const(_I64, 1)), accs, True))
+        last = builder.sub(nblocks, _const(_I64, 1))
+        return _emit_for(builder, builder.and_(nblocks, _const(_I64, 1)), accs,
+                         lambda i, accs: add_blocks(last, accs, False))
+
+    @intrinsic
+    def dot_rows(typingctx, data, first, xq, xs, xd, table, out, at):
+        """out[at + k] = sum over blocks of d_w * d_x * (q_w . q_x) for rows first + k (k < nrows) of the
+        packed data, against one q8_0 activation row (xq int8 [cols], xs int32 [cols // 4], xd float32
+        [cols // 32])."""
+        if not (_rows_typed(data, first, table, out, at) and _is_vector(xq, types.int8)
+                and _is_vector(xs, types.int32) and _is_vector(xd, types.float32)):
+            return None
+        return (types.none(data, first, xq, xs, xd, table, out, at),
+                lambda context, builder, sig, args: _rows_codegen(context, builder, sig, args, qtype, nrows, loop))
+    return dot_rows
+
+
+def dot_i8_intrinsics(vnni: bool = VNNI, nrows: int = ROWS):
+    """{code: int8-activation dot intrinsic over nrows rows}; vnni=False forces the generic form (tests)."""
+    return {code: _int8_rows(code, nrows, vnni) for code in (Q8_0, Q4_0)}
+
+
+_DOTS_I8, _DOT_I8 = dot_i8_intrinsics(), dot_i8_intrinsics(nrows=1)
+dot_rows_q8_0_q8_0, dot_rows_q4_0_q8_0 = _DOTS_I8[Q8_0], _DOTS_I8[Q4_0]
+dot_row_q8_0_q8_0, dot_row_q4_0_q8_0 = _DOT_I8[Q8_0], _DOT_I8[Q4_0]
 
 
 # ---- decode: the fused GEMV ------------------------------------------------------------------------
 @njit(inline="always")
-def row_dot(row, x, code, table):
-    """x . dequantize(row) in the row's format."""
-    return dot_q8_0(row, x, table) if code == Q8_0 else dot_q4_0(row, x, table)
-
-
-@njit(inline="always")
-def _gemv_task(x, data, code, table, out, task):
-    """out[:, o] = x . dequantize(data[o]) for a group of rows o (each row stays in L1 across the rows of x)."""
-    for o in range(task * ROWS_PER_TASK, min(data.shape[0], (task + 1) * ROWS_PER_TASK)):
-        for t in range(x.shape[0]):
-            out[t, o] = row_dot(data[o], x[t], code, table)
+def dot_rows(data, r0, r1, x, code, table, out):
+    """out[r] = x . dequantize(data[r]) for r0 <= r < r1: ROWS rows per pass over x, then one at a time."""
+    r = r0
+    while r + ROWS <= r1:
+        if code == Q8_0:
+            dot_rows_q8_0(data, r, x, table, out, r)
+        else:
+            dot_rows_q4_0(data, r, x, table, out, r)
+        r += ROWS
+    for o in range(r, r1):
+        if code == Q8_0:
+            dot_row_q8_0(data, o, x, table, out, o)
+        else:
+            dot_row_q4_0(data, o, x, table, out, o)
 
 
 def _gemv(x, data, code, table):
     out = np.empty((x.shape[0], data.shape[0]), np.float32)
     for task in prange((data.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        _gemv_task(x, data, code, table, out, task)
+        r0, r1 = task * ROWS_PER_TASK, min(data.shape[0], (task + 1) * ROWS_PER_TASK)
+        for t in range(x.shape[0]):                  # the task's rows stay in L1 across the rows of x
+            dot_rows(data, r0, r1, x[t], code, table, out[t])
     return out
 
 
@@ -254,17 +446,26 @@ def dequantize_rows(data, r0, r1, code, out):
     fn(data, r0, r1, code, HALF_TO_FLOAT, out)
 
 
+def _check_linear(x, data, code, cols):
+    if x.shape[1] != cols or data.shape[1] != cols // 32 * BLOCK_BYTES[code]:
+        raise ValueError(f"linear: x has {x.shape[1]} columns, the {QTYPES[code]} weight {cols} "
+                         f"({data.shape[1]} bytes per row)")
+
+
 def linear(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndarray:
     """y = x W^T; x [T, cols] float32, W packed uint8 [rows, cols // 32 * bytes] -> [T, rows]."""
     code = CODE[qtype]
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.shape[1] != cols or data.shape[1] != cols // 32 * BLOCK_BYTES[code]:
-        raise ValueError(f"linear: x has {x.shape[1]} columns, the {qtype} weight {cols} "
-                         f"({data.shape[1]} bytes per row)")
+    _check_linear(x, data, code, cols)
     data = np.ascontiguousarray(data)
+    if x.shape[0] <= SMALL_T:
+        return pick(_gemv_1, _gemv_p, data.shape[0] * cols)(x, data, code, HALF_TO_FLOAT)
+    return _prefill(x, data, code, cols)
+
+
+def _prefill(x, data, code, cols):
+    """x W^T for many rows of x: blocks of weight rows dequantized into a bounded scratch, then BLAS."""
     T, m = x.shape[0], data.shape[0]
-    if T <= SMALL_T:
-        return pick(_gemv_1, _gemv_p, m * cols)(x, data, code, HALF_TO_FLOAT)
     out = np.empty((T, m), np.float32)
     rows = max(16, min(m, PREFILL_SCRATCH // max(1, cols)))
     scratch = np.empty((rows, cols), np.float32)
@@ -276,31 +477,31 @@ def linear(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndarray
 
 
 # ---- MoE decode: only the chosen experts' blocks are read ---------------------------------------
-@njit(fastmath=FAST, inline="always")
-def _gate_up_task(xt, G, U, code, table, h, task):
-    """h[o] = silu(gate[o] . xt) * (up[o] . xt) for a group of rows o."""
-    for o in range(task * ROWS_PER_TASK, min(h.shape[0], (task + 1) * ROWS_PER_TASK)):
-        g, u = row_dot(G[o], xt, code, table), row_dot(U[o], xt, code, table)
-        h[o] = g / (np.float32(1.0) + np.exp(-g)) * u
-
-
-@njit(inline="always")
-def _down_task(h, Dn, weight, code, table, yt, task):
-    """yt[o] += weight * (down[o] . h) for a group of rows o."""
-    for o in range(task * ROWS_PER_TASK, min(yt.shape[0], (task + 1) * ROWS_PER_TASK)):
-        yt[o] += weight * row_dot(Dn[o], h, code, table)
-
-
 def _expert(xt, G, U, Dn, weight, code, table, yt):
     F, D = G.shape[0], yt.shape[0]
-    h = np.empty(F, np.float32)
+    g, u, h, y = np.empty(F, np.float32), np.empty(F, np.float32), np.empty(F, np.float32), np.empty(D, np.float32)
     for task in prange((F + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        _gate_up_task(xt, G, U, code, table, h, task)
+        r0, r1 = task * ROWS_PER_TASK, min(F, (task + 1) * ROWS_PER_TASK)
+        dot_rows(G, r0, r1, xt, code, table, g)
+        dot_rows(U, r0, r1, xt, code, table, u)
+        for o in range(r0, r1):
+            h[o] = g[o] / (np.float32(1.0) + np.exp(-g[o])) * u[o]
     for task in prange((D + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        _down_task(h, Dn, weight, code, table, yt, task)
+        r0, r1 = task * ROWS_PER_TASK, min(D, (task + 1) * ROWS_PER_TASK)
+        dot_rows(Dn, r0, r1, h, code, table, y)
+        for o in range(r0, r1):
+            yt[o] += weight * y[o]
 
 
 _expert_1, _expert_p = twins(_expert, fastmath=FAST)
+
+
+def _check_expert(gate, up, down, yt, code, F, D):
+    row_bytes = lambda cols: cols // 32 * BLOCK_BYTES[code]
+    if (gate.shape != (F, row_bytes(D)) or up.shape != gate.shape or down.shape != (D, row_bytes(F))
+            or yt.shape != (D,)):
+        raise ValueError(f"expert_decode: x has {D} values; the {QTYPES[code]} gate {gate.shape}, up {up.shape} "
+                         f"and down {down.shape} bytes and the output {yt.shape} do not fit it")
 
 
 def expert_decode(xt, gate, up, down, weight: float, qtype: str, yt) -> None:
@@ -308,11 +509,157 @@ def expert_decode(xt, gate, up, down, weight: float, qtype: str, yt) -> None:
     gate, up [F, bytes] and down [D, bytes]: the MoE decode reads only the chosen experts' blocks
     (each expert may live in its own array: per-expert tensors of a Hugging Face directory)."""
     code, (F, D) = CODE[qtype], (gate.shape[0], xt.shape[0])
-    row_bytes = lambda cols: cols // 32 * BLOCK_BYTES[code]
-    if (gate.shape != (F, row_bytes(D)) or up.shape != gate.shape or down.shape != (D, row_bytes(F))
-            or yt.shape != (D,)):
-        raise ValueError(f"expert_decode: x has {D} values; the {qtype} gate {gate.shape}, up {up.shape} and "
-                         f"down {down.shape} bytes and the output {yt.shape} do not fit it")
+    _check_expert(gate, up, down, yt, code, F, D)
     fn = pick(_expert_1, _expert_p, 3 * F * D)
     fn(xt, np.ascontiguousarray(gate), np.ascontiguousarray(up), np.ascontiguousarray(down), np.float32(weight),
        code, HALF_TO_FLOAT, yt)
+
+
+# ---- int8 activations: decode GEMV, MoE experts, prefill --------------------------------------------
+@intrinsic
+def float32_bits(typingctx, value):
+    """The uint32 bit pattern of a float32 (a register bitcast, no memory)."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], _I32)
+    return types.uint32(types.float32), codegen
+
+
+@njit(inline="always")
+def to_float16(d):
+    """The float32 value of float16(d) for d >= 0, rounded to nearest, ties to even (GGML_FP32_TO_FP16)."""
+    if d < np.float32(6.1035156e-05):                  # 2**-14: float16's subnormals, multiples of 2**-24
+        return np.rint(d * np.float32(16777216.0)) * np.float32(5.9604645e-08)
+    bits = float32_bits(d)                             # keep 10 of the 23 mantissa bits, ties to even
+    bits = (bits + np.uint32(0xFFF) + ((bits >> np.uint32(13)) & np.uint32(1))) & np.uint32(0xFFFFE000)
+    r = as_float32(bits)
+    return r if r <= np.float32(65504.0) else np.float32(np.inf)
+
+
+@njit(inline="always")
+def _quantize_row(x, xq, xs, xd):
+    """One activation row x [cols] float32 -> q8_0: xq int8 [cols], xd float32 [cols // 32] (the float16
+    scale's value), xs int32 [cols // 4] = minus the sum of each 4 consecutive xq.
+    GGML's reference quantizer: d = max|x| / 127, q = roundf(x * (1 / d)), halves away from zero.
+    A block holding a NaN gets scale NaN (max() would skip it), so that the dots come out NaN as on
+    the float path and the model reports the layer, instead of a finite wrong answer."""
+    for b in range(xd.shape[0]):
+        amax = np.float32(0.0)
+        nan = False
+        for j in range(32 * b, 32 * b + 32):
+            amax = max(amax, abs(x[j]))
+            nan |= x[j] != x[j]
+        d = amax / np.float32(127.0)
+        inv = np.float32(1.0) / d if d != 0 and not nan else np.float32(0.0)
+        xd[b] = np.float32(np.nan) if nan else to_float16(d)
+        for j in range(32 * b, 32 * b + 32):
+            v = x[j] * inv
+            a = abs(v)
+            whole = np.floor(a)
+            q = np.int8(whole) + np.int8(a - whole >= np.float32(0.5))
+            xq[j] = -q if v < 0 else q
+        for g in range(8 * b, 8 * b + 8):
+            xs[g] = -(np.int32(xq[4 * g]) + np.int32(xq[4 * g + 1]) + np.int32(xq[4 * g + 2]) + np.int32(xq[4 * g + 3]))
+
+
+@njit(cache=True)
+def _quantize_rows(x, xq, xs, xd):
+    for t in range(x.shape[0]):
+        _quantize_row(x[t], xq[t], xs[t], xd[t])
+
+
+def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x [T, cols] float32 (cols a multiple of 32) -> its rows as q8_0 blocks: xq int8 [T, cols],
+    xs int32 [T, cols // 4] (minus the sum of each 4 consecutive xq), xd float32 [T, cols // 32]."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    T, cols = x.shape
+    xq, xs = np.empty((T, cols), np.int8), np.empty((T, cols // 4), np.int32)
+    xd = np.empty((T, cols // 32), np.float32)
+    _quantize_rows(x, xq, xs, xd)
+    return xq, xs, xd
+
+
+@njit(inline="always")
+def dot_rows_i8(data, r0, r1, xq, xs, xd, code, table, out):
+    """out[r] = the int8-activation dot of packed row r of data with one quantized activation row, for
+    r0 <= r < r1: ROWS rows per pass over the activation, then one at a time."""
+    r = r0
+    while r + ROWS <= r1:
+        if code == Q8_0:
+            dot_rows_q8_0_q8_0(data, r, xq, xs, xd, table, out, r)
+        else:
+            dot_rows_q4_0_q8_0(data, r, xq, xs, xd, table, out, r)
+        r += ROWS
+    for o in range(r, r1):
+        if code == Q8_0:
+            dot_row_q8_0_q8_0(data, o, xq, xs, xd, table, out, o)
+        else:
+            dot_row_q4_0_q8_0(data, o, xq, xs, xd, table, out, o)
+
+
+def _gemv_i8(x, data, code, table):
+    T, cols = x.shape
+    xq, xs, xd = np.empty((T, cols), np.int8), np.empty((T, cols // 4), np.int32), np.empty((T, cols // 32), np.float32)
+    for t in range(T):                              # each row of x quantized once, here (no extra call)
+        _quantize_row(x[t], xq[t], xs[t], xd[t])
+    out = np.empty((T, data.shape[0]), np.float32)
+    for task in prange((data.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        r0, r1 = task * ROWS_PER_TASK, min(data.shape[0], (task + 1) * ROWS_PER_TASK)
+        for t in range(xq.shape[0]):
+            dot_rows_i8(data, r0, r1, xq[t], xs[t], xd[t], code, table, out[t])
+    return out
+
+
+_gemv_i8_1, _gemv_i8_p = twins(_gemv_i8)
+
+
+def linear_i8(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndarray:
+    """`linear` with the rows of x rounded to q8_0 blocks first (GGML's int8 activations).
+
+    Decode (T <= SMALL_T): integer block dots (`dot_q8_0_q8_0`, `dot_q4_0_q8_0`). Prefill: the
+    rounded x (xq * d_x, exact in float32) through the dequantize + BLAS path, which is the same
+    sum to round-off."""
+    code = CODE[qtype]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    _check_linear(x, data, code, cols)
+    data = np.ascontiguousarray(data)
+    T = x.shape[0]
+    if T <= SMALL_T:
+        return pick(_gemv_i8_1, _gemv_i8_p, data.shape[0] * cols)(x, data, code, HALF_TO_FLOAT)
+    xq, _, xd = quantize_activations(x)
+    rounded = (xq.reshape(T, -1, 32) * xd[:, :, None]).reshape(T, cols)
+    return _prefill(rounded, data, code, cols)
+
+
+def _expert_i8(xq, xs, xd, G, U, Dn, weight, code, table, yt):
+    F, D = G.shape[0], yt.shape[0]
+    g, u, h, y = np.empty(F, np.float32), np.empty(F, np.float32), np.empty(F, np.float32), np.empty(D, np.float32)
+    for task in prange((F + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        r0, r1 = task * ROWS_PER_TASK, min(F, (task + 1) * ROWS_PER_TASK)
+        dot_rows_i8(G, r0, r1, xq, xs, xd, code, table, g)
+        dot_rows_i8(U, r0, r1, xq, xs, xd, code, table, u)
+        for o in range(r0, r1):
+            h[o] = g[o] / (np.float32(1.0) + np.exp(-g[o])) * u[o]
+    hq, hs, hd = np.empty(F, np.int8), np.empty(F // 4, np.int32), np.empty(F // 32, np.float32)
+    _quantize_row(h, hq, hs, hd)                     # once for the whole down projection
+    for task in prange((D + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        r0, r1 = task * ROWS_PER_TASK, min(D, (task + 1) * ROWS_PER_TASK)
+        dot_rows_i8(Dn, r0, r1, hq, hs, hd, code, table, y)
+        for o in range(r0, r1):
+            yt[o] += weight * y[o]
+
+
+_expert_i8_1, _expert_i8_p = twins(_expert_i8, fastmath=FAST)
+
+
+def expert_decode_i8(xq, xs, xd, gate, up, down, weight: float, qtype: str, yt) -> None:
+    """`expert_decode` with int8 activations: the token already quantized (`quantize_activations`, one
+    row: xq [D], xs [D // 4], xd [D // 32]; quantized once, shared by every chosen expert), the
+    expert's hidden h quantized once for its down projection."""
+    code, (F, D) = CODE[qtype], (gate.shape[0], xq.shape[0])
+    _check_expert(gate, up, down, yt, code, F, D)
+    fn = pick(_expert_i8_1, _expert_i8_p, 3 * F * D)
+    fn(xq, xs, xd, np.ascontiguousarray(gate), np.ascontiguousarray(up), np.ascontiguousarray(down),
+       np.float32(weight), code, HALF_TO_FLOAT, yt)

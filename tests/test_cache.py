@@ -76,6 +76,16 @@ def test_any_split_gives_the_same_logits(model, ids, whole, split):
     assert cache.length == T
 
 
+def test_last_only_reads_out_the_last_token_and_leaves_the_same_cache(model, ids, whole):
+    """A prefill's `last_only` logits are the last row of the full ones, and decoding on goes the same."""
+    cache = model.new_cache()
+    first = model.forward(ids[:60], cache, last_only=True)
+    assert first.shape == (1, 64)
+    np.testing.assert_allclose(first[0], whole[0][59], atol=ATOL, rtol=0)
+    rest, _ = feed(model, ids[60:], [1, 2, 20], cache)
+    np.testing.assert_allclose(rest, whole[0][60:], atol=ATOL, rtol=0)
+
+
 @pytest.fixture(scope="module")
 def reference(ids):
     m = make_model("numpy")

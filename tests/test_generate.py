@@ -192,7 +192,7 @@ class ScriptedModel:
     def new_cache(self):
         return type("C", (), {"length": 0})()
 
-    def forward(self, ids, cache):
+    def forward(self, ids, cache, last_only=False):
         ids = np.asarray(ids)
         logits = np.zeros((len(ids), self.config.vocab_size), np.float32)
         for row, p in enumerate(range(cache.length, cache.length + len(ids))):
@@ -200,7 +200,7 @@ class ScriptedModel:
             logits[row, self.script[j] if 0 <= j < len(self.script) else self.config.eos_token_id] = 10.0
         cache.length += len(ids)
         self.last_pass = Pass(positions=np.arange(cache.length - len(ids), cache.length))
-        return logits
+        return logits[-1:] if last_only else logits
 
 
 @pytest.fixture(scope="module")

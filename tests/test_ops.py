@@ -128,18 +128,22 @@ def parity_rope():
 
 def parity_attention():
     H, Hkv, hd = 6, 3, 7
-    for T, S, window in [(1, 1, 0), (1, 700, 0), (1, 700, 33), (9, 9, 0), (7, 300, 5), (6, 11, 0)]:
+    cases = [(1, 1, 0), (1, 700, 0), (1, 700, 33), (9, 9, 0), (7, 300, 5), (6, 11, 0),
+             (40, 40, 0), (37, 300, 0), (37, 300, 5), (70, 90, 33),    # from PREFILL_MIN_T queries on: BLAS
+             (1, 1000, 600), (2, 530, 0)]                               # from BLAS_MIN_KEYS keys on: BLAS
+    for T, S, window in cases:
         rng = np.random.default_rng(S + T)
         q, k, v = rand(rng, T, H, hd), rand(rng, S, Hkv, hd), rand(rng, S, Hkv, hd)
         q_pos, k_pos = np.arange(S - T, S), np.arange(S)
         close(NB.attention(q, k, v, q_pos, k_pos, window), REF.attention(q, k, v, q_pos, k_pos, window))
     # a sliding ring: positions ascending but not from 0; then keys in no order at all
     rng = np.random.default_rng(3)
-    q, k, v = rand(rng, 2, 4, 6), rand(rng, 9, 2, 6), rand(rng, 9, 2, 6)
-    q_pos = np.array([27, 28])
-    for k_pos in (np.arange(20, 29), rng.permutation(np.arange(20, 29))):
-        close(NB.attention(q, k, v, q_pos, k_pos, 5), REF.attention(q, k, v, q_pos, k_pos, 5))
-        close(NB.attention(q, k, v, q_pos, k_pos, 0), REF.attention(q, k, v, q_pos, k_pos, 0))
+    for T in (2, 20):
+        q, k, v = rand(rng, T, 4, 6), rand(rng, 29, 2, 6), rand(rng, 29, 2, 6)
+        q_pos = np.arange(49 - T, 49)
+        for k_pos in (np.arange(20, 49), rng.permutation(np.arange(20, 49))):
+            close(NB.attention(q, k, v, q_pos, k_pos, 5), REF.attention(q, k, v, q_pos, k_pos, 5))
+            close(NB.attention(q, k, v, q_pos, k_pos, 0), REF.attention(q, k, v, q_pos, k_pos, 0))
 
 
 NSA_SHAPES = [NSAShape(4, 2, 4, 4, 6), NSAShape(8, 4, 16, 3, 5), NSAShape(6, 3, 9, 5, 11)]

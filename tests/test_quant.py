@@ -119,22 +119,25 @@ def test_serial_and_parallel_gemv_agree(qtype):
 
 @pytest.mark.parametrize("qtype", QTYPES)
 @pytest.mark.parametrize("T", [1, 2, 11])
-def test_moe_kernel_matches_reference(qtype, T):
-    from cogcore.backends import NumbaOps
+@pytest.mark.parametrize("int8", [False, True], ids=["float", "int8_activations"])
+def test_moe_kernel_matches_reference(qtype, T, int8):
     from cogcore.kernels import quant as kq
+    from cogcore.ops import ops_for
     rng = np.random.default_rng(T)
     E, D, F = 5, 64, 96
     gate, up = (quantize_tensor(rng.standard_normal((E, F, D)).astype(np.float32), qtype) for _ in "gu")
     down = quantize_tensor(rng.standard_normal((E, D, F)).astype(np.float32), qtype)
     router = rng.standard_normal((E, D)).astype(np.float32)
     x = rng.standard_normal((T, D)).astype(np.float32)
-    want, want_counts = ReferenceOps().moe(x, router, gate, up, down, 2, True)
+    want, want_counts = ops_for("numpy", int8).moe(x, router, gate, up, down, 2, True)
     # stacked experts, and per-expert tensors (a Hugging Face directory) as a lazy ExpertStack
     apart = [ExpertStack([W[e] for e in range(E)], [f"e{e}" for e in range(E)]) for W in (gate, up, down)]
     for experts in ((gate, up, down), apart):
-        got, counts = NumbaOps().moe(x, router, *experts, 2, True)
+        got, counts = ops_for("numba", int8).moe(x, router, *experts, 2, True)
         np.testing.assert_array_equal(counts, want_counts)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    if int8:
+        return                        # its kernels' twins: test_int8_serial_and_parallel_kernels_agree
     y = {fn: np.zeros(D, np.float32) for fn in (kq._expert_1, kq._expert_p)}
     for fn, yt in y.items():
         fn(x[0], gate.data[4], up.data[4], down.data[4], np.float32(0.5), kq.CODE[qtype], kq.HALF_TO_FLOAT, yt)
@@ -448,3 +451,151 @@ def test_quant_study_runs_and_its_float_plan_is_exact(tiny_dir, capsys):
     out = capsys.readouterr().out
     assert re.search(r"^float32 +KL 0\.00000  top-1 100\.00%", out, re.M)
     assert re.search(r"^q8_0 +KL \d", out, re.M) and "routing pinned at every position" in out
+
+
+# ---- int8 activations (an option: GGML's integer block dots) -------------------------------------
+def rounded_activations(x):
+    """x rounded to q8_0 blocks by gguf's quantizer (the independent implementation), as float64."""
+    q = gguf_quants.quantize(x, GGML["q8_0"])
+    return gguf_quants.dequantize(q, GGML["q8_0"]).reshape(x.shape).astype(np.float64)
+
+
+def test_activation_quantizers_are_ggml_reference():
+    from cogcore.blocks.linear import quantize_activations
+    from cogcore.kernels import quant as kq
+    x = awkward_rows(np.random.default_rng(1))
+    theirs = gguf_quants.quantize(x, GGML["q8_0"]).reshape(len(x), -1, 34)
+    want_q, want_d = theirs[..., 2:].view(np.int8), theirs[..., :2].copy().view(np.float16)[..., 0]
+    q, d = quantize_activations(x)                                # the NumPy reference
+    np.testing.assert_array_equal(q, want_q)
+    np.testing.assert_array_equal(d, want_d.astype(np.float32))
+    xq, xs, xd = kq.quantize_activations(x)                      # the Numba kernel
+    np.testing.assert_array_equal(xq, want_q.reshape(len(x), -1))
+    np.testing.assert_array_equal(xd, want_d.astype(np.float32))
+    np.testing.assert_array_equal(xs, -xq.reshape(len(x), -1, 4).astype(np.int32).sum(-1))
+
+
+def exact_case(rng, qtype, rows, nblocks):
+    """Weights whose scales are 1 (float16 0x3C00) and integer activations with a +-127 in every
+    block (so d_x = 1 and q_x = x): every partial sum is an integer below 2**24, exact in float32,
+    and the result must equal the integer dot to the last bit."""
+    cols = 32 * nblocks
+    if qtype == "q8_0":
+        q = rng.integers(-128, 128, (rows, nblocks, 32))        # -128 too (GGML never writes it; a file may)
+        body, values = q.astype(np.int8).view(np.uint8), q
+    else:
+        n = rng.integers(0, 16, (rows, nblocks, 32))
+        body, values = (n[..., :16] | (n[..., 16:] << 4)).astype(np.uint8), n - 8
+    scale = np.broadcast_to(np.float16(1.0).reshape(1).view(np.uint8), (rows, nblocks, 2))
+    data = np.concatenate([scale, body], axis=-1).reshape(rows, -1)
+    x = rng.integers(-127, 128, (3, cols)).astype(np.float32)
+    x.reshape(3, nblocks, 32)[:, :, 5] = 127 * rng.choice([-1, 1], (3, nblocks))
+    want = np.einsum("tj,oj->to", x.astype(np.int64), values.reshape(rows, cols))
+    return QuantTensor(data, qtype, (rows, cols)), x, want
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_int8_block_dots_are_exact(qtype):
+    """The integer dots of every implementation, the forced generic (non-VNNI) IR included."""
+    from numba import njit
+    from cogcore.blocks.linear import linear_int8
+    from cogcore.kernels import quant as kq
+    rng = np.random.default_rng(2)
+    four, one = (kq.dot_i8_intrinsics(vnni=False, nrows=n)[kq.CODE[qtype]] for n in (4, 1))
+
+    @njit
+    def generic_rows(data, xq, xs, xd, table):                 # fresh, not cached: the generic form
+        out = np.empty((xq.shape[0], data.shape[0]), np.float32)
+        for t in range(xq.shape[0]):
+            for r in range(0, data.shape[0] - 3, 4):
+                four(data, r, xq[t], xs[t], xd[t], table, out[t], r)
+            for r in range(data.shape[0] // 4 * 4, data.shape[0]):
+                one(data, r, xq[t], xs[t], xd[t], table, out[t], r)
+        return out
+
+    for nblocks in (1, 2, 3, 5, 7):
+        W, x, want = exact_case(rng, qtype, 19, nblocks)
+        xq, xs, xd = kq.quantize_activations(x)
+        assert (xd == 1).all() and (xq == x).all()
+        for got in (kq.linear_i8(x, W.data, qtype, W.shape[1]), linear_int8(x, W),
+                    generic_rows(W.data, xq, xs, xd, kq.HALF_TO_FLOAT)):
+            np.testing.assert_array_equal(got, want.astype(np.float32))
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("T", [1, 3, 8, 9, 33])
+def test_int8_linear_matches_reference(qtype, T):
+    """Both backends against the float64 product of gguf-rounded activations and gguf-dequantized
+    weights (decode: integer block dots; T > 8: the rounded x through the prefill path)."""
+    from cogcore.backends import NumbaInt8Ops, NumbaOps
+    from cogcore.blocks import ReferenceInt8Ops
+    rng = np.random.default_rng(T)
+    for rows, cols in [(1, 32), (17, 64), (37, 96), (131, 160)]:    # blocks: 1, 2, 3, 5
+        W = quantize_tensor(rng.standard_normal((rows, cols)).astype(np.float32), qtype)
+        x = rng.standard_normal((T, cols)).astype(np.float32)
+        want = rounded_activations(x) @ W.dequantize().T.astype(np.float64)
+        for got in (NumbaInt8Ops.linear(x, W), ReferenceInt8Ops.linear(x, W)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    Wf = rng.standard_normal((5, 32)).astype(np.float32)            # float weights keep the float path
+    np.testing.assert_array_equal(NumbaInt8Ops.linear(x[:, :32], Wf), NumbaOps.linear(x[:, :32], Wf))
+    for ops in (NumbaInt8Ops, ReferenceInt8Ops):                     # no rows at all
+        assert ops.linear(x[:0], W).shape == (0, W.shape[0])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_int8_linear_keeps_a_non_finite_activation_non_finite(bad):
+    """A NaN or inf in x leaves the rows it reaches non-finite on both backends, as on the float path,
+    so the model names the layer instead of answering from garbage (max() alone would skip a NaN)."""
+    from cogcore.backends import NumbaInt8Ops
+    from cogcore.blocks import ReferenceInt8Ops
+    rng = np.random.default_rng(7)
+    W = quantize_tensor(rng.standard_normal((40, 64)).astype(np.float32), "q4_0")
+    for T in (1, 20):                                                # decode kernel, prefill path
+        x = rng.standard_normal((T, 64)).astype(np.float32)
+        x[0, 5] = bad
+        for ops in (NumbaInt8Ops, ReferenceInt8Ops):
+            with np.errstate(invalid="ignore"):
+                y = ops.linear(x, W)
+            assert not np.isfinite(y[0]).any() and np.isfinite(y[1:]).all()
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_int8_serial_and_parallel_kernels_agree(qtype):
+    from cogcore.kernels import quant as kq
+    rng = np.random.default_rng(6)
+    W = quantize_tensor(rng.standard_normal((77, 224)).astype(np.float32), qtype)
+    x = rng.standard_normal((2, 224)).astype(np.float32)
+    serial, parallel = (fn(x, W.data, kq.CODE[qtype], kq.HALF_TO_FLOAT) for fn in (kq._gemv_i8_1, kq._gemv_i8_p))
+    np.testing.assert_array_equal(serial, parallel)                # the same dots, rows split differently
+    E, D, F = 2, 64, 96
+    G = quantize_tensor(rng.standard_normal((F, D)).astype(np.float32), qtype).data
+    Dn = quantize_tensor(rng.standard_normal((D, F)).astype(np.float32), qtype).data
+    xq, xs, xd = kq.quantize_activations(rng.standard_normal((1, D)).astype(np.float32))
+    y = [np.zeros(D, np.float32) for _ in range(2)]
+    for fn, yt in zip((kq._expert_i8_1, kq._expert_i8_p), y):
+        fn(xq[0], xs[0], xd[0], G, G, Dn, np.float32(0.5), kq.CODE[qtype], kq.HALF_TO_FLOAT, yt)
+    np.testing.assert_array_equal(y[0], y[1])
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_int8_activations_option_runs_a_model(float_dir, tmp_path, qtype):
+    """cogcore.load(..., int8_activations=True): both backends agree (prefill, then decode token by
+    token), and stay near the float path without equalling it."""
+    from cogcore.cli import build_parser, load_model
+    out = tmp_path / qtype
+    cogcore.quantize(float_dir, out, qtype)
+    ids = [1, 5, 9, 200, 3, 3, 17, 42, 8, 99, 100, 7]
+    float_path = cogcore.load(out).forward(ids)
+    got = {}
+    for backend in ("numpy", "numba"):
+        model = cogcore.load(out, backend=backend, int8_activations=True)
+        assert model.ops.int8_activations
+        cache = model.new_cache()
+        got[backend] = np.concatenate([model.forward(ids[:9], cache)] + [model.forward([t], cache) for t in ids[9:]])
+    want = cogcore.load(out, backend="numpy", int8_activations=True).forward(ids)
+    for g in got.values():
+        np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    err = np.abs(want - float_path).mean() / np.abs(float_path).mean()
+    assert 0 < err < 0.1, err
+    args = build_parser().parse_args(["generate", "--model", str(out), "--backend", "numpy", "--int8-activations", "hi"])
+    assert load_model(args).ops.int8_activations

@@ -6,14 +6,18 @@ table (the contract is `cogcore.ops.Ops`), so that the Numba backend
 while the blocks stay as written here.
 """
 
+import functools
+
 from .. import sampling
 from . import attention, linear, moe, norm, rope, rwkv7, sparse_attention
+from .linear import linear_int8
 
 
 class ReferenceOps:
     """The NumPy implementation of every op of `cogcore.ops.Ops` (backend "numpy")."""
 
     name = "numpy"
+    int8_activations = False
 
     embed = staticmethod(linear.embed)
     linear = staticmethod(linear.linear)
@@ -27,3 +31,12 @@ class ReferenceOps:
     wkv7 = staticmethod(rwkv7.wkv7)
     moe = staticmethod(moe.moe)
     token_probabilities = staticmethod(sampling.token_probabilities)
+
+
+class ReferenceInt8Ops(ReferenceOps):
+    """`ReferenceOps` with int8 activations for quantized weights (`linear.linear_int8`: x rounded to
+    q8_0 blocks, integer dots per block), as GGML computes q8_0 / q4_0 products on the CPU."""
+
+    int8_activations = True
+    linear = staticmethod(linear_int8)
+    moe = staticmethod(functools.partial(moe.moe, linear=linear_int8))

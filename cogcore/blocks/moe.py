@@ -28,11 +28,12 @@ def route(logits: np.ndarray, k: int, norm_topk: bool) -> tuple[np.ndarray, np.n
     return top, wts
 
 
-def moe(x, router, gate_proj, up_proj, down_proj, k: int, norm_topk: bool):
+def moe(x, router, gate_proj, up_proj, down_proj, k: int, norm_topk: bool, linear=linear):
     """x [T, D]; router [E, D]; experts gate/up [E, F, D], down [E, D, F].
 
     Tokens are grouped by expert, so each expert runs once on all the tokens it got.
-    Returns y [T, D] and the number of tokens each expert received [E].
+    Returns y [T, D] and the number of tokens each expert received [E]. `linear`: the
+    reference's, or `linear_int8` (int8 activations).
     """
     top, wts = route(linear(x, router), k, norm_topk)              # [T, k], [T, k]
     counts = np.bincount(top.ravel(), minlength=router.shape[0])

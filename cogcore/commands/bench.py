@@ -27,6 +27,8 @@ def add_arguments(p):
                         "(repeatable)")
     p.add_argument("--context", type=int, default=16384, help="context of the sparse-vs-full comparison")
     p.add_argument("--prefill", type=int, default=2048, help="prefill length of the model benchmark")
+    p.add_argument("--int8-activations", action="store_true",
+                   help="whole model: q8_0/q4_0 weights dotted with activations rounded to q8_0 blocks")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
 
 
@@ -56,7 +58,8 @@ def run(args):
     from ..tensorfile import write_json
     check_args(args)
     rep = bench(only=args.only, quick=args.quick, threads=args.threads, precisions=args.dtype or PRECISIONS,
-                context=args.context, prefill_len=args.prefill, model_dirs=args.model)
+                context=args.context, prefill_len=args.prefill, model_dirs=args.model,
+                int8_activations=args.int8_activations)
     if args.json:
         write_json(args.json, {"facts": rep.facts,
                                "rows": [{"section": r.section, "name": r.name, "numba_s": r.numba,
