@@ -12,7 +12,7 @@
 import os as _os
 
 # Idle thread pools sleep soon instead of spinning. GNU OpenMP (Numba's threading layer here) spins a
-# worker for ~8 ms after every parallel region, OpenBLAS its threads for ~0.1 s after every call. A
+# worker for ~5-8 ms after every parallel region, OpenBLAS its threads for ~0.1 s after every call. A
 # decode step of a small model has one parallel region (lm_head), so with two threads a worker spun
 # through the step on the second core, and with any other program running the step's own thread got
 # half a core: two threads decoded up to 2x slower than one. 2000 spins (~0.1 ms) keep a worker awake

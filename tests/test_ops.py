@@ -412,15 +412,15 @@ def others():                       # CPU seconds of every thread but the main o
 
 A = np.ones((256, 256), np.float32)
 threads.thread_ids_parallel(1000), A @ A                            # both pools started
-idle = busy = 0.0
+serial = busy = 0.0
 for _ in range(10):                 # a parallel region and a BLAS call, then 20 ms of serial work
     threads.thread_ids_parallel(1000), A @ A
     before, t0 = others(), time.perf_counter()
     while time.perf_counter() < t0 + 0.02:
         pass
-    idle += time.perf_counter() - t0
+    serial += time.perf_counter() - t0
     busy += others() - before
-print(busy, idle)
+print(busy, serial)
 """
 
 
