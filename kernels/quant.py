@@ -565,20 +565,18 @@ def _quantize_row(x, xq, xs, xd):
 
 
 @njit(cache=True)
-def _quantize_rows(x, xq, xs, xd):
-    for t in range(x.shape[0]):
+def _quantize_rows(x):
+    T, cols = x.shape
+    xq, xs, xd = np.empty((T, cols), np.int8), np.empty((T, cols // 4), np.int32), np.empty((T, cols // 32), np.float32)
+    for t in range(T):
         _quantize_row(x[t], xq[t], xs[t], xd[t])
+    return xq, xs, xd
 
 
 def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """x [T, cols] float32 (cols a multiple of 32) -> its rows as q8_0 blocks: xq int8 [T, cols],
     xs int32 [T, cols // 4] (minus the sum of each 4 consecutive xq), xd float32 [T, cols // 32]."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    T, cols = x.shape
-    xq, xs = np.empty((T, cols), np.int8), np.empty((T, cols // 4), np.int32)
-    xd = np.empty((T, cols // 32), np.float32)
-    _quantize_rows(x, xq, xs, xd)
-    return xq, xs, xd
+    return _quantize_rows(np.ascontiguousarray(x, dtype=np.float32))
 
 
 @njit(inline="always")
@@ -600,11 +598,8 @@ def dot_rows_i8(data, r0, r1, xq, xs, xd, code, table, out):
 
 
 def _gemv_i8(x, data, code, table):
-    T, cols = x.shape
-    xq, xs, xd = np.empty((T, cols), np.int8), np.empty((T, cols // 4), np.int32), np.empty((T, cols // 32), np.float32)
-    for t in range(T):                              # each row of x quantized once, here (no extra call)
-        _quantize_row(x[t], xq[t], xs[t], xd[t])
-    out = np.empty((T, data.shape[0]), np.float32)
+    xq, xs, xd = _quantize_rows(x)                  # each row of x once, inside this call
+    out = np.empty((x.shape[0], data.shape[0]), np.float32)
     for task in prange((data.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         r0, r1 = task * ROWS_PER_TASK, min(data.shape[0], (task + 1) * ROWS_PER_TASK)
         for t in range(xq.shape[0]):
@@ -618,7 +613,7 @@ _gemv_i8_1, _gemv_i8_p = twins(_gemv_i8)
 def linear_i8(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndarray:
     """`linear` with the rows of x rounded to q8_0 blocks first (GGML's int8 activations).
 
-    Decode (T <= SMALL_T): integer block dots (`dot_q8_0_q8_0`, `dot_q4_0_q8_0`). Prefill: the
+    Decode (T <= SMALL_T): integer block dots (`dot_rows_i8`). Prefill: the
     rounded x (xq * d_x, exact in float32) through the dequantize + BLAS path, which is the same
     sum to round-off."""
     code = CODE[qtype]
