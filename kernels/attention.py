@@ -112,13 +112,14 @@ def _shift_scores(s, lo, hi, G):
 _shift_scores_1, _shift_scores_p = twins(_shift_scores, fastmath=FAST)
 
 
-def _prefill(q, k, v, lo, hi, scale):
-    """softmax(q k^T / sqrt(hd)) v per kv head g and block of queries (q, k, v float32, keys ascending)."""
+def _by_blas(q, k, v, lo, hi, longest, scale):
+    """softmax(q k^T / sqrt(hd)) v per kv head g and block of queries, the products by BLAS (q, k, v
+    float32, keys ascending; longest: the most keys a query sees)."""
     T, H, hd = q.shape
     Hkv = k.shape[1]
     G = H // Hkv
     out = np.empty((T, H, hd), np.float32)
-    block = max(1, min(QUERY_BLOCK, SCORE_BLOCK // (G * max(1, int((hi - lo).max())))))
+    block = max(1, min(QUERY_BLOCK, SCORE_BLOCK // (G * max(1, longest))))
     for g in range(Hkv):
         kg, vg = k[:, g], v[:, g]                                              # [S, hd] views
         for t0 in range(0, T, block):
@@ -152,8 +153,10 @@ def attention(q, k, v, q_pos, k_pos, window=0):
     lo, hi = visible_ranges(q_pos, k_pos, window)
     T, H, hd = q.shape
     scale = np.float32(1.0 / np.sqrt(hd))
-    if T >= PREFILL_MIN_T or int((hi - lo).max()) >= BLAS_MIN_KEYS:
-        return _prefill(np.asarray(q, np.float32), np.asarray(k, np.float32), np.asarray(v, np.float32), lo, hi, scale)
+    longest = int((hi - lo).max())
+    if T >= PREFILL_MIN_T or longest >= BLAS_MIN_KEYS:
+        return _by_blas(np.asarray(q, np.float32), np.asarray(k, np.float32), np.asarray(v, np.float32), lo, hi,
+                        longest, scale)
     work = int((hi - lo).sum()) * k.shape[1] * hd * 2
     return pick(_attention_1, _attention_p, work)(np.ascontiguousarray(q, np.float32), np.ascontiguousarray(k, np.float32),
                                                   np.ascontiguousarray(v, np.float32), lo, hi, scale)
