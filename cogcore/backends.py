@@ -36,12 +36,23 @@ def _linear_int8(x, W):
     return linear.linear(x, W)
 
 
+def _linears(x, Ws, int8=False):
+    """[`_linear`(x, W) for W in Ws]; quantized weights of one format in one kernel call (decode: one
+    parallel region, x quantized once with int8 activations)."""
+    formats = {getattr(W, "qtype", None) for W in Ws}
+    if None in formats or len(formats) > 1 or len({W.shape[-1] for W in Ws}) > 1:
+        return [(_linear_int8 if int8 else _linear)(x, W) for W in Ws]
+    lead, cols = x.shape[:-1], Ws[0].shape[-1]
+    out = quant.linears(x.reshape(-1, cols), [W.data for W in Ws], formats.pop(), cols, int8)
+    return [y.reshape(*lead, -1) for y in out]
+
+
 def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk, int8=False):
     """kernels.moe over stored float experts. Over quantized ones (stacked, or a lazy stack of
     per-expert tensors): the fused GEMV of kernels.quant for each chosen expert of a few tokens
     (decode) when the three projections share one format; otherwise (prefill, or mixed formats)
     the experts grouped as in the reference, each through `_linear`. int8: int8 activations, each
-    token quantized once for all its experts."""
+    token quantized once for all its experts (each decode token's experts in one kernel call)."""
     formats = {getattr(W[0], "qtype", None) for W in (gate_proj, up_proj, down_proj)}
     if formats == {None}:
         return moe.moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk)
@@ -51,25 +62,21 @@ def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk, int8=False):
     if len(x) > linear.SMALL_T or len(formats) > 1:
         return grouped_experts(x, top, wts, counts, gate_proj, up_proj, down_proj,
                                _linear_int8 if int8 else _linear), counts
-    y = np.zeros_like(x)
-    xq = quant.quantize_activations(x) if int8 else None
-    for t, c in np.ndindex(*top.shape):
-        e = top[t, c]
-        g, u, d = gate_proj[e], up_proj[e], down_proj[e]
-        if int8:
-            quant.expert_decode_i8(*(a[t] for a in xq), g.data, u.data, d.data, wts[t, c], g.qtype, y[t])
-        else:
-            quant.expert_decode(x[t], g.data, u.data, d.data, wts[t, c], g.qtype, y[t])
+    y, (qtype,) = np.zeros_like(x), formats
+    for t in range(len(x)):
+        chosen = [(gate_proj[e].data, up_proj[e].data, down_proj[e].data) for e in top[t]]
+        quant.experts_decode(x[t], *zip(*chosen), wts[t], qtype, y[t], int8)
     return y, counts
 
 
 class NumbaOps:
-    """`Ops`, `FusedResidualNorm`, `FusedRecurrent` and `Compiled` over the Numba kernels (backend "numba")."""
+    """`Ops`, `FusedResidualNorm`, `FusedProjections`, `FusedRecurrent` and `Compiled` over the Numba kernels (backend "numba")."""
 
     name = "numba"
     int8_activations = False
 
     linear = staticmethod(_linear)
+    linears = staticmethod(_linears)
     embed = staticmethod(ReferenceOps.embed)         # reference: a row gather, nothing to compile
     sigmoid = staticmethod(ReferenceOps.sigmoid)     # reference: one vectorised expression
     rmsnorm = staticmethod(norm.rmsnorm)
@@ -107,6 +114,7 @@ class NumbaInt8Ops(NumbaOps):
 
     int8_activations = True
     linear = staticmethod(_linear_int8)
+    linears = staticmethod(functools.partial(_linears, int8=True))
     moe = staticmethod(functools.partial(_moe, int8=True))
 
 
@@ -128,6 +136,7 @@ def _exercise(ops):
             lin = _linear_int8 if int8 else _linear
             lin(xq, Wq)
             lin(np.repeat(xq, 8, 0), Wq)
+            _linears(xq, (Wq, Wq), int8=int8)
             _moe(xq, rng.standard_normal((2, 32), np.float32), Eq, Eq, Eq, 1, True, int8=int8)
     w = np.ones(16, np.float32)
     for n in (x, np.repeat(x, 64, 0)):
