@@ -22,6 +22,7 @@ import numpy as np
 from numba import prange
 
 from .attention import CHUNK, attend_range
+from .expf import expf
 from .linear import FAST
 from .threads import pick, twins
 
@@ -62,7 +63,7 @@ def _nsa(q, K, V, kc, vc, q_pos, l, s, lsel, nsel, w, scale):
                     mx = max(mx, d)
                 tot = np.float32(0.0)
                 for b in range(n_vis):
-                    e = np.float32(np.exp(p[i, b] - mx))
+                    e = expf(p[i, b] - mx)
                     p[i, b] = e
                     tot += e
                 for b in range(n_vis):

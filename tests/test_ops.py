@@ -458,3 +458,28 @@ def test_kernels_import_nothing_from_cogcore():
                 mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
                         else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
                 assert not any(m.split(".")[0] == "cogcore" for m in mods), (name, mods)
+
+
+def test_expf_is_within_one_ulp_of_exp_and_keeps_the_special_values():
+    from cogcore.kernels.expf import expf
+
+    @numba.njit
+    def apply(x, out):
+        for i in range(x.shape[0]):
+            out[i] = expf(x[i])
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(-90, 90, 1_000_000), rng.uniform(-1, 1, 1_000_000)]).astype(np.float32)
+    out = np.empty_like(x)
+    apply(x, out)
+    exact = np.exp(x.astype(np.float64))                          # float64: the exact value to ~1e-16
+    normal = (exact >= 2.0 ** -125) & (exact <= np.finfo(np.float32).max)
+    ulps = np.abs(out[normal] - exact[normal]) / np.spacing(exact[normal].astype(np.float32))
+    assert normal.sum() > 1_900_000 and ulps.max() <= 1.0
+    assert np.all(out[exact < 2.0 ** -125] <= 2.0 ** -125)        # flushed towards 0 (the docstring)
+    special = np.array([-np.inf, -1e4, -104.0, 0.0, -0.0, 1e4, np.inf, np.nan], np.float32)
+    got = np.empty_like(special)
+    apply(special, got)
+    np.testing.assert_array_equal(got, [0, 0, 0, 1, 1, np.inf, np.inf, np.nan])
+    apply(special.astype(np.float64), got)                        # a float64 argument is rounded first
+    np.testing.assert_array_equal(got, [0, 0, 0, 1, 1, np.inf, np.inf, np.nan])
