@@ -42,6 +42,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from .linear import FAST, SMALL_T, as_float32
+from .moe import silu_mul
 from .threads import pick, twins
 
 Q8_0, Q4_0 = 0, 1
@@ -666,7 +667,7 @@ def _experts(x, gates, ups, downs, weights, code, table, mode, y):
         dot_rows_of(gates[c], r0, r1, a, code, table, g[c], r0)
         dot_rows_of(ups[c], r0, r1, a, code, table, u[c], r0)
         for o in range(r0, r1):
-            h[c, o] = g[c, o] / (np.float32(1.0) + np.exp(-g[c, o])) * u[c, o]
+            h[c, o] = silu_mul(g[c, o], u[c, o])
     hidden = activations(h, mode)                    # each expert's hidden quantized once (INT8_PATH)
     out = np.empty((k, D), np.float32)
     for task in prange((D + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
