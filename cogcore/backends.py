@@ -110,7 +110,7 @@ class NumbaOps:
 
 class NumbaInt8Ops(NumbaOps):
     """`NumbaOps` with int8 activations for quantized weights (kernels.quant's `linear_i8`,
-    `expert_decode_i8`); the twin of `cogcore.blocks.ReferenceInt8Ops`."""
+    `experts_decode(..., int8=True)`); the twin of `cogcore.blocks.ReferenceInt8Ops`."""
 
     int8_activations = True
     linear = staticmethod(_linear_int8)

@@ -8,11 +8,14 @@ float32. Here the weight is never widened whole:
   d * (q . x), the block's int8 / 4-bit values q widened to float32 in registers,
   i.e. the float path on GGML-dequantized weights to round-off (q * d is exact in
   float32: at most 8 + 11 significant bits). Output rows are split across threads
-  (prange over groups of 16 rows).
+  (prange over groups of 16 rows). One call may take several matrices of one input
+  (`linears`: an attention layer's q, k and v), all in one parallel region.
 - prefill (many rows of x): groups of weight rows are dequantized into a bounded
   float32 scratch and multiplied by BLAS, so memory stays about the file size.
 - MoE decode: the fused GEMV over the chosen experts' blocks only (the same
-  gate/up -> silu * up -> down pipeline as kernels/moe.py).
+  gate/up -> silu * up -> down pipeline as kernels/moe.py), all the experts a token
+  chose in one call: one parallel region for their gate and up rows, one for their
+  down rows.
 
 The block loops are written in LLVM IR (`dot_rows_q8_0`, `dot_rows_q4_0`,
 `dequantize_row_*` below, Numba intrinsics), because LLVM does not vectorise the
@@ -26,8 +29,10 @@ prefetched 8 KiB ahead, and the 16 lanes are summed once per row. The summation 
 is fixed by that code, not left to fastmath.
 
 An option, off by default, computes as GGML does on the CPU: the activations rounded
-to q8_0 blocks and integer block dots (`linear_i8`, `expert_decode_i8`; second half of
-this module).
+to q8_0 blocks and integer block dots (`linear_i8`, `experts_decode(..., int8=True)`). The
+decode kernels are written once for both arithmetics: the type of their `mode` argument
+(FLOAT_PATH or INT8_PATH) picks, at compile time, what `activations` makes of x and which
+intrinsic `dot_rows_of` calls.
 
 The float16 scale is decoded through a 65536-entry float32 table, as GGML does.
 Kernels that split work across threads come in a serial and a parallel variant
@@ -551,7 +556,8 @@ def _dot(nrows):
     @overload(dot, inline="always")
     def _typed(data, r, a, code, table, out, at):
         if isinstance(a, types.BaseTuple):
-            q8, q4 = (_DOTS_I8 if nrows == ROWS else _DOT_I8)[Q8_0], (_DOTS_I8 if nrows == ROWS else _DOT_I8)[Q4_0]
+            intrinsics = _DOTS_I8 if nrows == ROWS else _DOT_I8
+            q8, q4 = intrinsics[Q8_0], intrinsics[Q4_0]
 
             def int8(data, r, a, code, table, out, at):
                 if code == Q8_0:
@@ -687,7 +693,7 @@ def _check_expert(gate, up, down, yt, code, F, D):
     row_bytes = lambda cols: cols // 32 * BLOCK_BYTES[code]
     if (gate.shape != (F, row_bytes(D)) or up.shape != gate.shape or down.shape != (D, row_bytes(F))
             or yt.shape != (D,)):
-        raise ValueError(f"expert_decode: x has {D} values; the {QTYPES[code]} gate {gate.shape}, up {up.shape} "
+        raise ValueError(f"experts_decode: x has {D} values; the {QTYPES[code]} gate {gate.shape}, up {up.shape} "
                          f"and down {down.shape} bytes and the output {yt.shape} do not fit it")
 
 
