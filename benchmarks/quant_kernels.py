@@ -62,7 +62,7 @@ def main(argv=None) -> None:
         y = np.zeros(1024, np.float32)
         moe = {"default": lambda e: kq.experts_decode(x1, *e, [0.5], qtype, y),
                "int8": lambda e: kq.experts_decode(x1, *e, [0.5], qtype, y, int8=True)}
-        r = rate(moe, experts, sum(a.nbytes for e in experts for a in e), args.rounds)
+        r = rate(moe, experts, sum(a.nbytes for e in experts for (a,) in e), args.rounds)
         print(f"| {qtype} MoE experts, 64 of 512 x 1024 | {r['default']:.1f} | {r['int8']:.1f} |", flush=True)
 
 

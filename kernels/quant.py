@@ -433,10 +433,9 @@ def linear(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndarray
     code = CODE[qtype]
     x = np.ascontiguousarray(x, dtype=np.float32)
     _check_linear(x, data, code, cols)
-    data = np.ascontiguousarray(data)
     if x.shape[0] <= SMALL_T:
         return _decode(x, (data,), code, FLOAT_PATH)
-    return _prefill(x, data, code, cols)
+    return _prefill(x, np.ascontiguousarray(data), code, cols)
 
 
 def _prefill(x, data, code, cols):
@@ -618,10 +617,21 @@ def _gemv(x, mats, code, table, mode):
 _gemv_1, _gemv_p = twins(_gemv)
 
 
+def _packed(arrays) -> tuple:
+    """The packed matrices as one tuple that a kernel may index at run time: C-contiguous and, when
+    some are read-only (memory-mapped) and some not, all read-only views (one Numba type)."""
+    arrays = tuple(np.ascontiguousarray(a) for a in arrays)
+    if len({a.flags.writeable for a in arrays}) > 1:
+        arrays = tuple(a.view() for a in arrays)
+        for a in arrays:
+            a.flags.writeable = False
+    return arrays
+
+
 def _decode(x, mats, code, mode):
     """`_gemv` on the serial or parallel variant, by the work of the whole call."""
     work = sum(m.shape[0] for m in mats) * x.shape[1]
-    return pick(_gemv_1, _gemv_p, work)(x, mats, code, HALF_TO_FLOAT, mode)
+    return pick(_gemv_1, _gemv_p, work)(x, _packed(mats), code, HALF_TO_FLOAT, mode)
 
 
 def linear_i8(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndarray:
@@ -635,7 +645,7 @@ def linear_i8(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndar
     _check_linear(x, data, code, cols)
     T = x.shape[0]
     if T <= SMALL_T:
-        return _decode(x, (np.ascontiguousarray(data),), code, INT8_PATH)
+        return _decode(x, (data,), code, INT8_PATH)
     xq, _, xd = quantize_activations(x)
     rounded = (xq.reshape(T, -1, 32) * xd[:, :, None]).reshape(T, cols)
     return _prefill(rounded, np.ascontiguousarray(data), code, cols)
@@ -652,7 +662,7 @@ def linears(x: np.ndarray, datas, qtype: str, cols: int, int8: bool = False) -> 
     code = CODE[qtype]
     for data in datas:
         _check_linear(x, data, code, cols)
-    out = _decode(x, tuple(np.ascontiguousarray(d) for d in datas), code, INT8_PATH if int8 else FLOAT_PATH)
+    out = _decode(x, datas, code, INT8_PATH if int8 else FLOAT_PATH)
     ends = np.cumsum([d.shape[0] for d in datas])
     return [out[:, e - d.shape[0]:e] for d, e in zip(datas, ends)]
 
@@ -706,7 +716,7 @@ def experts_decode(xt, gates, ups, downs, weights, qtype: str, yt, int8: bool = 
     code, (F, D) = CODE[qtype], (gates[0].shape[0], xt.shape[0])
     for gate, up, down in zip(gates, ups, downs):
         _check_expert(gate, up, down, yt, code, F, D)
-    mats = [tuple(np.ascontiguousarray(a) for a in arrays) for arrays in (gates, ups, downs)]
+    mats = [_packed(arrays) for arrays in (gates, ups, downs)]
     fn = pick(_experts_1, _experts_p, 3 * F * D * len(gates))
     fn(np.ascontiguousarray(xt, np.float32).reshape(1, D), *mats, np.asarray(weights, np.float32), code,
        HALF_TO_FLOAT, INT8_PATH if int8 else FLOAT_PATH, yt)

@@ -118,6 +118,25 @@ def test_serial_and_parallel_gemv_agree(qtype):
 
 
 @pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("int8", [False, True], ids=["float", "int8_activations"])
+def test_linears_in_one_call_equal_each_linear(qtype, int8):
+    """Several matrices of one input in one decode call (an attention layer's q, k, v): each output
+    as its own `linear` gives it, for odd row counts and a mix of read-only (memory-mapped) and
+    writeable matrices; prefill-sized inputs take the per-matrix path."""
+    from cogcore.kernels import quant as kq
+    rng = np.random.default_rng(9)
+    Ws = [quantize_tensor(rng.standard_normal((rows, 96)).astype(np.float32), qtype).data for rows in (37, 5, 16)]
+    Ws[1].flags.writeable = False
+    one = kq.linear_i8 if int8 else kq.linear
+    for T in (1, 3, kq.SMALL_T + 1):
+        x = rng.standard_normal((T, 96)).astype(np.float32)
+        got = kq.linears(x, Ws, qtype, 96, int8)
+        assert [g.shape for g in got] == [(T, 37), (T, 5), (T, 16)]
+        for g, W in zip(got, Ws):
+            np.testing.assert_array_equal(g, one(x, W, qtype, 96))
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
 @pytest.mark.parametrize("T", [1, 2, 11])
 @pytest.mark.parametrize("int8", [False, True], ids=["float", "int8_activations"])
 def test_moe_kernel_matches_reference(qtype, T, int8):
