@@ -129,15 +129,17 @@ def _exercise(ops):
             ops.linear(xs, Ws)
             ops.moe(xs, Ws[:2], E, E, Ed, 1, True)
     xq = rng.standard_normal((2, 32), np.float32)
-    for qtype in ("q8_0", "q4_0"):
+    for qtype, writeable in (("q8_0", True), ("q4_0", True), ("q8_0", False), ("q4_0", False)):
         Wq = quantize_tensor(rng.standard_normal((3, 32), np.float32), qtype)
         Eq = quantize_tensor(rng.standard_normal((2, 32, 32), np.float32), qtype)
+        Wq.data.flags.writeable = Eq.data.flags.writeable = writeable     # read-only: memory-mapped weights
         for int8 in (False, True):               # the float path, int8 activations
             lin = _linear_int8 if int8 else _linear
             lin(xq, Wq)
             lin(np.repeat(xq, 8, 0), Wq)
-            _linears(xq, (Wq, Wq), int8=int8)
-            _moe(xq, rng.standard_normal((2, 32), np.float32), Eq, Eq, Eq, 1, True, int8=int8)
+            _linears(xq, (Wq, Wq, Wq), int8=int8)                          # q, k, v
+            for k in (1, 2):                     # kernels take the chosen experts as a k-tuple
+                _moe(xq, rng.standard_normal((2, 32), np.float32), Eq, Eq, Eq, k, True, int8=int8)
     w = np.ones(16, np.float32)
     for n in (x, np.repeat(x, 64, 0)):
         ops.rmsnorm(n, w, 1e-5), ops.layernorm(n, w, w, 1e-5)
