@@ -686,14 +686,14 @@ def _experts(x, gates, ups, downs, weights, code, table, mode, y):
             h[c, o] = silu_mul(g[c, o], u[c, o])
     hidden = activations(h, mode)                    # each expert's hidden quantized once (INT8_PATH)
     out = np.empty((k, D), np.float32)
-    for task in prange((D + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        r0 = task * ROWS_PER_TASK
-        r1 = min(D, r0 + ROWS_PER_TASK)
+    per_expert = (D + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    for task in prange(k * per_expert):             # one expert's matrix after the other (reads faster
+        c = task // per_expert                        # than their rows interleaved: 23 against 17-20 GB/s)
+        r0 = (task - c * per_expert) * ROWS_PER_TASK
+        dot_rows_of(downs[c], r0, min(D, r0 + ROWS_PER_TASK), activation_row(hidden, c), code, table, out[c], r0)
+    for o in range(D):
         for c in range(k):
-            dot_rows_of(downs[c], r0, r1, activation_row(hidden, c), code, table, out[c], r0)
-        for o in range(r0, r1):
-            for c in range(k):
-                y[o] += weights[c] * out[c, o]
+            y[o] += weights[c] * out[c, o]
 
 
 _experts_1, _experts_p = twins(_experts, fastmath=FAST)
