@@ -405,6 +405,7 @@ def test_kernels_stay_on_one_thread_while_a_core_is_busy(monkeypatch):
     another) found the workers' cores free, and probes again only PROBE_EVERY seconds later."""
     assert numba.get_num_threads() >= 2
     serial, parallel = threads.thread_ids_serial, threads.thread_ids_parallel
+    monkeypatch.setattr(threads, "PROBE_EVERY", 1e9)           # the next probe only when asked below
     monkeypatch.setitem(threads._probe, "next", 0.0)
     monkeypatch.setattr(threads, "PROBE_BUSY", 0.0)            # any region is "too slow": a busy core
     assert threads.pick(serial, parallel, 1 << 40) is serial
