@@ -12,7 +12,7 @@ across threads come in a serial and a parallel variant (`threads.twins`).
 | rmsnorm, layernorm, add_*  | one pass per row; the add_* variants fuse the residual add | norm.py           |
 | rope                       | rotation with float64 or float32 angles (inv_freq's dtype) | rope.py           |
 | attention                  | decode: chunked running softmax per GQA group; prefill, long contexts: BLAS products | attention.py |
-| nsa_attention              | compressed / scored / selected / window branches per (query, group) | sparse_attention.py |
+| nsa_attention              | decode: the branches per (query, group); prefill: BLAS per block of queries | sparse_attention.py |
 | wkv7                       | one fused pass per token and head                          | rwkv7.py          |
 | rwkv7_inputs, rwkv7_output | decode: token shift + low-rank branches; kk, residual, wkv7, group norm, gate | rwkv7.py |
 | moe                        | router top-k; fused expert GEMVs (decode); grouped BLAS (prefill) | moe.py     |

@@ -111,9 +111,10 @@ def _softmax_rows(s, lo, hi, G):
             e = expf(seen[j] - m)
             seen[j] = e
             total += e
-        inv = np.float32(1.0) / total
-        for j in range(seen.shape[0]):
-            seen[j] *= inv
+        if seen.shape[0] > 0:                    # a query that sees no key keeps a row of zeros
+            inv = np.float32(1.0) / total
+            for j in range(seen.shape[0]):
+                seen[j] *= inv
         row[:a] = 0.0
         row[b:] = 0.0
 
@@ -121,7 +122,12 @@ def _softmax_rows(s, lo, hi, G):
 _softmax_rows_1, _softmax_rows_p = twins(_softmax_rows, fastmath=FAST)
 
 
-def _by_blas(q, k, v, lo, hi, longest, scale):
+def softmax_rows(s, lo, hi, G):
+    """In place: row r of the scores s [rows, n] becomes the softmax over keys lo[r // G]..hi[r // G]-1."""
+    pick(_softmax_rows_1, _softmax_rows_p, s.size)(s, lo, hi, G)
+
+
+def by_blas(q, k, v, lo, hi, longest, scale):
     """softmax(q k^T / sqrt(hd)) v per kv head g and block of queries, the products by BLAS (q, k, v
     float32, keys ascending; longest: the most keys a query sees)."""
     T, H, hd = q.shape
@@ -135,7 +141,7 @@ def _by_blas(q, k, v, lo, hi, longest, scale):
             t1 = min(T, t0 + block)
             a, b = int(lo[t0:t1].min()), int(hi[t0:t1].max())                  # the keys this block sees
             s = (q[t0:t1, g * G:(g + 1) * G].reshape(-1, hd) * scale) @ kg[a:b].T   # [(t1 - t0) G, b - a]
-            pick(_softmax_rows_1, _softmax_rows_p, s.size)(s, lo[t0:t1] - a, hi[t0:t1] - a, G)
+            softmax_rows(s, lo[t0:t1] - a, hi[t0:t1] - a, G)
             out[t0:t1, g * G:(g + 1) * G] = (s @ vg[a:b]).reshape(t1 - t0, G, hd)
     return out
 
@@ -162,7 +168,7 @@ def attention(q, k, v, q_pos, k_pos, window=0):
     scale = np.float32(1.0 / np.sqrt(hd))
     longest = int((hi - lo).max())
     if T >= PREFILL_MIN_T or longest >= BLAS_MIN_KEYS:
-        return _by_blas(np.asarray(q, np.float32), np.asarray(k, np.float32), np.asarray(v, np.float32), lo, hi,
+        return by_blas(np.asarray(q, np.float32), np.asarray(k, np.float32), np.asarray(v, np.float32), lo, hi,
                         longest, scale)
     work = int((hi - lo).sum()) * k.shape[1] * hd * 2
     return pick(_attention_1, _attention_p, work)(np.ascontiguousarray(q, np.float32), np.ascontiguousarray(k, np.float32),
