@@ -2,6 +2,7 @@
 
     python benchmarks/decode_profile.py DIR [--threads 1] [--steps 20] [--context 32]
     python benchmarks/decode_profile.py --bench q4_0          # the 8 x 1024 model of `cogcore bench`
+    python benchmarks/decode_profile.py DIR --int8-activations   # quantized weights, GGML's arithmetic
 
 Every op of the model's ops table (`cogcore.ops.Ops`: linear, moe, wkv7, nsa_attention, ...)
 is wrapped by a timer; `linear` is split by weight format and shape (lm_head shows on its
