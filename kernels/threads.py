@@ -37,8 +37,8 @@ import time
 import numba
 import numpy as np
 
-PARALLEL_MIN_WORK = 1 << 18          # elements touched below which a kernel runs on one thread (256K: an
-                                     # attention layer's q/k/v in one call splits, a 256 x 1024 alone not)
+PARALLEL_MIN_WORK = 1 << 18          # elements touched below which a kernel runs on one thread (256K:
+                                     # a 256 x 1024 projection splits; a router, norms, short attention not)
 PROBE_EVERY = 0.1                    # seconds between two probes of whether the cores are free
 PROBE_BUSY = 25e-6                   # an awake empty parallel region this slow: a core is busy
 PARALLEL_KERNELS: list[tuple] = []      # (serial, parallel) dispatchers made by `twins`
