@@ -675,10 +675,10 @@ def _experts(x, gates, ups, downs, weights, code, table, mode, y):
     k, F, D = len(gates), gates[0].shape[0], y.shape[0]
     a = activation_row(activations(x, mode), 0)
     g, u, h = np.empty((k, F), np.float32), np.empty((k, F), np.float32), np.empty((k, F), np.float32)
-    per_expert = (F + ROWS_PER_TASK - 1) // ROWS_PER_TASK
-    for task in prange(k * per_expert):
-        c = task // per_expert
-        r0 = (task - c * per_expert) * ROWS_PER_TASK
+    per_hidden = (F + ROWS_PER_TASK - 1) // ROWS_PER_TASK            # tasks per expert, gate and up rows
+    for task in prange(k * per_hidden):
+        c = task // per_hidden
+        r0 = (task - c * per_hidden) * ROWS_PER_TASK
         r1 = min(F, r0 + ROWS_PER_TASK)
         dot_rows_of(gates[c], r0, r1, a, code, table, g[c], r0)
         dot_rows_of(ups[c], r0, r1, a, code, table, u[c], r0)
@@ -686,10 +686,10 @@ def _experts(x, gates, ups, downs, weights, code, table, mode, y):
             h[c, o] = silu_mul(g[c, o], u[c, o])
     hidden = activations(h, mode)                    # each expert's hidden quantized once (INT8_PATH)
     out = np.empty((k, D), np.float32)
-    per_expert = (D + ROWS_PER_TASK - 1) // ROWS_PER_TASK
-    for task in prange(k * per_expert):             # one expert's matrix after the other (reads faster
-        c = task // per_expert                        # than their rows interleaved: 23 against 17-20 GB/s)
-        r0 = (task - c * per_expert) * ROWS_PER_TASK
+    per_output = (D + ROWS_PER_TASK - 1) // ROWS_PER_TASK            # tasks per expert, down rows
+    for task in prange(k * per_output):             # one expert's matrix after the other (reads faster
+        c = task // per_output                        # than their rows interleaved: 23 against 17-20 GB/s)
+        r0 = (task - c * per_output) * ROWS_PER_TASK
         dot_rows_of(downs[c], r0, min(D, r0 + ROWS_PER_TASK), activation_row(hidden, c), code, table, out[c], r0)
     for o in range(D):
         for c in range(k):
