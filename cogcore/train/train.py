@@ -81,7 +81,8 @@ TASK_ORDER = ["add", "recall", "add", "sort", "add"]
 BATCH_SCALE = {"recall": 1.0, "add": 3.0, "sort": 1.5}
 
 GENERATION_CONFIG = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": 32,
-                     "bos_token_id": 1, "eos_token_id": 2}
+                     "bos_token_id": 1, "eos_token_id": 2,
+                     "chat_history": "reset"}   # one question per sequence in training (docs/generation.md)
 
 
 def extra_recall_queries(sp, prompt: str, rng: random.Random, n: int):
