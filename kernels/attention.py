@@ -9,9 +9,9 @@ and output per head.
 Prefill (PREFILL_MIN_T queries or more) and long contexts (BLAS_MIN_KEYS visible
 keys or more) take the textbook form, in blocks of queries: the scores Q K^T and
 the weighted values P V are matrix products (BLAS, on strided views of the
-cache), between them each row of scores becomes the softmax over that query's
-visible keys (zero elsewhere). Numba's exp is a scalar call, numpy's is
-vectorised: at 512 keys the products win even for one query.
+cache), between them one kernel turns each row of scores into the softmax over
+that query's visible keys (zero elsewhere). From about 512 keys the products win
+even for one query (docs/performance.md, "A vectorised exp").
 
 The visible keys of a query are a contiguous index
 range when keys come in ascending position order, as the caches hand them
@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .expf import expf
 from .linear import FAST
 from .threads import pick, twins
 
@@ -56,14 +57,14 @@ def attend_range(q, t, h0, G, K, V, g, lo, hi, scale, m, l, acc, sc):
                 if d > cmax:
                     cmax = d
             mnew = max(m[i], cmax)
-            corr = np.float32(np.exp(m[i] - mnew))
+            corr = expf(m[i] - mnew)
             m[i] = mnew
             l[i] *= corr
             for j in range(hd):
                 acc[i, j] *= corr
             tot = np.float32(0.0)
             for s in range(n):
-                e = np.float32(np.exp(sc[i, s] - mnew))
+                e = expf(sc[i, s] - mnew)
                 sc[i, s] = e
                 tot += e
             l[i] += tot
@@ -96,23 +97,37 @@ def _attention(q, K, V, lo, hi, scale):
 _attention_1, _attention_p = twins(_attention, fastmath=FAST)
 
 
-def _shift_scores(s, lo, hi, G):
-    """Row r of the scores s [rows, n] belongs to query r // G: minus its largest score over that
-    query's visible keys lo..hi-1 there, -inf at the other keys (so exp gives softmax numerators)."""
+def _softmax_rows(s, lo, hi, G):
+    """Row r of the scores s [rows, n] belongs to query r // G: in place, the softmax over that
+    query's visible keys lo..hi-1, zero at the other keys."""
     for r in prange(s.shape[0]):
         row, a, b = s[r], lo[r // G], hi[r // G]
+        seen = row[a:b]                  # a view indexed from 0: loops over range(a, b) do not vectorise
         m = np.float32(-np.inf)
-        for j in range(a, b):
-            m = max(m, row[j])
-        row[:a] = -np.inf
-        row[a:b] -= m
-        row[b:] = -np.inf
+        for j in range(seen.shape[0]):
+            m = max(m, seen[j])
+        total = np.float32(0.0)
+        for j in range(seen.shape[0]):
+            e = expf(seen[j] - m)
+            seen[j] = e
+            total += e
+        if seen.shape[0] > 0:                    # a query that sees no key keeps a row of zeros
+            inv = np.float32(1.0) / total
+            for j in range(seen.shape[0]):
+                seen[j] *= inv
+        row[:a] = 0.0
+        row[b:] = 0.0
 
 
-_shift_scores_1, _shift_scores_p = twins(_shift_scores, fastmath=FAST)
+_softmax_rows_1, _softmax_rows_p = twins(_softmax_rows, fastmath=FAST)
 
 
-def _by_blas(q, k, v, lo, hi, longest, scale):
+def softmax_rows(s, lo, hi, G):
+    """In place: row r of the scores s [rows, n] becomes the softmax over keys lo[r // G]..hi[r // G]-1."""
+    pick(_softmax_rows_1, _softmax_rows_p, s.size)(s, lo, hi, G)
+
+
+def by_blas(q, k, v, lo, hi, longest, scale):
     """softmax(q k^T / sqrt(hd)) v per kv head g and block of queries, the products by BLAS (q, k, v
     float32, keys ascending; longest: the most keys a query sees)."""
     T, H, hd = q.shape
@@ -126,9 +141,7 @@ def _by_blas(q, k, v, lo, hi, longest, scale):
             t1 = min(T, t0 + block)
             a, b = int(lo[t0:t1].min()), int(hi[t0:t1].max())                  # the keys this block sees
             s = (q[t0:t1, g * G:(g + 1) * G].reshape(-1, hd) * scale) @ kg[a:b].T   # [(t1 - t0) G, b - a]
-            pick(_shift_scores_1, _shift_scores_p, s.size)(s, lo[t0:t1] - a, hi[t0:t1] - a, G)
-            np.exp(s, out=s)                                  # numpy's exp is vectorised, Numba's is not
-            s /= s.sum(axis=1, keepdims=True)                                  # softmax rows
+            softmax_rows(s, lo[t0:t1] - a, hi[t0:t1] - a, G)
             out[t0:t1, g * G:(g + 1) * G] = (s @ vg[a:b]).reshape(t1 - t0, G, hd)
     return out
 
@@ -155,7 +168,7 @@ def attention(q, k, v, q_pos, k_pos, window=0):
     scale = np.float32(1.0 / np.sqrt(hd))
     longest = int((hi - lo).max())
     if T >= PREFILL_MIN_T or longest >= BLAS_MIN_KEYS:
-        return _by_blas(np.asarray(q, np.float32), np.asarray(k, np.float32), np.asarray(v, np.float32), lo, hi,
+        return by_blas(np.asarray(q, np.float32), np.asarray(k, np.float32), np.asarray(v, np.float32), lo, hi,
                         longest, scale)
     work = int((hi - lo).sum()) * k.shape[1] * hd * 2
     return pick(_attention_1, _attention_p, work)(np.ascontiguousarray(q, np.float32), np.ascontiguousarray(k, np.float32),

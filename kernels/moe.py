@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .expf import expf
 from .linear import BF16, F16, F32, FAST, SMALL_T, dot, dot4, dot_bf16, kind_of, linear, raw, widen_into
 from .threads import pick, twins
 
@@ -38,7 +39,7 @@ def route(logits, k, norm_topk):
             mx = max(mx, logits[t, e])
         tot = np.float32(0.0)
         for e in range(E):
-            p[e] = np.exp(logits[t, e] - mx)
+            p[e] = expf(logits[t, e] - mx)
             tot += p[e]
         for e in range(E):
             p[e] /= tot
@@ -60,7 +61,7 @@ def route(logits, k, norm_topk):
 
 @njit(fastmath=FAST, inline="always")
 def silu_mul(g, u):
-    return g / (np.float32(1.0) + np.exp(-g)) * u
+    return g / (np.float32(1.0) + expf(-g)) * u
 
 
 @njit(fastmath=FAST, inline="always")

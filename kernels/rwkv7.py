@@ -23,6 +23,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from .expf import expf
 from .linear import FAST, as_float32
 from .threads import pick, twins
 
@@ -78,7 +79,7 @@ def wkv7(r, w, k, v, kk, a, S):
 
 @njit(fastmath=FAST, inline="always")
 def sigmoid(x):
-    return np.float32(1.0) / (np.float32(1.0) + np.exp(-x))
+    return np.float32(1.0) / (np.float32(1.0) + expf(-x))
 
 
 def widened(v):
@@ -144,7 +145,7 @@ def _time_mix_inputs(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0,
         low_rank(xa, a1, a2, h[:a1.shape[1]], out[A, t], 0)
         low_rank(xg, g1, g2, h[:g1.shape[1]], out[G, t], 2)
         for j in range(D):
-            out[W, t, j] = np.exp(-DECAY_SCALE * sigmoid(w0[j] + out[W, t, j]))
+            out[W, t, j] = expf(-DECAY_SCALE * sigmoid(w0[j] + out[W, t, j]))
             out[A, t, j] = sigmoid(a0[j] + out[A, t, j])
         if has_v_gate:
             low_rank(out[XV, t], v1, v2, h[:v1.shape[1]], out[V_GATE, t], 0)

@@ -1,6 +1,7 @@
 """Native Sparse Attention branches (twin of cogcore.blocks.sparse_attention.nsa_attention).
 
-`nsa_attention`: one task per (query, kv group), split across threads. Per task:
+Decode (fewer than PREFILL_MIN_T queries), `_nsa`: one task per (query, kv group), split
+across threads. Per task:
 1. compressed attention: scores of the G query heads against every visible
    compressed key, softmax, weighted compressed values -> o_cmp;
 2. block scores: each visible compressed block's summed probability spread over
@@ -12,6 +13,8 @@
 4. selected attention over the kept blocks, 5. window attention: both with the
    chunked running softmax of kernels.attention.attend_range, reading each key once
    for the G heads of the group.
+Prefill, `_by_blas`: the same five steps per kv group and block of queries, the scores
+as BLAS products masked per query (see its docstring).
 Gating stays in the mixer (three multiply-adds over [T, H, hd]). Block compression
 has no twin here: the backend runs the reference's `compress` over kernels.linear.
 """
@@ -19,11 +22,43 @@ has no twin here: the backend runs the reference's `compress` over kernels.linea
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
-from .attention import CHUNK, attend_range
+from .attention import CHUNK, PREFILL_MIN_T, QUERY_BLOCK, attend_range, by_blas, softmax_rows
+from .expf import expf
 from .linear import FAST
 from .threads import pick, twins
+
+UNION_RATIO = 3          # prefill: kept-block unions up to this many times a query's keys go to BLAS
+
+
+@njit(inline="always")
+def select(score, cur, nsel):
+    """The kept selection blocks, ascending, of a query in block `cur` (score [cur + 1] its candidates'):
+    all candidates if there are at most nsel, else block 0, cur - 1, cur and the nsel - 3 best
+    others by repeated argmax (ties to the lower index, as the reference's stable sort)."""
+    n_cand = score.shape[0]
+    sel = np.empty(min(n_cand, nsel), np.int64)
+    if n_cand <= nsel:
+        for j in range(n_cand):
+            sel[j] = j
+        return sel
+    taken = np.zeros(n_cand, np.bool_)
+    taken[0] = True
+    taken[cur - 1] = True
+    taken[cur] = True
+    for r in range(nsel - 3):
+        best = -1
+        for j in range(n_cand):
+            if not taken[j] and (best < 0 or score[j] > score[best]):
+                best = j
+        taken[best] = True
+    c = 0
+    for j in range(n_cand):
+        if taken[j]:
+            sel[c] = j
+            c += 1
+    return sel
 
 
 def _nsa(q, K, V, kc, vc, q_pos, l, s, lsel, nsel, w, scale):
@@ -62,7 +97,7 @@ def _nsa(q, K, V, kc, vc, q_pos, l, s, lsel, nsel, w, scale):
                     mx = max(mx, d)
                 tot = np.float32(0.0)
                 for b in range(n_vis):
-                    e = np.float32(np.exp(p[i, b] - mx))
+                    e = expf(p[i, b] - mx)
                     p[i, b] = e
                     tot += e
                 for b in range(n_vis):
@@ -81,27 +116,7 @@ def _nsa(q, K, V, kc, vc, q_pos, l, s, lsel, nsel, w, scale):
                     ov = min(hi, (jb + 1) * lsel) - max(lo, jb * lsel)
                     score[jb] += psum * (np.float32(ov) / np.float32(s))
         # 3. selection
-        sel = np.empty(min(n_cand, nsel), np.int64)
-        if n_cand <= nsel:
-            for j in range(n_cand):
-                sel[j] = j
-        else:
-            cur = t // lsel
-            taken = np.zeros(n_cand, np.bool_)
-            taken[0] = True
-            taken[cur - 1] = True
-            taken[cur] = True
-            for r in range(nsel - 3):
-                best = -1
-                for j in range(n_cand):
-                    if not taken[j] and (best < 0 or score[j] > score[best]):
-                        best = j
-                taken[best] = True
-            c = 0
-            for j in range(n_cand):
-                if taken[j]:
-                    sel[c] = j
-                    c += 1
+        sel = select(score, t // lsel, nsel)
         # 4. selected attention
         for i in range(G):
             m[i] = -np.inf
@@ -130,6 +145,110 @@ def _nsa(q, K, V, kc, vc, q_pos, l, s, lsel, nsel, w, scale):
 _nsa_1, _nsa_p = twins(_nsa, fastmath=FAST)
 
 
+# ---- prefill: the branches as BLAS products over blocks of queries ----------------------------------
+def _select_rows(score, cur, nsel, kept, chosen):
+    """Per query i of a block: its kept blocks into kept[i] (-1 pads stay) and chosen[i, j] = kept j?"""
+    for i in prange(score.shape[0]):
+        sel = select(score[i, :cur[i] + 1], cur[i], nsel)
+        for c in range(sel.shape[0]):
+            kept[i, c] = sel[c]
+            chosen[i, sel[c]] = True
+
+
+_select_rows_1, _select_rows_p = twins(_select_rows)
+
+
+def _attend_kept(q, K, V, kept, todo, q_pos, lsel, scale, out):
+    """out[t, heads of g] = attention of query t over its kept blocks (kept [T, Hkv, n], -1 pads),
+    for the (t, g) with todo[t, g]."""
+    T, H, hd = q.shape
+    Hkv = K.shape[1]
+    G = H // Hkv
+    for task in prange(T * Hkv):
+        ti, g = task // Hkv, task % Hkv
+        if not todo[ti, g]:
+            continue
+        t = q_pos[ti]
+        m = np.full(G, -np.inf, np.float32)
+        lsum = np.zeros(G, np.float32)
+        acc = np.zeros((G, hd), np.float32)
+        sc = np.empty((G, CHUNK), np.float32)
+        for c in range(kept.shape[2]):
+            if kept[ti, g, c] >= 0:
+                a = kept[ti, g, c] * lsel
+                attend_range(q, ti, g * G, G, K, V, g, a, min(a + lsel, t + 1), scale, m, lsum, acc, sc)
+        for i in range(G):
+            for j in range(hd):
+                out[ti, g * G + i, j] = acc[i, j] / lsum[i]
+
+
+_attend_kept_1, _attend_kept_p = twins(_attend_kept, fastmath=FAST)
+
+
+def block_weights(n_cmp, n_sel, l, s, lsel):
+    """[n_cmp, n_sel]: positions compressed block i and selection block j share, / s (Eq. 9)."""
+    i0 = np.arange(n_cmp)[:, None] * s
+    j0 = np.arange(n_sel)[None, :] * lsel
+    shared = np.minimum(i0 + l, j0 + lsel) - np.maximum(i0, j0)
+    return (np.maximum(shared, 0) / s).astype(np.float32)
+
+
+def _by_blas(q, K, V, kc, vc, q_pos, l, s, lsel, nsel, w, scale):
+    """Prefill: per kv group g and block of QUERY_BLOCK queries, the scores of the compressed and
+    selected branches are BLAS products over every key some query of the block sees, each row
+    masked to its own keys; the window branch is sliding-window attention (kernels.attention.by_blas).
+
+    Neighbouring queries of a trained model mostly keep the same blocks, so the union of a block's
+    kept blocks is a small multiple of n. When it is not (random queries keep nearly every block),
+    multiplying by the union would cost more than the per-query kernel: those blocks' queries
+    take `_attend_kept` instead (UNION_RATIO: BLAS reads a key about 3x faster, measured)."""
+    T, H, hd = q.shape
+    G = H // K.shape[1]
+    t = q_pos
+    n_vis = np.where(t + 1 >= l, (t + 1 - l) // s + 1, 0)                    # visible compressed blocks
+    cur = t // lsel                                                         # the query's selection block
+    weight = block_weights(int(n_vis.max()), int(cur.max()) + 1, l, s, lsel)
+    o_cmp, o_slc = np.empty((T, H, hd), np.float32), np.empty((T, H, hd), np.float32)
+    kept = np.full((T, K.shape[1], nsel), -1, np.int64)
+    slow = []                                  # (t0, t1, g): query blocks whose union of kept blocks is large
+    for g in range(K.shape[1]):
+        heads = slice(g * G, (g + 1) * G)
+        for t0 in range(0, T, QUERY_BLOCK):
+            t1 = min(T, t0 + QUERY_BLOCK)
+            tb, tq = t1 - t0, t[t0:t1]
+            qb = q[t0:t1, heads].reshape(-1, hd) * scale                          # [tb G, hd]
+            # 1. compressed attention, 2. block scores (summed over the group's heads)
+            m, nc = int(n_vis[t0:t1].max()), int(cur[t0:t1].max()) + 1
+            p = qb @ kc[:m, g].T                                                   # [tb G, m]
+            softmax_rows(p, np.zeros(tb, np.int64), n_vis[t0:t1], G)
+            o_cmp[t0:t1, heads] = (p @ vc[:m, g]).reshape(tb, G, hd)
+            score = p.reshape(tb, G, m).sum(axis=1) @ weight[:m, :nc]              # [tb, nc]
+            # 3. selection
+            chosen = np.zeros((tb, nc), np.bool_)
+            pick(_select_rows_1, _select_rows_p, tb * nc * nsel)(score, cur[t0:t1], nsel, kept[t0:t1, g], chosen)
+            # 4. selected attention over the union of the block's kept blocks
+            pos = (np.flatnonzero(chosen.any(axis=0))[:, None] * lsel + np.arange(lsel)).ravel()
+            pos = pos[pos <= tq.max()]                                             # [nk] key positions
+            if len(pos) > UNION_RATIO * chosen.sum() / tb * lsel:
+                slow.append((t0, t1, g))
+                continue
+            sc = qb @ K[pos, g].T                                                  # [tb G, nk]
+            seen = chosen[:, pos // lsel] & (pos[None, :] <= tq[:, None])          # [tb, nk]
+            sc[~np.repeat(seen, G, axis=0)] = -np.inf
+            softmax_rows(sc, np.zeros(tb, np.int64), np.full(tb, len(pos), np.int64), G)
+            o_slc[t0:t1, heads] = (sc @ V[pos, g]).reshape(tb, G, hd)
+    if slow:                                   # their selected branch by the per-query kernel
+        todo = np.zeros((T, K.shape[1]), np.bool_)
+        for t0, t1, g in slow:
+            todo[t0:t1, g] = True
+        work = int(todo.sum()) * nsel * lsel * G * hd * 2
+        pick(_attend_kept_1, _attend_kept_p, work)(q, K, V, kept, todo, t, lsel, scale, o_slc)
+    # 5. window
+    lo, hi = np.maximum(0, t - w + 1), t + 1
+    o_win = by_blas(q, K, V, lo, hi, int((hi - lo).max()), scale)
+    return o_cmp, o_slc, o_win, kept
+
+
 def nsa_attention(q, K, V, kc, vc, q_pos, shape):
     """Same contract as the reference: o_cmp, o_slc, o_win [T, H, hd] and kept [T, Hkv, n]."""
     hd = q.shape[-1]
@@ -137,6 +256,10 @@ def nsa_attention(q, K, V, kc, vc, q_pos, shape):
     if kc.shape[0] == 0:
         kc = vc = np.zeros((1, K.shape[1], hd), np.float32)
     T, H, _ = q.shape
+    if T >= PREFILL_MIN_T:
+        return _by_blas(c32(q), c32(K), c32(V), c32(kc), c32(vc), np.asarray(q_pos, np.int64),
+                        shape.block, shape.stride, shape.select_block, shape.select_count, shape.window,
+                        np.float32(1.0 / np.sqrt(hd)))
     last = int(np.max(q_pos)) + 1
     work = T * H * hd * 2 * (min(last, shape.select_block * shape.select_count) + min(last, shape.window)
                              + last // shape.stride)

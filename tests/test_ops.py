@@ -150,14 +150,17 @@ NSA_SHAPES = [NSAShape(4, 2, 4, 4, 6), NSAShape(8, 4, 16, 3, 5), NSAShape(6, 3, 
 
 
 def parity_nsa_attention():
+    """Decode (1 query: the per-query kernel) and prefill (blocks of queries by BLAS): positions with
+    gaps, a prompt from position 0 (no compressed block visible at first) and two query blocks."""
+    S, H, Hkv, hd = 150, 6, 3, 5
+    positions = {1: np.array([S - 1]), 17: np.concatenate([[0, 2, 5], np.arange(S - 14, S)]),
+                 70: np.arange(70), 83: np.arange(S - 83, S)}
     for shape in NSA_SHAPES:
-        for T in (1, 17):
+        for T, q_pos in positions.items():
             rng = np.random.default_rng(T + shape.block)
-            S, H, Hkv, hd = 150, 6, 3, 5
             K, V, q = rand(rng, S, Hkv, hd), rand(rng, S, Hkv, hd), rand(rng, T, H, hd, scale=3.0)
             B = (S - shape.block) // shape.stride + 1
             kc, vc = rand(rng, B, Hkv, hd), rand(rng, B, Hkv, hd)
-            q_pos = np.concatenate([[0, 2, 5], np.arange(S - T + 3, S)])[:T] if T > 1 else np.array([S - 1])
             got = NB.nsa_attention(q, K, V, kc, vc, q_pos, shape)
             want = REF.nsa_attention(q, K, V, kc, vc, q_pos, shape)
             assert np.array_equal(got[3], want[3])                     # the same blocks kept
@@ -458,3 +461,37 @@ def test_kernels_import_nothing_from_cogcore():
                 mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
                         else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
                 assert not any(m.split(".")[0] == "cogcore" for m in mods), (name, mods)
+
+
+def test_expf_is_within_one_ulp_of_exp_and_keeps_the_special_values():
+    from cogcore.kernels.expf import expf
+
+    @numba.njit
+    def apply(x, out):
+        for i in range(x.shape[0]):
+            out[i] = expf(x[i])
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(-90, 90, 1_000_000), rng.uniform(-1, 1, 1_000_000)]).astype(np.float32)
+    out = np.empty_like(x)
+    apply(x, out)
+    exact = np.exp(x.astype(np.float64))                          # float64: the exact value to ~1e-16
+    normal = (exact >= 2.0 ** -125) & (exact <= np.finfo(np.float32).max)
+    ulps = np.abs(out[normal] - exact[normal]) / np.spacing(exact[normal].astype(np.float32))
+    assert normal.sum() > 1_900_000 and ulps.max() <= 1.0
+    assert np.all(out[exact < 2.0 ** -125] <= 2.0 ** -125)        # flushed towards 0 (the docstring)
+    special = np.array([-np.inf, -1e4, -104.0, 0.0, -0.0, 1e4, np.inf, np.nan], np.float32)
+    got = np.empty_like(special)
+    apply(special, got)
+    np.testing.assert_array_equal(got, [0, 0, 0, 1, 1, np.inf, np.inf, np.nan])
+    apply(special.astype(np.float64), got)                        # a float64 argument is rounded first
+    np.testing.assert_array_equal(got, [0, 0, 0, 1, 1, np.inf, np.inf, np.nan])
+
+
+@pytest.mark.parametrize("union_ratio", [0, 1e9])
+def test_nsa_prefill_matches_reference_by_blas_and_by_the_per_query_kernel(monkeypatch, union_ratio):
+    """The selected branch of a prefill block goes to BLAS over the union of its kept blocks, or to
+    the per-query kernel when that union is large: each way alone against the reference."""
+    from cogcore.kernels import sparse_attention
+    monkeypatch.setattr(sparse_attention, "UNION_RATIO", union_ratio)
+    parity_nsa_attention()
