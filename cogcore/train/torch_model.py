@@ -232,6 +232,8 @@ class CogcoreTorch(nn.Module):
             {_key(n): nn.Parameter(torch.empty(s, dtype=torch.float32)) for n, s in self.shapes.items()})
         self.aux_loss = torch.zeros(())
         self.expert_counts: list = []
+        self.router_logits: list = []
+        self.router_jitter = 0.0
         gen = torch.Generator().manual_seed(0 if seed is None else seed)
         self.reset_parameters(gen, init)
 
@@ -487,7 +489,11 @@ class CogcoreTorch(nn.Module):
         shp = x.shape
         x = x.reshape(-1, shp[-1])
         E, k = cfg["num_experts"], cfg["num_experts_per_tok"]
-        logits = x @ self.p(m + "gate.weight").T
+        xr = x
+        if self.training and self.router_jitter:
+            # Switch Transformer's multiplicative jitter on the router input only
+            xr = x * torch.empty_like(x).uniform_(1 - self.router_jitter, 1 + self.router_jitter)
+        logits = xr @ self.p(m + "gate.weight").T
         prob = torch.softmax(logits.float(), -1).to(x.dtype)
         top = torch.sort(prob.detach(), dim=-1, descending=True, stable=True).indices[:, :k]   # ties: lower index
         wts = prob.gather(1, top)
@@ -516,6 +522,7 @@ class CogcoreTorch(nn.Module):
         if self.training:
             frac = counts.to(x.dtype) / (x.shape[0] * k)
             self.aux_loss = self.aux_loss + E * (frac * prob.mean(0)).sum()
+            self.router_logits.append(logits)
         self.expert_counts.append(counts.detach())
         return y.reshape(shp)
 
@@ -539,6 +546,7 @@ class CogcoreTorch(nn.Module):
         cfg = self.cfg
         self.aux_loss = torch.zeros((), dtype=self.p("model.embed_tokens.weight").dtype)
         self.expert_counts = []
+        self.router_logits = []
         x = self.p("model.embed_tokens.weight")[ids]
         if cfg.get("embedding_norm", False):
             x = self.norm(x, "model.embed_norm")

@@ -8,6 +8,11 @@
    generated ``add`` / ``sort`` / ``recall`` examples (``cogcore.tasks``, seed
    ``TRAIN_SEED`` + step), each one ``[bos] + encode(prompt) + encode(answer) + [eos]``
    with the loss on the answer tokens and EOS, plus a load-balancing term;
+   Fine-tuning options (off by default): ``--init-from DIR`` starts from a model directory's
+   weights and tokenizer; ``--router-margin M --margin-weight W`` adds a hinge on each token's
+   gap between its k-th and (k+1)-th router logits, so that routing is not decided on near ties;
+   ``--distill W`` keeps the initial model's predictions at the positions the loss does not
+   score; ``--router-jitter EPS`` is Switch Transformer's multiplicative router-input noise;
 3. exports config.json, model.safetensors (SPEC tensor names, float32) and
    generation_config.json, every file written under a temporary name then renamed.
 
@@ -22,6 +27,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 
@@ -75,7 +81,8 @@ TASK_ORDER = ["add", "recall", "add", "sort", "add"]
 BATCH_SCALE = {"recall": 1.0, "add": 3.0, "sort": 1.5}
 
 GENERATION_CONFIG = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": 32,
-                     "bos_token_id": 1, "eos_token_id": 2}
+                     "bos_token_id": 1, "eos_token_id": 2,
+                     "chat_history": "reset"}   # one question per sequence in training (docs/generation.md)
 
 
 def extra_recall_queries(sp, prompt: str, rng: random.Random, n: int):
@@ -132,6 +139,20 @@ def make_batch(sp, cfg, rng: random.Random, batch: int, prompt_weight: float, ta
     return ids, tgt, wt
 
 
+def router_margin_loss(router_logits: list, valid: torch.Tensor, k: int, margin: float) -> torch.Tensor:
+    """Mean hinge ``max(0, margin - (l_k - l_{k+1}))`` over the real tokens and MoE layers,
+    ``l_k`` the k-th largest router logit of a token: zero once the last chosen expert
+    leads the first unchosen one by ``margin``, so that a small change of the router's
+    input (e.g. q8_0 weights upstream) does not change which experts are chosen."""
+    mask = valid.reshape(-1).to(router_logits[0].dtype)
+    total = torch.zeros(())
+    for logits in router_logits:                                   # [B*T, E] per MoE layer
+        top = torch.topk(logits, k + 1, dim=-1).values
+        hinge = torch.relu(margin - (top[:, k - 1] - top[:, k]))
+        total = total + (hinge * mask).sum() / mask.sum()
+    return total / max(1, len(router_logits))
+
+
 def export(model, cfg, out_dir: str, dtype=torch.float32):
     from safetensors.torch import save_file
     tensors = {n: t.to(dtype).contiguous() for n, t in model.state_dict_spec().items()}
@@ -153,12 +174,23 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=150)
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--aux", type=float, default=0.01, help="load-balancing loss weight")
+    ap.add_argument("--router-margin", type=float, default=0.0,
+                    help="logit gap wanted between the k-th and (k+1)-th router logits (0: no margin term)")
+    ap.add_argument("--margin-weight", type=float, default=0.0, help="weight of the router margin term")
+    ap.add_argument("--router-jitter", type=float, default=0.0,
+                    help="multiply router inputs by uniform(1-eps, 1+eps) in training (Switch Transformer)")
+    ap.add_argument("--distill", type=float, default=0.0,
+                    help="with --init-from: weight of KL(initial model || model) at the positions the task loss "
+                         "does not score (keeps the base model's predictions where the answers say nothing)")
+    ap.add_argument("--init-from", default=None,
+                    help="start from this model directory's weights and tokenizer (a fine-tune)")
     ap.add_argument("--prompt-weight", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=TRAIN_SEED)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--ckpt-every", type=int, default=250)
+    ap.add_argument("--final-eval", type=int, default=200, help="instances per task scored after training (0: none)")
     ap.add_argument("--max-minutes", type=float, default=0.0, help="stop (and export) after this long")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--stop-at", type=int, default=0,
@@ -196,13 +228,34 @@ def main(argv=None):
     os.makedirs(args.ckpt, exist_ok=True)
 
     tok_path = os.path.join(args.out, "tokenizer.model")
-    n_pieces = train_tokenizer(tok_path, seed=args.seed, extra=TOKENIZERS[args.tokenizer])
+    if args.init_from:
+        # a fine-tune keeps the model's tokenizer and shape
+        if os.path.abspath(args.init_from) != os.path.abspath(args.out):
+            shutil.copyfile(os.path.join(args.init_from, "tokenizer.model"), tok_path + ".tmp")
+            os.replace(tok_path + ".tmp", tok_path)
+        with open(os.path.join(args.init_from, "config.json")) as f:
+            cfg = json.load(f)
+        n_pieces = cfg["vocab_size"]
+    else:
+        n_pieces = train_tokenizer(tok_path, seed=args.seed, extra=TOKENIZERS[args.tokenizer])
+        cfg = dict(CONFIG, vocab_size=n_pieces)
     sp = spm.SentencePieceProcessor(model_file=tok_path)
-    cfg = dict(CONFIG, vocab_size=n_pieces)
     cfg.update(json.loads(args.override))
     assert sp.bos_id() == cfg["bos_token_id"] and sp.eos_id() == cfg["eos_token_id"]
 
     model = CogcoreTorch(cfg, seed=args.seed)
+    if args.init_from:
+        from safetensors.torch import load_file
+        model.load_spec(load_file(os.path.join(args.init_from, "model.safetensors")))
+        print(f"initialised from {args.init_from}", flush=True)
+    model.router_jitter = args.router_jitter
+    teacher = None
+    if args.distill:
+        if not args.init_from:
+            raise SystemExit("--distill needs --init-from (the model whose predictions are kept)")
+        teacher = CogcoreTorch(cfg)
+        teacher.load_spec(model.state_dict_spec())
+        teacher.eval()
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.params.items() if p.dim() >= 2]
     no_decay = [p for n, p in model.params.items() if p.dim() < 2]
@@ -241,7 +294,7 @@ def main(argv=None):
         print(f"exported step {state['step']} of {ck} to {args.out}", flush=True)
         return 0
     t_start = time.time()
-    run_loss = run_aux = 0.0
+    run_loss = run_aux = run_margin = 0.0
     n_run = 0
     model.train()
     while step < args.steps:
@@ -259,8 +312,20 @@ def main(argv=None):
                                                reduction="none")
         loss = (ce * wt.reshape(-1)).sum() / wt.sum()
         aux = model.aux_loss / cfg["num_hidden_layers"]
+        total = loss + args.aux * aux
+        valid = wt.flip(1).cumsum(1).flip(1) > 0               # real tokens: up to each sequence's last scored target
+        if args.margin_weight:
+            margin = router_margin_loss(model.router_logits, valid, cfg["num_experts_per_tok"], args.router_margin)
+            total = total + args.margin_weight * margin
+            run_margin += margin.item()
+        if teacher is not None:
+            with torch.no_grad():
+                target = torch.log_softmax(teacher(ids), -1)
+            quiet = ((wt == 0) & valid).to(logits.dtype)                # real positions the task loss does not score
+            kl = (target.exp() * (target - torch.log_softmax(logits, -1))).sum(-1)
+            total = total + args.distill * (kl * quiet).sum() / quiet.sum().clamp(min=1)
         opt.zero_grad(set_to_none=True)
-        (loss + args.aux * aux).backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
@@ -270,8 +335,9 @@ def main(argv=None):
         if step % args.log_every == 0:
             el = time.time() - t_start
             print(f"step {step:5d}  loss {run_loss / n_run:.4f}  aux {run_aux / n_run:.3f}  "
+                  f"margin {run_margin / n_run:.4f}  "
                   f"lr {lr_at(step - 1):.2e}  T {ids.shape[1]}  {el / 60:.1f} min", flush=True)
-            run_loss = run_aux = 0.0
+            run_loss = run_aux = run_margin = 0.0
             n_run = 0
         if step % args.ckpt_every == 0:
             save_ckpt()
@@ -287,8 +353,9 @@ def main(argv=None):
     save_ckpt()
     export(model, cfg, args.out)
     print(f"done: {step} steps in {(time.time() - t_start) / 60:.1f} min; exported to {args.out}", flush=True)
-    res = evaluate(model, sp, n=200)
-    print(f"final eval (n=200 per task, eval seed): {json.dumps(res)}", flush=True)
+    if args.final_eval:
+        res = evaluate(model, sp, n=args.final_eval)
+        print(f"final eval (n={args.final_eval} per task, eval seed): {json.dumps(res)}", flush=True)
 
 
 if __name__ == "__main__":
