@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-OPS = ("linear", "linears", "moe", "attention", "nsa_attention", "nsa_compress", "wkv7", "rope", "rmsnorm", "layernorm",
+OPS = ("linear", "moe", "attention", "nsa_attention", "nsa_compress", "wkv7", "rope", "rmsnorm", "layernorm",
        "add_rmsnorm", "add_layernorm", "embed", "sigmoid", "rwkv7_inputs", "rwkv7_output")
 
 
@@ -39,8 +39,6 @@ def instrument(ops, clock):
             t = clock()
             out = fn(*args, **kw)
             label = f"linear {weight_label(args[1])}" if name == "linear" else name
-            if name == "linears":
-                label = "linears " + " + ".join(weight_label(W) for W in args[1])
             if name == "moe":
                 label = f"moe (router + chosen experts) {weight_label(args[2][0])}"
             s = spent[label]

@@ -36,17 +36,6 @@ def _linear_int8(x, W):
     return linear.linear(x, W)
 
 
-def _linears(x, Ws, int8=False):
-    """[`_linear`(x, W) for W in Ws]; quantized weights of one format in one kernel call (decode: one
-    parallel region, x quantized once with int8 activations)."""
-    formats = {getattr(W, "qtype", None) for W in Ws}
-    if None in formats or len(formats) > 1 or len({W.shape[-1] for W in Ws}) > 1:
-        return [(_linear_int8 if int8 else _linear)(x, W) for W in Ws]
-    lead, cols = x.shape[:-1], Ws[0].shape[-1]
-    out = quant.linears(x.reshape(-1, cols), [W.data for W in Ws], formats.pop(), cols, int8)
-    return [y.reshape(*lead, -1) for y in out]
-
-
 def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk, int8=False):
     """kernels.moe over stored float experts. Over quantized ones (stacked, or a lazy stack of
     per-expert tensors): the fused GEMV of kernels.quant for each chosen expert of a few tokens
@@ -70,13 +59,12 @@ def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk, int8=False):
 
 
 class NumbaOps:
-    """`Ops`, `FusedResidualNorm`, `FusedProjections`, `FusedRecurrent` and `Compiled` over the Numba kernels (backend "numba")."""
+    """`Ops`, `FusedResidualNorm`, `FusedRecurrent` and `Compiled` over the Numba kernels (backend "numba")."""
 
     name = "numba"
     int8_activations = False
 
     linear = staticmethod(_linear)
-    linears = staticmethod(_linears)
     embed = staticmethod(ReferenceOps.embed)         # reference: a row gather, nothing to compile
     sigmoid = staticmethod(ReferenceOps.sigmoid)     # reference: one vectorised expression
     rmsnorm = staticmethod(norm.rmsnorm)
@@ -114,7 +102,6 @@ class NumbaInt8Ops(NumbaOps):
 
     int8_activations = True
     linear = staticmethod(_linear_int8)
-    linears = staticmethod(functools.partial(_linears, int8=True))
     moe = staticmethod(functools.partial(_moe, int8=True))
 
 
@@ -137,7 +124,6 @@ def _exercise(ops):
             lin = _linear_int8 if int8 else _linear
             lin(xq, Wq)
             lin(np.repeat(xq, 8, 0), Wq)
-            _linears(xq, (Wq, Wq, Wq), int8=int8)                          # q, k, v
             for k in (1, 2):                     # kernels take the chosen experts as a k-tuple
                 _moe(xq, rng.standard_normal((2, 32), np.float32), Eq, Eq, Eq, k, True, int8=int8)
     w = np.ones(16, np.float32)

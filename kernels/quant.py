@@ -8,8 +8,7 @@ float32. Here the weight is never widened whole:
   d * (q . x), the block's int8 / 4-bit values q widened to float32 in registers,
   i.e. the float path on GGML-dequantized weights to round-off (q * d is exact in
   float32: at most 8 + 11 significant bits). Output rows are split across threads
-  (prange over groups of 16 rows). One call may take several matrices of one input
-  (`linears`: an attention layer's q, k and v), all in one parallel region.
+  (prange over groups of 16 rows).
 - prefill (many rows of x): groups of weight rows are dequantized into a bounded
   float32 scratch and multiplied by BLAS, so memory stays about the file size.
 - MoE decode: the fused GEMV over the chosen experts' blocks only (the same
@@ -649,22 +648,6 @@ def linear_i8(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndar
     xq, _, xd = quantize_activations(x)
     rounded = (xq.reshape(T, -1, 32) * xd[:, :, None]).reshape(T, cols)
     return _prefill(rounded, np.ascontiguousarray(data), code, cols)
-
-
-def linears(x: np.ndarray, datas, qtype: str, cols: int, int8: bool = False) -> list[np.ndarray]:
-    """[x W^T for each packed W of datas] (all of format qtype, `cols` columns): `linear` (int8:
-    `linear_i8`) of each, but a decode (T <= SMALL_T) computes all of them in one kernel call, one
-    parallel region, x quantized once (the q, k, v projections of an attention layer)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.shape[0] > SMALL_T:
-        one = linear_i8 if int8 else linear
-        return [one(x, data, qtype, cols) for data in datas]
-    code = CODE[qtype]
-    for data in datas:
-        _check_linear(x, data, code, cols)
-    out = _decode(x, datas, code, INT8_PATH if int8 else FLOAT_PATH)
-    ends = np.cumsum([d.shape[0] for d in datas])
-    return [out[:, e - d.shape[0]:e] for d, e in zip(datas, ends)]
 
 
 # ---- MoE decode: only the chosen experts' blocks are read ---------------------------------------

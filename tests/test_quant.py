@@ -119,21 +119,22 @@ def test_serial_and_parallel_gemv_agree(qtype):
 
 @pytest.mark.parametrize("qtype", QTYPES)
 @pytest.mark.parametrize("int8", [False, True], ids=["float", "int8_activations"])
-def test_linears_in_one_call_equal_each_linear(qtype, int8):
-    """Several matrices of one input in one decode call (an attention layer's q, k, v): each output
-    as its own `linear` gives it, for odd row counts and a mix of read-only (memory-mapped) and
-    writeable matrices; prefill-sized inputs take the per-matrix path."""
+def test_experts_in_one_call_equal_each_expert(qtype, int8):
+    """A token's chosen experts in one kernel call add up as one call per expert does, to the bit, also
+    when one expert is read-only (memory-mapped) and the other not; odd hidden and output sizes."""
     from cogcore.kernels import quant as kq
     rng = np.random.default_rng(9)
-    Ws = [quantize_tensor(rng.standard_normal((rows, 96)).astype(np.float32), qtype).data for rows in (37, 5, 16)]
-    Ws[1].flags.writeable = False
-    one = kq.linear_i8 if int8 else kq.linear
-    for T in (1, 3, kq.SMALL_T + 1):
-        x = rng.standard_normal((T, 96)).astype(np.float32)
-        got = kq.linears(x, Ws, qtype, 96, int8)
-        assert [g.shape for g in got] == [(T, 37), (T, 5), (T, 16)]
-        for g, W in zip(got, Ws):
-            np.testing.assert_array_equal(g, one(x, W, qtype, 96))
+    D, F = 96, 160
+    experts = [[quantize_tensor(rng.standard_normal(shape).astype(np.float32), qtype).data
+                for shape in ((F, D), (F, D), (D, F))] for _ in range(2)]
+    for a in experts[1]:
+        a.flags.writeable = False
+    x, w = rng.standard_normal(D).astype(np.float32), [0.7, 0.3]
+    together, apart = np.zeros(D, np.float32), np.zeros(D, np.float32)
+    kq.experts_decode(x, *zip(*experts), w, qtype, together, int8)
+    for (g, u, d), wc in zip(experts, w):
+        kq.experts_decode(x, [g], [u], [d], [wc], qtype, apart, int8)
+    np.testing.assert_array_equal(together, apart)
 
 
 @pytest.mark.parametrize("qtype", QTYPES)
