@@ -2,6 +2,7 @@
 
     python benchmarks/decode_profile.py DIR [--threads 1] [--steps 20] [--context 32]
     python benchmarks/decode_profile.py --bench q4_0          # the 8 x 1024 model of `cogcore bench`
+    python benchmarks/decode_profile.py DIR --int8-activations   # quantized weights, GGML's arithmetic
 
 Every op of the model's ops table (`cogcore.ops.Ops`: linear, moe, wkv7, nsa_attention, ...)
 is wrapped by a timer; `linear` is split by weight format and shape (lm_head shows on its
@@ -78,17 +79,19 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--context", type=int, default=32)
+    ap.add_argument("--int8-activations", action="store_true", help="quantized weights dotted with int8 activations")
     args = ap.parse_args(argv)
     set_threads(args.threads)
     NumbaOps.warm_up()
     if args.bench:
         from cogcore.bench import bench_config, bench_weights
         from cogcore.model import Model
+        from cogcore.ops import ops_for
         from cogcore.weights import Weights
         cfg = bench_config()
-        model = Model(cfg, Weights(bench_weights(cfg, args.bench)), backend="numba")
+        model = Model(cfg, Weights(bench_weights(cfg, args.bench)), backend=ops_for("numba", args.int8_activations))
     else:
-        model = cogcore.load(args.dir)
+        model = cogcore.load(args.dir, int8_activations=args.int8_activations)
     for clock_name, clock in (("wall clock", time.perf_counter), ("CPU time", time.process_time)):
         spent, times = profile(model, args.steps, args.context, clock)
         step = statistics.median(times)

@@ -49,20 +49,20 @@ def main(argv=None) -> None:
         code = kq.CODE[qtype]
         W = quantize_tensor(rng.standard_normal((2048, 2048), np.float32), qtype).data
         x = rng.standard_normal((1, 2048), np.float32)
-        gemv = {"default": lambda m: kq._gemv_1(x, m, code, table), "int8": lambda m: kq._gemv_i8_1(x, m, code, table)}
+        gemv = {"default": lambda m: kq._gemv_1(x, (m,), code, table, kq.FLOAT_PATH),
+                "int8": lambda m: kq._gemv_1(x, (m,), code, table, kq.INT8_PATH)}
         mats = [W.copy() for _ in range(48)]
         for label, items in (("48 matrices 2048 x 2048", mats), ("one matrix, in cache", [W] * 48)):
             r = rate(gemv, items, sum(m.nbytes for m in items), args.rounds)
             print(f"| {qtype} GEMV, {label} | {r['default']:.1f} | {r['int8']:.1f} |", flush=True)
         G = quantize_tensor(rng.standard_normal((512, 1024), np.float32), qtype).data
         Dn = quantize_tensor(rng.standard_normal((1024, 512), np.float32), qtype).data
-        experts = [(G.copy(), G.copy(), Dn.copy()) for _ in range(64)]
-        x1 = rng.standard_normal((1, 1024), np.float32)
-        xq, xs, xd = kq.quantize_activations(x1)
+        experts = [((G.copy(),), (G.copy(),), (Dn.copy(),)) for _ in range(64)]
+        x1 = rng.standard_normal(1024, np.float32)
         y = np.zeros(1024, np.float32)
-        moe = {"default": lambda e: kq.expert_decode(x1[0], *e, 0.5, qtype, y),
-               "int8": lambda e: kq.expert_decode_i8(xq[0], xs[0], xd[0], *e, 0.5, qtype, y)}
-        r = rate(moe, experts, sum(a.nbytes for e in experts for a in e), args.rounds)
+        moe = {"default": lambda e: kq.experts_decode(x1, *e, [0.5], qtype, y),
+               "int8": lambda e: kq.experts_decode(x1, *e, [0.5], qtype, y, int8=True)}
+        r = rate(moe, experts, sum(a.nbytes for e in experts for (a,) in e), args.rounds)
         print(f"| {qtype} MoE experts, 64 of 512 x 1024 | {r['default']:.1f} | {r['int8']:.1f} |", flush=True)
 
 

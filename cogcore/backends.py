@@ -41,7 +41,7 @@ def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk, int8=False):
     per-expert tensors): the fused GEMV of kernels.quant for each chosen expert of a few tokens
     (decode) when the three projections share one format; otherwise (prefill, or mixed formats)
     the experts grouped as in the reference, each through `_linear`. int8: int8 activations, each
-    token quantized once for all its experts."""
+    token quantized once for all its experts (each decode token's experts in one kernel call)."""
     formats = {getattr(W[0], "qtype", None) for W in (gate_proj, up_proj, down_proj)}
     if formats == {None}:
         return moe.moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk)
@@ -51,15 +51,10 @@ def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk, int8=False):
     if len(x) > linear.SMALL_T or len(formats) > 1:
         return grouped_experts(x, top, wts, counts, gate_proj, up_proj, down_proj,
                                _linear_int8 if int8 else _linear), counts
-    y = np.zeros_like(x)
-    xq = quant.quantize_activations(x) if int8 else None
-    for t, c in np.ndindex(*top.shape):
-        e = top[t, c]
-        g, u, d = gate_proj[e], up_proj[e], down_proj[e]
-        if int8:
-            quant.expert_decode_i8(*(a[t] for a in xq), g.data, u.data, d.data, wts[t, c], g.qtype, y[t])
-        else:
-            quant.expert_decode(x[t], g.data, u.data, d.data, wts[t, c], g.qtype, y[t])
+    y, (qtype,) = np.zeros_like(x), formats
+    for t in range(len(x)):
+        chosen = [(gate_proj[e].data, up_proj[e].data, down_proj[e].data) for e in top[t]]
+        quant.experts_decode(x[t], *zip(*chosen), wts[t], qtype, y[t], int8)
     return y, counts
 
 
@@ -103,7 +98,7 @@ class NumbaOps:
 
 class NumbaInt8Ops(NumbaOps):
     """`NumbaOps` with int8 activations for quantized weights (kernels.quant's `linear_i8`,
-    `expert_decode_i8`); the twin of `cogcore.blocks.ReferenceInt8Ops`."""
+    `experts_decode(..., int8=True)`); the twin of `cogcore.blocks.ReferenceInt8Ops`."""
 
     int8_activations = True
     linear = staticmethod(_linear_int8)
@@ -121,14 +116,16 @@ def _exercise(ops):
             ops.linear(xs, Ws)
             ops.moe(xs, Ws[:2], E, E, Ed, 1, True)
     xq = rng.standard_normal((2, 32), np.float32)
-    for qtype in ("q8_0", "q4_0"):
+    for qtype, writeable in (("q8_0", True), ("q4_0", True), ("q8_0", False), ("q4_0", False)):
         Wq = quantize_tensor(rng.standard_normal((3, 32), np.float32), qtype)
         Eq = quantize_tensor(rng.standard_normal((2, 32, 32), np.float32), qtype)
+        Wq.data.flags.writeable = Eq.data.flags.writeable = writeable     # read-only: memory-mapped weights
         for int8 in (False, True):               # the float path, int8 activations
             lin = _linear_int8 if int8 else _linear
             lin(xq, Wq)
             lin(np.repeat(xq, 8, 0), Wq)
-            _moe(xq, rng.standard_normal((2, 32), np.float32), Eq, Eq, Eq, 1, True, int8=int8)
+            for k in (1, 2):                     # kernels take the chosen experts as a k-tuple
+                _moe(xq, rng.standard_normal((2, 32), np.float32), Eq, Eq, Eq, k, True, int8=int8)
     w = np.ones(16, np.float32)
     for n in (x, np.repeat(x, 64, 0)):
         ops.rmsnorm(n, w, 1e-5), ops.layernorm(n, w, w, 1e-5)

@@ -12,7 +12,9 @@ float32. Here the weight is never widened whole:
 - prefill (many rows of x): groups of weight rows are dequantized into a bounded
   float32 scratch and multiplied by BLAS, so memory stays about the file size.
 - MoE decode: the fused GEMV over the chosen experts' blocks only (the same
-  gate/up -> silu * up -> down pipeline as kernels/moe.py).
+  gate/up -> silu * up -> down pipeline as kernels/moe.py), all the experts a token
+  chose in one call: one parallel region for their gate and up rows, one for their
+  down rows.
 
 The block loops are written in LLVM IR (`dot_rows_q8_0`, `dot_rows_q4_0`,
 `dequantize_row_*` below, Numba intrinsics), because LLVM does not vectorise the
@@ -26,8 +28,10 @@ prefetched 8 KiB ahead, and the 16 lanes are summed once per row. The summation 
 is fixed by that code, not left to fastmath.
 
 An option, off by default, computes as GGML does on the CPU: the activations rounded
-to q8_0 blocks and integer block dots (`linear_i8`, `expert_decode_i8`; second half of
-this module).
+to q8_0 blocks and integer block dots (`linear_i8`, `experts_decode(..., int8=True)`). The
+decode kernels are written once for both arithmetics: the type of their `mode` argument
+(FLOAT_PATH or INT8_PATH) picks, at compile time, what `activations` makes of x and which
+intrinsic `dot_rows_of` calls.
 
 The float16 scale is decoded through a 65536-entry float32 table, as GGML does.
 Kernels that split work across threads come in a serial and a parallel variant
@@ -39,9 +43,10 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from .linear import FAST, SMALL_T, as_float32
+from .moe import silu_mul
 from .threads import pick, twins
 
 Q8_0, Q4_0 = 0, 1
@@ -398,36 +403,6 @@ dot_rows_q8_0_q8_0, dot_rows_q4_0_q8_0 = _DOTS_I8[Q8_0], _DOTS_I8[Q4_0]
 dot_row_q8_0_q8_0, dot_row_q4_0_q8_0 = _DOT_I8[Q8_0], _DOT_I8[Q4_0]
 
 
-# ---- decode: the fused GEMV ------------------------------------------------------------------------
-@njit(inline="always")
-def dot_rows(data, r0, r1, x, code, table, out):
-    """out[r] = x . dequantize(data[r]) for r0 <= r < r1: ROWS rows per pass over x, then one at a time."""
-    r = r0
-    while r + ROWS <= r1:
-        if code == Q8_0:
-            dot_rows_q8_0(data, r, x, table, out, r)
-        else:
-            dot_rows_q4_0(data, r, x, table, out, r)
-        r += ROWS
-    for o in range(r, r1):
-        if code == Q8_0:
-            dot_row_q8_0(data, o, x, table, out, o)
-        else:
-            dot_row_q4_0(data, o, x, table, out, o)
-
-
-def _gemv(x, data, code, table):
-    out = np.empty((x.shape[0], data.shape[0]), np.float32)
-    for task in prange((data.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        r0, r1 = task * ROWS_PER_TASK, min(data.shape[0], (task + 1) * ROWS_PER_TASK)
-        for t in range(x.shape[0]):                  # the task's rows stay in L1 across the rows of x
-            dot_rows(data, r0, r1, x[t], code, table, out[t])
-    return out
-
-
-_gemv_1, _gemv_p = twins(_gemv)
-
-
 # ---- prefill: blocks of rows dequantized, then BLAS ------------------------------------------------
 def _dequantize_rows(data, r0, r1, code, table, out):
     for r in prange(r0, r1):
@@ -457,10 +432,9 @@ def linear(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndarray
     code = CODE[qtype]
     x = np.ascontiguousarray(x, dtype=np.float32)
     _check_linear(x, data, code, cols)
-    data = np.ascontiguousarray(data)
     if x.shape[0] <= SMALL_T:
-        return pick(_gemv_1, _gemv_p, data.shape[0] * cols)(x, data, code, HALF_TO_FLOAT)
-    return _prefill(x, data, code, cols)
+        return _decode(x, (data,), code, FLOAT_PATH)
+    return _prefill(x, np.ascontiguousarray(data), code, cols)
 
 
 def _prefill(x, data, code, cols):
@@ -474,45 +448,6 @@ def _prefill(x, data, code, cols):
         dequantize_rows(data, r0, r1, code, scratch)
         out[:, r0:r1] = x @ scratch[:r1 - r0].T
     return out
-
-
-# ---- MoE decode: only the chosen experts' blocks are read ---------------------------------------
-def _expert(xt, G, U, Dn, weight, code, table, yt):
-    F, D = G.shape[0], yt.shape[0]
-    g, u, h, y = np.empty(F, np.float32), np.empty(F, np.float32), np.empty(F, np.float32), np.empty(D, np.float32)
-    for task in prange((F + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        r0, r1 = task * ROWS_PER_TASK, min(F, (task + 1) * ROWS_PER_TASK)
-        dot_rows(G, r0, r1, xt, code, table, g)
-        dot_rows(U, r0, r1, xt, code, table, u)
-        for o in range(r0, r1):
-            h[o] = g[o] / (np.float32(1.0) + np.exp(-g[o])) * u[o]
-    for task in prange((D + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        r0, r1 = task * ROWS_PER_TASK, min(D, (task + 1) * ROWS_PER_TASK)
-        dot_rows(Dn, r0, r1, h, code, table, y)
-        for o in range(r0, r1):
-            yt[o] += weight * y[o]
-
-
-_expert_1, _expert_p = twins(_expert, fastmath=FAST)
-
-
-def _check_expert(gate, up, down, yt, code, F, D):
-    row_bytes = lambda cols: cols // 32 * BLOCK_BYTES[code]
-    if (gate.shape != (F, row_bytes(D)) or up.shape != gate.shape or down.shape != (D, row_bytes(F))
-            or yt.shape != (D,)):
-        raise ValueError(f"expert_decode: x has {D} values; the {QTYPES[code]} gate {gate.shape}, up {up.shape} "
-                         f"and down {down.shape} bytes and the output {yt.shape} do not fit it")
-
-
-def expert_decode(xt, gate, up, down, weight: float, qtype: str, yt) -> None:
-    """yt += weight * down(silu(gate xt) * up xt) for one token xt [D] and one expert's packed
-    gate, up [F, bytes] and down [D, bytes]: the MoE decode reads only the chosen experts' blocks
-    (each expert may live in its own array: per-expert tensors of a Hugging Face directory)."""
-    code, (F, D) = CODE[qtype], (gate.shape[0], xt.shape[0])
-    _check_expert(gate, up, down, yt, code, F, D)
-    fn = pick(_expert_1, _expert_p, 3 * F * D)
-    fn(xt, np.ascontiguousarray(gate), np.ascontiguousarray(up), np.ascontiguousarray(down), np.float32(weight),
-       code, HALF_TO_FLOAT, yt)
 
 
 # ---- int8 activations: decode GEMV, MoE experts, prefill --------------------------------------------
@@ -579,82 +514,192 @@ def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return _quantize_rows(np.ascontiguousarray(x, dtype=np.float32))
 
 
+# ---- decode: one kernel body for both arithmetics -------------------------------------------------
+# The decode kernels take `mode`, FLOAT_PATH or INT8_PATH: a scalar whose type picks the arithmetic
+# when Numba compiles them. `activations` turns rows of x into what the dots read (x itself, or its
+# rows as q8_0 blocks), `dot_rows_of` dots packed rows with one such row. Each kernel is one Python
+# function compiled once per mode (the signatures differ, so Numba's cache keeps both).
+FLOAT_PATH, INT8_PATH = np.float32(0), np.int8(0)
+
+
+def activations(x, mode):
+    """x [T, cols] float32 as the dots read it: x itself (FLOAT_PATH), or (xq, xs, xd), its rows as
+    q8_0 blocks (INT8_PATH, `quantize_activations`)."""
+
+
+@overload(activations, inline="always")
+def _activations(x, mode):
+    if mode == types.int8:
+        return lambda x, mode: _quantize_rows(x)
+    return lambda x, mode: x
+
+
+def activation_row(act, t):
+    """Row t of what `activations` returned."""
+
+
+@overload(activation_row, inline="always")
+def _activation_row(act, t):
+    if isinstance(act, types.BaseTuple):
+        return lambda act, t: (act[0][t], act[1][t], act[2][t])
+    return lambda act, t: act[t]
+
+
+def _dot(nrows):
+    """A stub whose overload dots nrows packed rows from row r with an activation row a, into
+    out[at:at + nrows]: the float or the int8 intrinsic, by a's type."""
+    def dot(data, r, a, code, table, out, at):
+        pass
+
+    @overload(dot, inline="always")
+    def _typed(data, r, a, code, table, out, at):
+        if isinstance(a, types.BaseTuple):
+            intrinsics = _DOTS_I8 if nrows == ROWS else _DOT_I8
+            q8, q4 = intrinsics[Q8_0], intrinsics[Q4_0]
+
+            def int8(data, r, a, code, table, out, at):
+                if code == Q8_0:
+                    q8(data, r, a[0], a[1], a[2], table, out, at)
+                else:
+                    q4(data, r, a[0], a[1], a[2], table, out, at)
+            return int8
+        q8, q4 = (dot_rows_q8_0, dot_rows_q4_0) if nrows == ROWS else (dot_row_q8_0, dot_row_q4_0)
+
+        def float_path(data, r, a, code, table, out, at):
+            if code == Q8_0:
+                q8(data, r, a, table, out, at)
+            else:
+                q4(data, r, a, table, out, at)
+        return float_path
+    return dot
+
+
+_dot_four, _dot_one = _dot(ROWS), _dot(1)
+
+
 @njit(inline="always")
-def dot_rows_i8(data, r0, r1, xq, xs, xd, code, table, out):
-    """out[r] = the int8-activation dot of packed row r of data with one quantized activation row, for
-    r0 <= r < r1: ROWS rows per pass over the activation, then one at a time."""
+def dot_rows_of(data, r0, r1, a, code, table, out, at):
+    """out[at + r - r0] = the dot of packed row r of data with the activation row a (a float32 row,
+    or a row of q8_0 blocks), for r0 <= r < r1: ROWS rows per pass over a, then one at a time."""
     r = r0
     while r + ROWS <= r1:
-        if code == Q8_0:
-            dot_rows_q8_0_q8_0(data, r, xq, xs, xd, table, out, r)
-        else:
-            dot_rows_q4_0_q8_0(data, r, xq, xs, xd, table, out, r)
+        _dot_four(data, r, a, code, table, out, at + r - r0)
         r += ROWS
     for o in range(r, r1):
-        if code == Q8_0:
-            dot_row_q8_0_q8_0(data, o, xq, xs, xd, table, out, o)
-        else:
-            dot_row_q4_0_q8_0(data, o, xq, xs, xd, table, out, o)
+        _dot_one(data, o, a, code, table, out, at + o - r0)
 
 
-def _gemv_i8(x, data, code, table):
-    xq, xs, xd = _quantize_rows(x)                  # each row of x once, inside this call
-    out = np.empty((x.shape[0], data.shape[0]), np.float32)
-    for task in prange((data.shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        r0, r1 = task * ROWS_PER_TASK, min(data.shape[0], (task + 1) * ROWS_PER_TASK)
-        for t in range(xq.shape[0]):
-            dot_rows_i8(data, r0, r1, xq[t], xs[t], xd[t], code, table, out[t])
+def _gemv(x, mats, code, table, mode):
+    """x [T, cols] times each packed matrix of the tuple mats, side by side: out [T, total rows]. One
+    parallel region for all of them (tasks of ROWS_PER_TASK rows of one matrix), x's rows quantized once
+    (INT8_PATH)."""
+    act = activations(x, mode)
+    n = len(mats)
+    first_task, first_row = np.zeros(n + 1, np.int64), np.zeros(n + 1, np.int64)
+    for m in range(n):
+        rows = mats[m].shape[0]
+        first_task[m + 1] = first_task[m] + (rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+        first_row[m + 1] = first_row[m] + rows
+    out = np.empty((x.shape[0], first_row[n]), np.float32)
+    for task in prange(first_task[n]):
+        m = 0
+        while task >= first_task[m + 1]:
+            m += 1
+        data = mats[m]
+        r0 = (task - first_task[m]) * ROWS_PER_TASK
+        r1 = min(data.shape[0], r0 + ROWS_PER_TASK)
+        for t in range(x.shape[0]):                  # the task's rows stay in L1 across the rows of x
+            dot_rows_of(data, r0, r1, activation_row(act, t), code, table, out[t], first_row[m] + r0)
     return out
 
 
-_gemv_i8_1, _gemv_i8_p = twins(_gemv_i8)
+_gemv_1, _gemv_p = twins(_gemv)
+
+
+def _packed(arrays) -> tuple:
+    """The packed matrices as one tuple that a kernel may index at run time: C-contiguous and, when
+    some are read-only (memory-mapped) and some not, all read-only views (one Numba type)."""
+    arrays = tuple(np.ascontiguousarray(a) for a in arrays)
+    if len({a.flags.writeable for a in arrays}) > 1:
+        arrays = tuple(a.view() for a in arrays)
+        for a in arrays:
+            a.flags.writeable = False
+    return arrays
+
+
+def _decode(x, mats, code, mode):
+    """`_gemv` on the serial or parallel variant, by the work of the whole call."""
+    work = sum(m.shape[0] for m in mats) * x.shape[1]
+    return pick(_gemv_1, _gemv_p, work)(x, _packed(mats), code, HALF_TO_FLOAT, mode)
 
 
 def linear_i8(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndarray:
     """`linear` with the rows of x rounded to q8_0 blocks first (GGML's int8 activations).
 
-    Decode (T <= SMALL_T): integer block dots (`dot_rows_i8`). Prefill: the
+    Decode (T <= SMALL_T): integer block dots (`dot_rows_of`). Prefill: the
     rounded x (xq * d_x, exact in float32) through the dequantize + BLAS path, which is the same
     sum to round-off."""
     code = CODE[qtype]
     x = np.ascontiguousarray(x, dtype=np.float32)
     _check_linear(x, data, code, cols)
-    data = np.ascontiguousarray(data)
     T = x.shape[0]
     if T <= SMALL_T:
-        return pick(_gemv_i8_1, _gemv_i8_p, data.shape[0] * cols)(x, data, code, HALF_TO_FLOAT)
+        return _decode(x, (data,), code, INT8_PATH)
     xq, _, xd = quantize_activations(x)
     rounded = (xq.reshape(T, -1, 32) * xd[:, :, None]).reshape(T, cols)
-    return _prefill(rounded, data, code, cols)
+    return _prefill(rounded, np.ascontiguousarray(data), code, cols)
 
 
-def _expert_i8(xq, xs, xd, G, U, Dn, weight, code, table, yt):
-    F, D = G.shape[0], yt.shape[0]
-    g, u, h, y = np.empty(F, np.float32), np.empty(F, np.float32), np.empty(F, np.float32), np.empty(D, np.float32)
-    for task in prange((F + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        r0, r1 = task * ROWS_PER_TASK, min(F, (task + 1) * ROWS_PER_TASK)
-        dot_rows_i8(G, r0, r1, xq, xs, xd, code, table, g)
-        dot_rows_i8(U, r0, r1, xq, xs, xd, code, table, u)
+# ---- MoE decode: only the chosen experts' blocks are read ---------------------------------------
+def _experts(x, gates, ups, downs, weights, code, table, mode, y):
+    """y += sum over c of weights[c] * downs[c](silu(gates[c] x) * ups[c] x) for one token x [1, D] and
+    the chosen experts' packed matrices (tuples of k). One parallel region for every expert's gate and
+    up rows, one for their down rows (each output row adds the experts in order)."""
+    k, F, D = len(gates), gates[0].shape[0], y.shape[0]
+    a = activation_row(activations(x, mode), 0)
+    g, u, h = np.empty((k, F), np.float32), np.empty((k, F), np.float32), np.empty((k, F), np.float32)
+    per_hidden = (F + ROWS_PER_TASK - 1) // ROWS_PER_TASK            # tasks per expert, gate and up rows
+    for task in prange(k * per_hidden):
+        c = task // per_hidden
+        r0 = (task - c * per_hidden) * ROWS_PER_TASK
+        r1 = min(F, r0 + ROWS_PER_TASK)
+        dot_rows_of(gates[c], r0, r1, a, code, table, g[c], r0)
+        dot_rows_of(ups[c], r0, r1, a, code, table, u[c], r0)
         for o in range(r0, r1):
-            h[o] = g[o] / (np.float32(1.0) + np.exp(-g[o])) * u[o]
-    hq, hs, hd = np.empty(F, np.int8), np.empty(F // 4, np.int32), np.empty(F // 32, np.float32)
-    _quantize_row(h, hq, hs, hd)                     # once for the whole down projection
-    for task in prange((D + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-        r0, r1 = task * ROWS_PER_TASK, min(D, (task + 1) * ROWS_PER_TASK)
-        dot_rows_i8(Dn, r0, r1, hq, hs, hd, code, table, y)
-        for o in range(r0, r1):
-            yt[o] += weight * y[o]
+            h[c, o] = silu_mul(g[c, o], u[c, o])
+    hidden = activations(h, mode)                    # each expert's hidden quantized once (INT8_PATH)
+    out = np.empty((k, D), np.float32)
+    per_output = (D + ROWS_PER_TASK - 1) // ROWS_PER_TASK            # tasks per expert, down rows
+    for task in prange(k * per_output):             # one expert's matrix after the other (reads faster
+        c = task // per_output                        # than their rows interleaved: 23 against 17-20 GB/s)
+        r0 = (task - c * per_output) * ROWS_PER_TASK
+        dot_rows_of(downs[c], r0, min(D, r0 + ROWS_PER_TASK), activation_row(hidden, c), code, table, out[c], r0)
+    for o in range(D):
+        for c in range(k):
+            y[o] += weights[c] * out[c, o]
 
 
-_expert_i8_1, _expert_i8_p = twins(_expert_i8, fastmath=FAST)
+_experts_1, _experts_p = twins(_experts, fastmath=FAST)
 
 
-def expert_decode_i8(xq, xs, xd, gate, up, down, weight: float, qtype: str, yt) -> None:
-    """`expert_decode` with int8 activations: the token already quantized (`quantize_activations`, one
-    row: xq [D], xs [D // 4], xd [D // 32]; quantized once, shared by every chosen expert), the
-    expert's hidden h quantized once for its down projection."""
-    code, (F, D) = CODE[qtype], (gate.shape[0], xq.shape[0])
-    _check_expert(gate, up, down, yt, code, F, D)
-    fn = pick(_expert_i8_1, _expert_i8_p, 3 * F * D)
-    fn(xq, xs, xd, np.ascontiguousarray(gate), np.ascontiguousarray(up), np.ascontiguousarray(down),
-       np.float32(weight), code, HALF_TO_FLOAT, yt)
+def _check_expert(gate, up, down, yt, code, F, D):
+    row_bytes = lambda cols: cols // 32 * BLOCK_BYTES[code]
+    if (gate.shape != (F, row_bytes(D)) or up.shape != gate.shape or down.shape != (D, row_bytes(F))
+            or yt.shape != (D,)):
+        raise ValueError(f"experts_decode: x has {D} values; the {QTYPES[code]} gate {gate.shape}, up {up.shape} "
+                         f"and down {down.shape} bytes and the output {yt.shape} do not fit it")
+
+
+def experts_decode(xt, gates, ups, downs, weights, qtype: str, yt, int8: bool = False) -> None:
+    """yt += sum over c of weights[c] * down_c(silu(gate_c xt) * up_c xt) for one token xt [D] and the
+    chosen experts' packed gate, up [F, bytes] and down [D, bytes] (sequences, one entry per expert; each
+    expert may live in its own array: per-expert tensors of a Hugging Face directory). The MoE decode
+    reads only these blocks. int8: the token and each expert's hidden rounded to q8_0 blocks, integer
+    dots (GGML's arithmetic)."""
+    code, (F, D) = CODE[qtype], (gates[0].shape[0], xt.shape[0])
+    for gate, up, down in zip(gates, ups, downs):
+        _check_expert(gate, up, down, yt, code, F, D)
+    mats = [_packed(arrays) for arrays in (gates, ups, downs)]
+    fn = pick(_experts_1, _experts_p, 3 * F * D * len(gates))
+    fn(np.ascontiguousarray(xt, np.float32).reshape(1, D), *mats, np.asarray(weights, np.float32), code,
+       HALF_TO_FLOAT, INT8_PATH if int8 else FLOAT_PATH, yt)

@@ -13,6 +13,15 @@ for Numba, pthreads for OpenBLAS) can slow each other down badly; `cogcore bench
 
 Both pools sleep soon after their work is done: `import cogcore` sets `GOMP_SPINCOUNT` and
 `OPENBLAS_THREAD_TIMEOUT` unless the environment sets them (cogcore/__init__.py says why).
+
+When to split. A parallel region costs ~2 us when the other threads' cores are free, but when
+another program holds one of them it waits for that core (~0.1 ms per region here, up to a
+scheduler time slice), and a decode step has dozens of regions: two threads then decode 2-3x
+slower than one. So `pick` splits a kernel when it has at least PARALLEL_MIN_WORK elements of
+work *and* the cores were free at the last probe: every PROBE_EVERY seconds it times an empty
+parallel region right after another one (so the workers are awake) and calls the cores busy
+when that took PROBE_BUSY seconds or more (free: 2-3 us; one core held by another program:
+~115 us). While they are busy every kernel runs on the calling thread.
 """
 
 from __future__ import annotations
@@ -23,11 +32,17 @@ import glob
 import os
 import types
 
+import time
+
 import numba
 import numpy as np
 
-PARALLEL_MIN_WORK = 1 << 21          # elements touched below which a kernel runs on one thread
+PARALLEL_MIN_WORK = 1 << 18          # elements touched below which a kernel runs on one thread (256K:
+                                     # a 256 x 1024 projection splits; a router, norms, short attention not)
+PROBE_EVERY = 0.1                    # seconds between two probes of whether the cores are free
+PROBE_BUSY = 25e-6                   # an awake empty parallel region this slow: a core is busy
 PARALLEL_KERNELS: list[tuple] = []      # (serial, parallel) dispatchers made by `twins`
+_probe = {"next": 0.0, "free": True, "on": True}
 
 _BLAS_SYMBOLS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
                  "openblas_set_num_threads64_", "openblas_set_num_threads")
@@ -57,20 +72,37 @@ def pick(serial, parallel, work: int):
     hold the cores it can wait a whole scheduler time slice for a worker thread, so small
     kernels (every kernel of a small model, most of a decode step) stay on one thread.
     """
-    if work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1:
+    if work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1 and cores_free():
         return parallel
     return serial
 
 
+def cores_free() -> bool:
+    """Whether the worker threads' cores were free at the last probe (probed every PROBE_EVERY s)."""
+    now = time.perf_counter()
+    if _probe["on"] and now >= _probe["next"]:
+        n = numba.get_num_threads()
+        thread_ids_parallel(n)                                # wakes the workers
+        t = time.perf_counter()
+        thread_ids_parallel(n)
+        _probe["free"] = time.perf_counter() - t < PROBE_BUSY
+        _probe["next"] = now + PROBE_EVERY
+    return _probe["free"]
+
+
 @contextlib.contextmanager
 def parallel_from(work: int):
-    """Within the block, `pick` takes the parallel variants from `work` elements on (0: always)."""
+    """Within the block, `pick` takes the parallel variants from `work` elements on (0: always),
+    whether or not the cores are free."""
     global PARALLEL_MIN_WORK
-    saved, PARALLEL_MIN_WORK = PARALLEL_MIN_WORK, work
+    saved = PARALLEL_MIN_WORK, dict(_probe)
+    PARALLEL_MIN_WORK = work
+    _probe.update(on=False, free=True)
     try:
         yield
     finally:
-        PARALLEL_MIN_WORK = saved
+        PARALLEL_MIN_WORK = saved[0]
+        _probe.update(saved[1])
 
 
 def _thread_ids(n):

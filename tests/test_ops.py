@@ -403,6 +403,26 @@ def test_parallel_variant_runs_on_two_threads_from_a_warm_cache(tmp_path):
     assert cold[2] == warm[2] == "2"                      # threads that ran iterations
 
 
+def test_kernels_stay_on_one_thread_while_a_core_is_busy(monkeypatch):
+    """`pick` splits a kernel only when the last probe (an empty parallel region timed right after
+    another) found the workers' cores free, and probes again only PROBE_EVERY seconds later."""
+    assert numba.get_num_threads() >= 2
+    serial, parallel = threads.thread_ids_serial, threads.thread_ids_parallel
+    monkeypatch.setattr(threads, "PROBE_EVERY", 1e9)           # the next probe only when asked below
+    monkeypatch.setitem(threads._probe, "next", 0.0)
+    monkeypatch.setattr(threads, "PROBE_BUSY", 0.0)            # any region is "too slow": a busy core
+    assert threads.pick(serial, parallel, 1 << 40) is serial
+    monkeypatch.setattr(threads, "PROBE_BUSY", 10.0)           # no region is
+    assert threads.pick(serial, parallel, 1 << 40) is serial   # not probed again yet
+    monkeypatch.setitem(threads._probe, "next", 0.0)
+    assert threads.pick(serial, parallel, 1 << 40) is parallel
+    assert threads.pick(serial, parallel, threads.PARALLEL_MIN_WORK - 1) is serial
+    monkeypatch.setattr(threads, "PROBE_BUSY", 0.0)
+    with threads.parallel_from(0):                             # forced: the probe is not asked
+        monkeypatch.setitem(threads._probe, "next", 0.0)
+        assert threads.pick(serial, parallel, 1) is parallel
+
+
 IDLE_POOL_PROBE = """
 import os, time
 import cogcore                      # before numpy, as the command line does

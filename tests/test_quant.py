@@ -109,12 +109,32 @@ def test_serial_and_parallel_gemv_agree(qtype):
     x = rng.standard_normal((2, 224)).astype(np.float32)
     want = x @ W.dequantize().T
     for fn in (kq._gemv_1, kq._gemv_p):
-        got = fn(x, W.data, kq.CODE[qtype], kq.HALF_TO_FLOAT)
+        got = fn(x, (W.data,), kq.CODE[qtype], kq.HALF_TO_FLOAT, kq.FLOAT_PATH)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     out = np.empty((77, 224), np.float32)
     for fn in (kq._dequantize_rows_1, kq._dequantize_rows_p):
         fn(W.data, 0, 77, kq.CODE[qtype], kq.HALF_TO_FLOAT, out)
         np.testing.assert_array_equal(out, W.dequantize())
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("int8", [False, True], ids=["float", "int8_activations"])
+def test_experts_in_one_call_equal_each_expert(qtype, int8):
+    """A token's chosen experts in one kernel call add up as one call per expert does, to the bit, also
+    when one expert is read-only (memory-mapped) and the other not; odd hidden and output sizes."""
+    from cogcore.kernels import quant as kq
+    rng = np.random.default_rng(9)
+    D, F = 96, 160
+    experts = [[quantize_tensor(rng.standard_normal(shape).astype(np.float32), qtype).data
+                for shape in ((F, D), (F, D), (D, F))] for _ in range(2)]
+    for a in experts[1]:
+        a.flags.writeable = False
+    x, w = rng.standard_normal(D).astype(np.float32), [0.7, 0.3]
+    together, apart = np.zeros(D, np.float32), np.zeros(D, np.float32)
+    kq.experts_decode(x, *zip(*experts), w, qtype, together, int8)
+    for (g, u, d), wc in zip(experts, w):
+        kq.experts_decode(x, [g], [u], [d], [wc], qtype, apart, int8)
+    np.testing.assert_array_equal(together, apart)
 
 
 @pytest.mark.parametrize("qtype", QTYPES)
@@ -138,11 +158,12 @@ def test_moe_kernel_matches_reference(qtype, T, int8):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     if int8:
         return                        # its kernels' twins: test_int8_serial_and_parallel_kernels_agree
-    y = {fn: np.zeros(D, np.float32) for fn in (kq._expert_1, kq._expert_p)}
+    y = {fn: np.zeros(D, np.float32) for fn in (kq._experts_1, kq._experts_p)}
     for fn, yt in y.items():
-        fn(x[0], gate.data[4], up.data[4], down.data[4], np.float32(0.5), kq.CODE[qtype], kq.HALF_TO_FLOAT, yt)
-    serial = y[kq._expert_1]
-    np.testing.assert_allclose(y[kq._expert_p], serial, rtol=1e-5, atol=1e-5 * np.abs(serial).max())
+        fn(x[:1], (gate.data[4], gate.data[1]), (up.data[4], up.data[1]), (down.data[4], down.data[1]),
+           np.float32([0.5, 0.25]), kq.CODE[qtype], kq.HALF_TO_FLOAT, kq.FLOAT_PATH, yt)
+    serial = y[kq._experts_1]
+    np.testing.assert_allclose(y[kq._experts_p], serial, rtol=1e-5, atol=1e-5 * np.abs(serial).max())
 
 
 # ---- model directories -----------------------------------------------------------------------------
@@ -337,11 +358,11 @@ def test_expert_decode_refuses_blocks_that_do_not_fit_x():
     G = quantize_tensor(np.ones((32, 64), np.float32), "q8_0").data
     Dn = quantize_tensor(np.ones((64, 32), np.float32), "q8_0").data
     x, y = np.ones(64, np.float32), np.zeros(64, np.float32)
-    kq.expert_decode(x, G, G, Dn, 1.0, "q8_0", y)                       # fits: 32 hidden values, 64 out
+    kq.experts_decode(x, [G], [G], [Dn], [1.0], "q8_0", y)                    # fits: 32 hidden values, 64 out
     with pytest.raises(ValueError, match="do not fit"):
-        kq.expert_decode(np.ones(96, np.float32), G, G, Dn, 1.0, "q8_0", y)   # x wider than the blocks
+        kq.experts_decode(np.ones(96, np.float32), [G], [G], [Dn], [1.0], "q8_0", y)   # x wider than the blocks
     with pytest.raises(ValueError, match="do not fit"):
-        kq.expert_decode(x, G, G, G, 1.0, "q8_0", y)                    # down of the wrong shape
+        kq.experts_decode(x, [G, G], [G, G], [Dn, G], [1.0, 1.0], "q8_0", y)   # a down of the wrong shape
 
 
 def test_blocks_run_along_the_axis_each_weight_is_dotted_over():
@@ -565,15 +586,16 @@ def test_int8_serial_and_parallel_kernels_agree(qtype):
     rng = np.random.default_rng(6)
     W = quantize_tensor(rng.standard_normal((77, 224)).astype(np.float32), qtype)
     x = rng.standard_normal((2, 224)).astype(np.float32)
-    serial, parallel = (fn(x, W.data, kq.CODE[qtype], kq.HALF_TO_FLOAT) for fn in (kq._gemv_i8_1, kq._gemv_i8_p))
+    serial, parallel = (fn(x, (W.data,), kq.CODE[qtype], kq.HALF_TO_FLOAT, kq.INT8_PATH)
+                        for fn in (kq._gemv_1, kq._gemv_p))
     np.testing.assert_array_equal(serial, parallel)                # the same dots, rows split differently
     E, D, F = 2, 64, 96
     G = quantize_tensor(rng.standard_normal((F, D)).astype(np.float32), qtype).data
     Dn = quantize_tensor(rng.standard_normal((D, F)).astype(np.float32), qtype).data
-    xq, xs, xd = kq.quantize_activations(rng.standard_normal((1, D)).astype(np.float32))
+    x1 = rng.standard_normal((1, D)).astype(np.float32)
     y = [np.zeros(D, np.float32) for _ in range(2)]
-    for fn, yt in zip((kq._expert_i8_1, kq._expert_i8_p), y):
-        fn(xq[0], xs[0], xd[0], G, G, Dn, np.float32(0.5), kq.CODE[qtype], kq.HALF_TO_FLOAT, yt)
+    for fn, yt in zip((kq._experts_1, kq._experts_p), y):
+        fn(x1, (G, G), (G, G), (Dn, Dn), np.float32([0.5, 0.25]), kq.CODE[qtype], kq.HALF_TO_FLOAT, kq.INT8_PATH, yt)
     np.testing.assert_array_equal(y[0], y[1])
 
 
