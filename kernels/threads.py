@@ -30,9 +30,8 @@ import contextlib
 import ctypes
 import glob
 import os
-import types
-
 import time
+import types
 
 import numba
 import numpy as np
