@@ -140,6 +140,10 @@ def _exercise(ops):
     kc = ops.nsa_compress(k, 0, 9, rng.standard_normal((8, 8), np.float32),
                           rng.standard_normal((4, 64), np.float32), rng.standard_normal((8, 4), np.float32), shape)
     ops.nsa_attention(q, k, k, kc, kc, pos, shape)
+    q16, pos16 = rng.standard_normal((16, 4, 8), np.float32), np.arange(24, 40)   # prefill: the BLAS paths
+    ops.attention(q16, k, k, pos16, np.arange(40), 0)
+    for union_ratio in (nsa.UNION_RATIO, 0):     # the selected branch by BLAS, and by the per-query kernel
+        nsa.nsa_attention(q16, k, k, kc, kc, pos16, shape, union_ratio)
     r = rng.standard_normal((2, 2, 4), np.float32)
     ops.wkv7(r, r, r, r, r, r, np.zeros((2, 4, 4), np.float32))
     x8, v8 = rng.standard_normal((1, 8), np.float32), np.ones(8, np.float32)

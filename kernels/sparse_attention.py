@@ -193,7 +193,7 @@ def block_weights(n_cmp, n_sel, l, s, lsel):
     return (np.maximum(shared, 0) / s).astype(np.float32)
 
 
-def _by_blas(q, K, V, kc, vc, q_pos, l, s, lsel, nsel, w, scale):
+def _by_blas(q, K, V, kc, vc, q_pos, l, s, lsel, nsel, w, scale, union_ratio):
     """Prefill: per kv group g and block of QUERY_BLOCK queries, the scores of the compressed and
     selected branches are BLAS products over every key some query of the block sees, each row
     masked to its own keys; the window branch is sliding-window attention (kernels.attention.by_blas).
@@ -201,7 +201,7 @@ def _by_blas(q, K, V, kc, vc, q_pos, l, s, lsel, nsel, w, scale):
     Neighbouring queries of a trained model mostly keep the same blocks, so the union of a block's
     kept blocks is a small multiple of n. When it is not (random queries keep nearly every block),
     multiplying by the union would cost more than the per-query kernel: those blocks' queries
-    take `_attend_kept` instead (UNION_RATIO: BLAS reads a key about 3x faster, measured)."""
+    take `_attend_kept` instead (union_ratio, UNION_RATIO by default: BLAS reads a key about 3x faster)."""
     T, H, hd = q.shape
     G = H // K.shape[1]
     t = q_pos
@@ -229,7 +229,7 @@ def _by_blas(q, K, V, kc, vc, q_pos, l, s, lsel, nsel, w, scale):
             # 4. selected attention over the union of the block's kept blocks
             pos = (np.flatnonzero(chosen.any(axis=0))[:, None] * lsel + np.arange(lsel)).ravel()
             pos = pos[pos <= tq.max()]                                             # [nk] key positions
-            if len(pos) > UNION_RATIO * chosen.sum() / tb * lsel:
+            if len(pos) > union_ratio * chosen.sum() / tb * lsel:
                 slow.append((t0, t1, g))
                 continue
             sc = qb @ K[pos, g].T                                                  # [tb G, nk]
@@ -249,8 +249,9 @@ def _by_blas(q, K, V, kc, vc, q_pos, l, s, lsel, nsel, w, scale):
     return o_cmp, o_slc, o_win, kept
 
 
-def nsa_attention(q, K, V, kc, vc, q_pos, shape):
-    """Same contract as the reference: o_cmp, o_slc, o_win [T, H, hd] and kept [T, Hkv, n]."""
+def nsa_attention(q, K, V, kc, vc, q_pos, shape, union_ratio=UNION_RATIO):
+    """Same contract as the reference: o_cmp, o_slc, o_win [T, H, hd] and kept [T, Hkv, n].
+    union_ratio (prefill): see `_by_blas`; 0 sends every selected block to the per-query kernel."""
     hd = q.shape[-1]
     c32 = lambda a: np.ascontiguousarray(a, np.float32)
     if kc.shape[0] == 0:
@@ -259,7 +260,7 @@ def nsa_attention(q, K, V, kc, vc, q_pos, shape):
     if T >= PREFILL_MIN_T:
         return _by_blas(c32(q), c32(K), c32(V), c32(kc), c32(vc), np.asarray(q_pos, np.int64),
                         shape.block, shape.stride, shape.select_block, shape.select_count, shape.window,
-                        np.float32(1.0 / np.sqrt(hd)))
+                        np.float32(1.0 / np.sqrt(hd)), union_ratio)
     last = int(np.max(q_pos)) + 1
     work = T * H * hd * 2 * (min(last, shape.select_block * shape.select_count) + min(last, shape.window)
                              + last // shape.stride)

@@ -5,6 +5,7 @@ thread variants, and whole models end to end."""
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import os
 import subprocess
@@ -513,5 +514,5 @@ def test_nsa_prefill_matches_reference_by_blas_and_by_the_per_query_kernel(monke
     """The selected branch of a prefill block goes to BLAS over the union of its kept blocks, or to
     the per-query kernel when that union is large: each way alone against the reference."""
     from cogcore.kernels import sparse_attention
-    monkeypatch.setattr(sparse_attention, "UNION_RATIO", union_ratio)
+    monkeypatch.setattr(NB, "nsa_attention", functools.partial(sparse_attention.nsa_attention, union_ratio=union_ratio))
     parity_nsa_attention()
