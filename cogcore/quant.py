@@ -122,6 +122,14 @@ class QuantTensor:
     qtype: str
     shape: tuple[int, ...]
 
+    def __post_init__(self):
+        # Read-only, as a memory-mapped file's blocks are: the kernels never write weights, and one
+        # array type (not a read-only and a writeable one) means one compiled variant per kernel.
+        if self.data.flags.writeable:
+            data = self.data.view()
+            data.flags.writeable = False
+            object.__setattr__(self, "data", data)
+
     @property
     def ndim(self) -> int:
         return len(self.shape)
