@@ -44,7 +44,7 @@ def expf(typingctx, x):
     def codegen(context, builder, signature, args):
         f32, i32 = ir.FloatType(), ir.IntType(32)
         c = lambda v: ir.Constant(f32, v)
-        x = args[0] if x_type == types.float32 else builder.fptrunc(args[0], f32)
+        x = args[0] if signature.args[0] == types.float32 else builder.fptrunc(args[0], f32)
         below = builder.fcmp_ordered("<", x, c(LOWEST))
         above = builder.fcmp_ordered(">", x, c(HIGHEST))
         xc = builder.select(below, c(LOWEST), builder.select(above, c(HIGHEST), x))
@@ -61,5 +61,4 @@ def expf(typingctx, x):
         y = builder.select(below, c(0.0), builder.select(above, c(float("inf")), y))
         return builder.select(builder.fcmp_unordered("uno", x, x), x, y)   # NaN stays NaN
 
-    x_type = x
     return types.float32(x), codegen

@@ -61,6 +61,22 @@ def select(score, cur, nsel):
     return sel
 
 
+@njit(inline="always", fastmath=FAST)
+def attend_kept(q, ti, h0, G, K, V, g, blocks, lsel, t, scale, m, lsum, acc, sc, out):
+    """out[ti, h0:h0+G] = softmax attention of query ti (at position t) over the selection blocks
+    blocks[c] >= 0 (-1 pads skipped), each up to position t; m, lsum, acc, sc: attend_range's scratch."""
+    m[:] = -np.inf
+    lsum[:] = 0.0
+    acc[:] = 0.0
+    for c in range(blocks.shape[0]):
+        if blocks[c] >= 0:
+            a = blocks[c] * lsel
+            attend_range(q, ti, h0, G, K, V, g, a, min(a + lsel, t + 1), scale, m, lsum, acc, sc)
+    for i in range(G):
+        for j in range(acc.shape[1]):
+            out[ti, h0 + i, j] = acc[i, j] / lsum[i]
+
+
 def _nsa(q, K, V, kc, vc, q_pos, l, s, lsel, nsel, w, scale):
     T, H, hd = q.shape
     Hkv = K.shape[1]
@@ -118,18 +134,8 @@ def _nsa(q, K, V, kc, vc, q_pos, l, s, lsel, nsel, w, scale):
         # 3. selection
         sel = select(score, t // lsel, nsel)
         # 4. selected attention
-        for i in range(G):
-            m[i] = -np.inf
-            lsum[i] = 0.0
-        acc[:] = 0.0
-        for c in range(sel.shape[0]):
-            kept[ti, g, c] = sel[c]
-            a = sel[c] * lsel
-            b = min(a + lsel, t + 1)
-            attend_range(q, ti, h0, G, K, V, g, a, b, scale, m, lsum, acc, sc)
-        for i in range(G):
-            for j in range(hd):
-                o_slc[ti, h0 + i, j] = acc[i, j] / lsum[i]
+        kept[ti, g, :sel.shape[0]] = sel
+        attend_kept(q, ti, h0, G, K, V, g, kept[ti, g], lsel, t, scale, m, lsum, acc, sc, o_slc)
         # 5. window attention
         for i in range(G):
             m[i] = -np.inf
@@ -168,18 +174,9 @@ def _attend_kept(q, K, V, kept, todo, q_pos, lsel, scale, out):
         ti, g = task // Hkv, task % Hkv
         if not todo[ti, g]:
             continue
-        t = q_pos[ti]
-        m = np.full(G, -np.inf, np.float32)
-        lsum = np.zeros(G, np.float32)
-        acc = np.zeros((G, hd), np.float32)
-        sc = np.empty((G, CHUNK), np.float32)
-        for c in range(kept.shape[2]):
-            if kept[ti, g, c] >= 0:
-                a = kept[ti, g, c] * lsel
-                attend_range(q, ti, g * G, G, K, V, g, a, min(a + lsel, t + 1), scale, m, lsum, acc, sc)
-        for i in range(G):
-            for j in range(hd):
-                out[ti, g * G + i, j] = acc[i, j] / lsum[i]
+        m, lsum = np.empty(G, np.float32), np.empty(G, np.float32)
+        acc, sc = np.empty((G, hd), np.float32), np.empty((G, CHUNK), np.float32)
+        attend_kept(q, ti, g * G, G, K, V, g, kept[ti, g], lsel, q_pos[ti], scale, m, lsum, acc, sc, out)
 
 
 _attend_kept_1, _attend_kept_p = twins(_attend_kept, fastmath=FAST)
