@@ -128,15 +128,15 @@ def parity_rope():
 
 
 def parity_attention():
-    H, Hkv, hd = 6, 3, 7
     cases = [(1, 1, 0), (1, 700, 0), (1, 700, 33), (9, 9, 0), (7, 300, 5), (6, 11, 0),
              (40, 40, 0), (37, 300, 0), (37, 300, 5), (70, 90, 33),    # from PREFILL_MIN_T queries on: BLAS
              (1, 1000, 600), (2, 530, 0)]                               # from BLAS_MIN_KEYS keys on: BLAS
-    for T, S, window in cases:
-        rng = np.random.default_rng(S + T)
-        q, k, v = rand(rng, T, H, hd), rand(rng, S, Hkv, hd), rand(rng, S, Hkv, hd)
-        q_pos, k_pos = np.arange(S - T, S), np.arange(S)
-        close(NB.attention(q, k, v, q_pos, k_pos, window), REF.attention(q, k, v, q_pos, k_pos, window))
+    for H, Hkv, hd in ((6, 3, 7), (10, 2, 9)):     # 2 heads a group; 5 (four at a time, then one)
+        for T, S, window in cases:
+            rng = np.random.default_rng(S + T)
+            q, k, v = rand(rng, T, H, hd), rand(rng, S, Hkv, hd), rand(rng, S, Hkv, hd)
+            q_pos, k_pos = np.arange(S - T, S), np.arange(S)
+            close(NB.attention(q, k, v, q_pos, k_pos, window), REF.attention(q, k, v, q_pos, k_pos, window))
     # a sliding ring: positions ascending but not from 0; then keys in no order at all
     rng = np.random.default_rng(3)
     for T in (2, 20):
@@ -153,10 +153,10 @@ NSA_SHAPES = [NSAShape(4, 2, 4, 4, 6), NSAShape(8, 4, 16, 3, 5), NSAShape(6, 3, 
 def parity_nsa_attention():
     """Decode (1 query: the per-query kernel) and prefill (blocks of queries by BLAS): positions with
     gaps, a prompt from position 0 (no compressed block visible at first) and two query blocks."""
-    S, H, Hkv, hd = 150, 6, 3, 5
+    S, hd = 150, 5
     positions = {1: np.array([S - 1]), 17: np.concatenate([[0, 2, 5], np.arange(S - 14, S)]),
                  70: np.arange(70), 83: np.arange(S - 83, S)}
-    for shape in NSA_SHAPES:
+    for shape, (H, Hkv) in [(shape, (6, 3)) for shape in NSA_SHAPES] + [(NSA_SHAPES[2], (10, 2))]:
         for T, q_pos in positions.items():
             rng = np.random.default_rng(T + shape.block)
             K, V, q = rand(rng, S, Hkv, hd), rand(rng, S, Hkv, hd), rand(rng, T, H, hd, scale=3.0)
