@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import time
+import weakref
 
 import numpy as np
 
@@ -42,20 +43,41 @@ def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk, int8=False):
     (decode) when the three projections share one format; otherwise (prefill, or mixed formats)
     the experts grouped as in the reference, each through `_linear`. int8: int8 activations, each
     token quantized once for all its experts (each decode token's experts in one kernel call)."""
-    formats = {getattr(W[0], "qtype", None) for W in (gate_proj, up_proj, down_proj)}
-    if formats == {None}:
+    (qtype, gates), (up_type, ups), (down_type, downs) = map(_expert_blocks, (gate_proj, up_proj, down_proj))
+    if qtype is None and up_type is None and down_type is None:
         return moe.moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk)
     x = np.ascontiguousarray(x, np.float32)
-    top, wts = moe.route(_linear(x, router), k, bool(norm_topk))
-    counts = np.bincount(top.ravel(), minlength=router.shape[0])
-    if len(x) > linear.SMALL_T or len(formats) > 1:
+    top, wts, counts = moe.routing(x, router, k, norm_topk, _linear)
+    E, F, D = gate_proj.shape
+    fits = up_proj.shape == gate_proj.shape and down_proj.shape == (E, D, F) and x.shape[1] == D
+    if len(x) > linear.SMALL_T or not (qtype == up_type == down_type) or not fits:
         return grouped_experts(x, top, wts, counts, gate_proj, up_proj, down_proj,
                                _linear_int8 if int8 else _linear), counts
-    y, (qtype,) = np.zeros_like(x), formats
+    y, code = np.zeros_like(x), quant.CODE[qtype]
     for t in range(len(x)):
-        chosen = [(gate_proj[e].data, up_proj[e].data, down_proj[e].data) for e in top[t]]
-        quant.experts_decode(x[t], *zip(*chosen), wts[t], qtype, y[t], int8)
+        chosen = [tuple(blocks[e] for e in top[t]) for blocks in (gates, ups, downs)]
+        quant.experts_decode_packed(x[t:t + 1], *chosen, wts[t], code, y[t], int8)
     return y, counts
+
+
+_EXPERT_BLOCKS: dict[int, tuple] = {}   # id(expert stack) -> (weak reference to it, format, blocks)
+
+
+def _expert_blocks(W) -> tuple[str | None, tuple | None]:
+    """The format of a stack of experts [E, rows, cols] and each expert's packed blocks as a tuple of
+    read-only C-contiguous arrays (what the decode kernels index), or (None, None) for float
+    experts; found once per stack (a decode step would otherwise build them for every layer)."""
+    hit = _EXPERT_BLOCKS.get(id(W))
+    if hit is not None and hit[0]() is W:
+        return hit[1], hit[2]
+    qtype, blocks = getattr(W[0], "qtype", None), None
+    if qtype is not None:
+        blocks = tuple(np.ascontiguousarray(W[e].data).view() for e in range(len(W)))
+        for b in blocks:
+            b.flags.writeable = False
+    _EXPERT_BLOCKS[id(W)] = (weakref.ref(W), qtype, blocks)
+    weakref.finalize(W, _EXPERT_BLOCKS.pop, id(W), None)
+    return qtype, blocks
 
 
 class NumbaOps:
@@ -89,10 +111,12 @@ class NumbaOps:
     def warm_up(cls) -> float:
         """Compile (or load from the cache) every kernel on tiny inputs, the serial and the
         parallel variant of each threaded one; returns the seconds it took."""
+        from .model import freeze_live_objects
         t0 = time.perf_counter()
         for work in (1 << 62, 0):                # serial variants, then parallel ones
             with threads.parallel_from(work):
                 _exercise(cls)
+        freeze_live_objects()                    # the compiled state, out of the collector's way
         return time.perf_counter() - t0
 
 
