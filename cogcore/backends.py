@@ -37,6 +37,18 @@ def _linear_int8(x, W):
     return linear.linear(x, W)
 
 
+def _linears(x, Ws, int8=False):
+    """Decode's projections of one input: weights of one quantized format in one kernel call
+    (kernels.quant.linear_many), the output split by weight; anything else one `_linear` each."""
+    qtypes = {getattr(W, "qtype", None) for W in Ws}
+    if len(qtypes) > 1 or None in qtypes or x.ndim != 2 or len(x) > linear.SMALL_T:
+        lin = _linear_int8 if int8 else _linear
+        return tuple(lin(x, W) for W in Ws)
+    out = quant.linear_many(x, tuple(W.data for W in Ws), qtypes.pop(), Ws[0].shape[-1], int8)
+    ends = np.cumsum([W.shape[0] for W in Ws])
+    return tuple(out[:, end - W.shape[0]:end] for W, end in zip(Ws, ends))
+
+
 def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk, int8=False):
     """kernels.moe over stored float experts. Over quantized ones (stacked, or a lazy stack of
     per-expert tensors): the fused GEMV of kernels.quant for each chosen expert of a few tokens
@@ -81,12 +93,13 @@ def _expert_blocks(W) -> tuple[str | None, tuple | None]:
 
 
 class NumbaOps:
-    """`Ops`, `FusedResidualNorm`, `FusedRecurrent` and `Compiled` over the Numba kernels (backend "numba")."""
+    """`Ops`, `FusedResidualNorm`, `FusedLinears`, `FusedRecurrent` and `Compiled` over the Numba kernels (backend "numba")."""
 
     name = "numba"
     int8_activations = False
 
     linear = staticmethod(_linear)
+    linears = staticmethod(_linears)
     embed = staticmethod(ReferenceOps.embed)         # reference: a row gather, nothing to compile
     sigmoid = staticmethod(ReferenceOps.sigmoid)     # reference: one vectorised expression
     rmsnorm = staticmethod(norm.rmsnorm)
@@ -126,6 +139,7 @@ class NumbaInt8Ops(NumbaOps):
 
     int8_activations = True
     linear = staticmethod(_linear_int8)
+    linears = staticmethod(functools.partial(_linears, int8=True))
     moe = staticmethod(functools.partial(_moe, int8=True))
 
 
@@ -147,6 +161,7 @@ def _exercise(ops):
             lin = _linear_int8 if int8 else _linear
             lin(xq, Wq)
             lin(np.repeat(xq, 8, 0), Wq)
+            _linears(xq, (Wq, Wq, Wq), int8)     # attention's q, k, v in one call
             for k in (1, 2):                     # kernels take the chosen experts as a k-tuple
                 _moe(xq, rng.standard_normal((2, 32), np.float32), Eq, Eq, Eq, k, True, int8=int8)
     w = np.ones(16, np.float32)

@@ -11,7 +11,8 @@ functions while the blocks stay as written. Two tables implement `Ops`:
 `ops_for(backend)` is the one place that turns a backend name into its table.
 Optional capabilities: `FusedResidualNorm`, a fast path that lets the model
 fuse each residual add with the norm that reads its sum (`Model.forward`; the
-results are the unfused ones, to the bit), `FusedRecurrent`, the RWKV-7 step between
+results are the unfused ones, to the bit), `FusedLinears`, attention's q/k/v
+projections in one op, `FusedRecurrent`, the RWKV-7 step between
 its projections in two ops (decode's fast path), and `Compiled`, a table with kernels
 to compile (or load from Numba's cache) before timing anything.
 
@@ -112,6 +113,15 @@ class FusedResidualNorm(Protocol):
     def add_layernorm(self, x: np.ndarray, y: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float
                       ) -> tuple[np.ndarray, np.ndarray]:
         """(h, layernorm(h)) with h = x + y; x, y [..., D] float32, w, b [D] stored."""
+
+
+@runtime_checkable
+class FusedLinears(Protocol):
+    """Several projections of one input as one op (a fast path for decode; optional): one kernel
+    call and one parallel region instead of one per weight, the input read (or quantized) once."""
+
+    def linears(self, x: np.ndarray, Ws: tuple) -> tuple[np.ndarray, ...]:
+        """(linear(x, W) for W in Ws); x [..., in] float32, each W [out_i, in] stored."""
 
 
 @runtime_checkable

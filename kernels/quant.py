@@ -633,6 +633,16 @@ def _decode(x, mats, code, mode):
     return pick(_gemv_1, _gemv_p, work)(x, _packed(mats), code, HALF_TO_FLOAT, mode)
 
 
+def linear_many(x: np.ndarray, datas: tuple, qtype: str, cols: int, int8: bool = False) -> np.ndarray:
+    """`linear` (int8: `linear_i8`) of a few rows x [T <= SMALL_T, cols] with several packed weights of
+    one format, side by side in one kernel call (one parallel region; x quantized once): [T, total rows]."""
+    code = CODE[qtype]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    for data in datas:
+        _check_linear(x, data, code, cols)
+    return _decode(x, tuple(datas), code, INT8_PATH if int8 else FLOAT_PATH)
+
+
 def linear_i8(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndarray:
     """`linear` with the rows of x rounded to q8_0 blocks first (GGML's int8 activations).
 

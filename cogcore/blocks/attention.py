@@ -18,6 +18,7 @@ import numpy as np
 
 from ..cache import KVCache, RingKV
 from ..dtypes import f32
+from ..ops import FusedLinears
 from .rope import inv_freq
 
 
@@ -72,6 +73,7 @@ class AttentionMixer:
         self.inv_freq = inv_freq(hd, cfg.rope_theta, cfg.rope_scaling, cfg.rope_angles)    # [hd/2]
         self.window = cfg.sliding_window if layer_type == "sliding_attention" else 0
         self.ops = ops
+        self.fused_linears = isinstance(ops, FusedLinears)
 
     def new_state(self):
         shape = (self.Hkv, self.hd)
@@ -80,7 +82,10 @@ class AttentionMixer:
     def project(self, x: np.ndarray, positions: np.ndarray):
         """x [T, D] -> rotated q [T, H, hd], rotated k [T, Hkv, hd], v [T, Hkv, hd]."""
         T, ops = x.shape[0], self.ops
-        q, k, v = ops.linear(x, self.wq), ops.linear(x, self.wk), ops.linear(x, self.wv)
+        if self.fused_linears:           # the backend's fast path: the three in one op
+            q, k, v = ops.linears(x, (self.wq, self.wk, self.wv))
+        else:
+            q, k, v = ops.linear(x, self.wq), ops.linear(x, self.wk), ops.linear(x, self.wv)
         if self.bias is not None:
             q, k, v = q + self.bias[0], k + self.bias[1], v + self.bias[2]
         if self.qk_norm == "projection":
