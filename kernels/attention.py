@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .expf import expf
+from .expf import divide, expf
 from .linear import FAST
 from .threads import pick, twins
 
@@ -152,7 +152,7 @@ def _attention(q, K, V, q_pos, k_pos, window, scale):
         attend_range(q, t, g * G, G, K, V, g, lo, hi, scale, m, l, acc, sc)
         for i in range(G):
             for j in range(hd):
-                out[t, g * G + i, j] = acc[i, j] / l[i]
+                out[t, g * G + i, j] = divide(acc[i, j], l[i])
     return out, True
 
 

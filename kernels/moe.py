@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .expf import expf
+from .expf import divide, expf
 from .linear import BF16, F16, F32, FAST, SMALL_T, dot, dot4, dot_bf16, kind_of, linear, raw, widen_into
 from .threads import pick, twins
 
@@ -41,7 +41,7 @@ def top_k(logits, k, norm_topk, p, top, wts):
         p[e] = expf(logits[e] - mx)
         tot += p[e]
     for e in range(E):
-        p[e] /= tot
+        p[e] = divide(p[e], tot)
     s = np.float32(0.0)
     for c in range(k):
         best = -1
@@ -105,7 +105,7 @@ def routing(x, router, k, norm_topk, linear=linear):
 
 @njit(fastmath=FAST, inline="always")
 def silu_mul(g, u):
-    return g / (np.float32(1.0) + expf(-g)) * u
+    return divide(g, np.float32(1.0) + expf(-g)) * u
 
 
 @njit(fastmath=FAST, inline="always")
