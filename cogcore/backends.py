@@ -45,8 +45,11 @@ def _linears(x, Ws, int8=False):
         lin = _linear_int8 if int8 else _linear
         return tuple(lin(x, W) for W in Ws)
     out = quant.linear_many(x, tuple(W.data for W in Ws), qtypes.pop(), Ws[0].shape[-1], int8)
-    ends = np.cumsum([W.shape[0] for W in Ws])
-    return tuple(out[:, end - W.shape[0]:end] for W, end in zip(Ws, ends))
+    parts, start = [], 0
+    for W in Ws:
+        parts.append(out[:, start:start + W.shape[0]])
+        start += W.shape[0]
+    return tuple(parts)
 
 
 def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk, int8=False):
@@ -66,8 +69,8 @@ def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk, int8=False):
         return grouped_experts(x, top, wts, counts, gate_proj, up_proj, down_proj,
                                _linear_int8 if int8 else _linear), counts
     y, code = np.zeros_like(x), quant.CODE[qtype]
-    for t in range(len(x)):
-        chosen = [tuple(blocks[e] for e in top[t]) for blocks in (gates, ups, downs)]
+    for t, experts in enumerate(top.tolist()):
+        chosen = [tuple([blocks[e] for e in experts]) for blocks in (gates, ups, downs)]
         quant.experts_decode_packed(x[t:t + 1], *chosen, wts[t], code, y[t], int8)
     return y, counts
 
