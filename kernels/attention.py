@@ -24,7 +24,10 @@ order are sorted by the wrapper first.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from .expf import divide, expf
 from .linear import FAST
@@ -35,17 +38,52 @@ PREFILL_MIN_T = 16       # queries from which the scores are BLAS products ...
 BLAS_MIN_KEYS = 512      # ... and keys (one query is enough then: a long-context decode step)
 SCORE_BLOCK = 1 << 21    # score values per block of queries in prefill (8 MiB) at most
 QUERY_BLOCK = 64         # queries per block: a causal block computes scores of its diagonal block only
+PREFETCH_KEYS = 8        # decode asks for the key and value rows this many keys ahead
+
+
+@intrinsic
+def prefetch(typingctx, arr, i, j, c):
+    """Ask for the cache line that holds arr[i, j, c] (3-D; a read, kept close): llvm.prefetch, which
+    never faults."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 3):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        index = [context.cast(builder, a, t, types.intp) for a, t in zip(args[1:], sig.args[1:])]
+        ptr = cgutils.get_item_pointer(context, builder, sig.args[0], ary, index, wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        name = "llvm.prefetch.p0i8"
+        fn = builder.module.globals.get(name) or ir.Function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), name)
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(arr, i, j, c), codegen
+
+
+@njit(inline="always")
+def prefetch_key(K, V, s, g):
+    """Ask for key s's and value s's rows of kv head g (s clipped to the last key)."""
+    s = min(s, K.shape[0] - 1)
+    for c in range(0, K.shape[2], 16):        # 16 float32: one 64-byte line
+        prefetch(K, s, g, c)
+        prefetch(V, s, g, c)
 
 
 @njit(inline="always", fastmath=FAST)
-def chunk_scores(q, t, h0, G, K, g, c0, n, scale, sc):
+def chunk_scores(q, t, h0, G, K, V, g, c0, n, scale, sc):
     """sc[i, s] = q[t, h0 + i] . K[c0 + s, g] * scale for i < G, s < n: four heads per pass over
-    each key (a key's values are loaded once for the four dots)."""
+    each key (a key's values are loaded once for the four dots). The first pass asks for the key
+    and value rows PREFETCH_KEYS ahead: the KV cache has left the CPU caches by the next token (the layer's
+    weights went through it), and waiting for each row took longer than the arithmetic."""
     hd = K.shape[2]
     i = 0
     while i + 4 <= G:
         q0, q1, q2, q3 = q[t, h0 + i], q[t, h0 + i + 1], q[t, h0 + i + 2], q[t, h0 + i + 3]
         for s in range(n):
+            if i == 0:
+                prefetch_key(K, V, c0 + s + PREFETCH_KEYS, g)
             ks = K[c0 + s, g]
             d0 = d1 = d2 = d3 = np.float32(0.0)
             for j in range(hd):
@@ -59,6 +97,8 @@ def chunk_scores(q, t, h0, G, K, g, c0, n, scale, sc):
     for i in range(i, G):
         qi = q[t, h0 + i]
         for s in range(n):
+            if i == 0:
+                prefetch_key(K, V, c0 + s + PREFETCH_KEYS, g)
             ks = K[c0 + s, g]
             d = np.float32(0.0)
             for j in range(hd):
@@ -98,7 +138,7 @@ def attend_range(q, t, h0, G, K, V, g, lo, hi, scale, m, l, acc, sc):
     hd = K.shape[2]
     for c0 in range(lo, hi, CHUNK):
         n = min(hi, c0 + CHUNK) - c0
-        chunk_scores(q, t, h0, G, K, g, c0, n, scale, sc)
+        chunk_scores(q, t, h0, G, K, V, g, c0, n, scale, sc)
         for i in range(G):
             cmax = -np.inf
             for s in range(n):
