@@ -96,7 +96,7 @@ def _expert_blocks(W) -> tuple[str | None, tuple | None]:
 
 
 class NumbaOps:
-    """`Ops`, `FusedResidualNorm`, `FusedLinears`, `FusedRecurrent` and `Compiled` over the Numba kernels (backend "numba")."""
+    """`Ops`, `FusedResidualNorm`, `FusedLinears`, `FusedAttentionStep`, `FusedRecurrent` and `Compiled` over the Numba kernels (backend "numba")."""
 
     name = "numba"
     int8_activations = False
@@ -110,6 +110,7 @@ class NumbaOps:
     add_rmsnorm = staticmethod(norm.add_rmsnorm)
     add_layernorm = staticmethod(norm.add_layernorm)
     rope = staticmethod(rope.rope)
+    rope_attend = staticmethod(attention.rope_attend)      # (before `attention` names the op, not the module)
     attention = staticmethod(attention.attention)
     nsa_attention = staticmethod(nsa.nsa_attention)
     wkv7 = staticmethod(rwkv7.wkv7)
@@ -177,6 +178,9 @@ def _exercise(ops):
     for angles in ("float64", "float32"):        # cogcore's own models; the public families
         ops.rope(q, pos, inv_freq(8, 1e4, angles=angles))
     ops.attention(q, k, k, pos, np.arange(40), 0)
+    for angles in ("float64", "float32"):        # decode's fused step, as a KVCache hands its buffers
+        ops.rope_attend(q, k[:3], k[:3], pos, inv_freq(8, 1e4, angles=angles), np.zeros((48, 2, 8), np.float32),
+                        np.zeros((48, 2, 8), np.float32), 37)
     shape = NSAShape(8, 4, 16, 3, 16)
     kc = ops.nsa_compress(k, 0, 9, rng.standard_normal((8, 8), np.float32),
                           rng.standard_normal((4, 64), np.float32), rng.standard_normal((8, 4), np.float32), shape)

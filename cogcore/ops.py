@@ -12,7 +12,8 @@ functions while the blocks stay as written. Two tables implement `Ops`:
 Optional capabilities: `FusedResidualNorm`, a fast path that lets the model
 fuse each residual add with the norm that reads its sum (`Model.forward`; the
 results are the unfused ones, to the bit), `FusedLinears`, attention's q/k/v
-projections in one op, `FusedRecurrent`, the RWKV-7 step between
+projections in one op, `FusedAttentionStep`, full attention's RoPE, cache write and
+attention in one op, `FusedRecurrent`, the RWKV-7 step between
 its projections in two ops (decode's fast path), and `Compiled`, a table with kernels
 to compile (or load from Numba's cache) before timing anything.
 
@@ -122,6 +123,19 @@ class FusedLinears(Protocol):
 
     def linears(self, x: np.ndarray, Ws: tuple) -> tuple[np.ndarray, ...]:
         """(linear(x, W) for W in Ws); x [..., in] float32, each W [out_i, in] stored."""
+
+
+@runtime_checkable
+class FusedAttentionStep(Protocol):
+    """Full attention's decode step between its projections as one op (optional): RoPE of q and k, the
+    cache write and the attention. `cogcore.blocks.attention.AttentionMixer` is the reference."""
+
+    def rope_attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, positions: np.ndarray,
+                    inv_freq: np.ndarray, K: np.ndarray, V: np.ndarray, n: int) -> np.ndarray:
+        """q [T, H, hd], k, v [T, Hkv, hd] before RoPE, positions [T] = n..n+T-1, inv_freq [hd/2]; K, V
+        [>= n + T, Hkv, hd] float32 buffers whose rows 0..n-1 hold positions 0..n-1 (a KVCache's):
+        rows n..n+T-1 become rope(k) and v, and the result is causal attention of rope(q) over rows
+        0..n+T-1 -> [T, H, hd] float32."""
 
 
 @runtime_checkable

@@ -31,6 +31,7 @@ from numba.extending import intrinsic
 
 from .expf import divide, expf
 from .linear import FAST
+from .rope import rotate
 from .threads import pick, twins
 
 CHUNK = 128              # keys per step of the running softmax; scratch buffers are [G, CHUNK]
@@ -171,12 +172,26 @@ def first_after(k_pos, p):
     return lo
 
 
+@njit(inline="always", fastmath=FAST)
+def attend_task(q, t, g, K, V, lo, hi, scale, out):
+    """out[t, heads of kv head g] = softmax attention of query t over keys lo..hi-1 of kv head g."""
+    H, hd = q.shape[1], q.shape[2]
+    G = H // K.shape[1]
+    m = np.full(G, -np.inf, np.float32)
+    l = np.zeros(G, np.float32)
+    acc = np.zeros((G, hd), np.float32)
+    sc = np.empty((G, CHUNK), np.float32)
+    attend_range(q, t, g * G, G, K, V, g, lo, hi, scale, m, l, acc, sc)
+    for i in range(G):
+        for j in range(hd):
+            out[t, g * G + i, j] = divide(acc[i, j], l[i])
+
+
 def _attention(q, K, V, q_pos, k_pos, window, scale):
     """(out [T, H, hd], True), or (an empty out, False) when k_pos is not ascending: the keys a query
     sees are then a range, found by binary search in each task."""
     T, H, hd = q.shape
     Hkv = K.shape[1]
-    G = H // Hkv
     for s in range(1, k_pos.shape[0]):
         if k_pos[s] < k_pos[s - 1]:
             return np.empty((0, H, hd), np.float32), False
@@ -185,14 +200,7 @@ def _attention(q, K, V, q_pos, k_pos, window, scale):
         t, g = task // Hkv, task % Hkv
         hi = first_after(k_pos, q_pos[t])
         lo = first_after(k_pos, q_pos[t] - window) if window else 0
-        m = np.full(G, -np.inf, np.float32)
-        l = np.zeros(G, np.float32)
-        acc = np.zeros((G, hd), np.float32)
-        sc = np.empty((G, CHUNK), np.float32)
-        attend_range(q, t, g * G, G, K, V, g, lo, hi, scale, m, l, acc, sc)
-        for i in range(G):
-            for j in range(hd):
-                out[t, g * G + i, j] = divide(acc[i, j], l[i])
+        attend_task(q, t, g, K, V, lo, hi, scale, out)
     return out, True
 
 
@@ -279,3 +287,40 @@ def attention(q, k, v, q_pos, k_pos, window=0):
         return by_blas(np.asarray(q, np.float32), np.asarray(k, np.float32), np.asarray(v, np.float32), lo, hi,
                        longest, scale)
     return kernel(q, k, v, q_pos, k_pos, window, scale)[0]
+
+
+def _rope_attend(q, k, v, angles, inv_freq, K, V, n, scale):
+    """`rope_attend` after its checks: q, k rotated (q into a copy, k into K), v copied into V, then
+    each query t (position n + t) attends to rows 0..n+t."""
+    T, H, hd = q.shape
+    Hkv = K.shape[1]
+    qr = np.empty_like(q)
+    rotate(q, angles, inv_freq, qr)
+    rotate(k, angles, inv_freq, K[n:n + T])
+    V[n:n + T] = v
+    out = np.empty((T, H, hd), np.float32)
+    for task in prange(T * Hkv):
+        t, g = task // Hkv, task % Hkv
+        attend_task(qr, t, g, K, V, 0, n + t + 1, scale, out)
+    return out
+
+
+_rope_attend_1, _rope_attend_p = twins(_rope_attend, fastmath=FAST)
+
+
+def rope_attend(q, k, v, positions, inv_freq, K, V, n):
+    """Decode's full-attention step in one compiled call: RoPE of q [T, H, hd] and k [T, Hkv, hd] at
+    positions n..n+T-1 (angles in the dtype of inv_freq, as kernels.rope), the rotated k and v [T, Hkv, hd]
+    written to rows n..n+T-1 of a cache's buffers K, V [>= n + T, Hkv, hd] float32 whose rows 0..n-1
+    hold positions 0..n-1, and causal attention of the rotated q over rows 0..n+T-1 -> [T, H, hd].
+    The twin of `cogcore.blocks.rope.rope` on q and k, `KVCache.extend` and `attention`."""
+    T, H, hd = q.shape
+    if (k.shape != v.shape or k.shape[0] != T or K.shape != V.shape or K.shape[1:] != k.shape[1:]
+            or H % k.shape[1] or len(positions) != T or positions[0] != n or K.shape[0] < n + T
+            or not (K.dtype == V.dtype == np.float32 and K.flags.c_contiguous and V.flags.c_contiguous)):
+        raise ValueError(f"rope_attend: q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}, {len(positions)} "
+                         f"positions and buffers {list(K.shape)} for rows {n}..{n + T - 1} do not fit")
+    angles = np.asarray(positions).astype(inv_freq.dtype)
+    q, k, v = (np.ascontiguousarray(a, np.float32) for a in (q, k, v))
+    kernel = pick(_rope_attend_1, _rope_attend_p, T * (n + T) * k.shape[1] * hd * 2)
+    return kernel(q, k, v, angles, np.ascontiguousarray(inv_freq), K, V, n, np.float32(1.0 / np.sqrt(hd)))

@@ -24,12 +24,12 @@ from cogcore.blocks.sparse_attention import NSAShape
 from cogcore.dtypes import to_storage
 import cogcore.kernels
 from cogcore.kernels import threads
-from cogcore.ops import Compiled, FusedRecurrent, FusedResidualNorm, Ops, members
+from cogcore.ops import Compiled, FusedAttentionStep, FusedLinears, FusedRecurrent, FusedResidualNorm, Ops, members
 from cogcore.weights import ExpertStack
 
 REF, NB = ReferenceOps(), NumbaOps()
 DTYPES = ["F32", "F16", "BF16"]
-OPTIONAL = (FusedResidualNorm, FusedRecurrent)           # capabilities only the Numba table has
+OPTIONAL = (FusedResidualNorm, FusedLinears, FusedAttentionStep, FusedRecurrent)   # only the Numba table's
 OPS = members(Ops) + [op for protocol in OPTIONAL for op in members(protocol)]
 
 
@@ -145,6 +145,44 @@ def parity_attention():
         for k_pos in (np.arange(20, 49), rng.permutation(np.arange(20, 49))):
             close(NB.attention(q, k, v, q_pos, k_pos, 5), REF.attention(q, k, v, q_pos, k_pos, 5))
             close(NB.attention(q, k, v, q_pos, k_pos, 0), REF.attention(q, k, v, q_pos, k_pos, 0))
+
+
+def parity_linears():
+    """Each product as the reference's linear gives it, for decode rows (one kernel call over quantized
+    weights: tests/test_quant.py) and prefill rows; weights of mixed storage."""
+    rng = np.random.default_rng(4)
+    for tag in DTYPES:
+        Ws = tuple(to_storage(rand(rng, rows, 19), tag) for rows in (13, 3, 5))
+        for T in (1, 3, 11):
+            x = rand(rng, T, 19)
+            got = NB.linears(x, Ws)
+            assert len(got) == len(Ws)
+            for g, W in zip(got, Ws):
+                close(g, REF.linear(x, W))
+
+
+def parity_rope_attend():
+    """RoPE, the cache write and attention in one call against the reference's rope and attention over
+    the cached rows plus the new ones: one or a few queries, a cache empty or not, 2 or 5 heads a group,
+    angles in float64 and float32; the rows before n and after n + T stay as they were."""
+    for H, Hkv, hd in ((6, 3, 8), (10, 2, 6)):
+        for T, n in ((1, 0), (1, 37), (3, 20), (8, 5)):
+            for angles in ("float64", "float32"):
+                rng = np.random.default_rng(T + n + H)
+                q, k, v = rand(rng, T, H, hd), rand(rng, T, Hkv, hd), rand(rng, T, Hkv, hd)
+                K, V = rand(rng, n + T + 4, Hkv, hd), rand(rng, n + T + 4, Hkv, hd)
+                K0, V0 = K.copy(), V.copy()
+                positions, freq = np.arange(n, n + T), inv_freq(hd, 1e4, angles=angles)
+                got = NB.rope_attend(q, k, v, positions, freq, K, V, n)
+                k_rot = REF.rope(k, positions, freq)
+                close(K[n:n + T], k_rot)
+                np.testing.assert_array_equal(V[n:n + T], v)
+                for B, B0 in ((K, K0), (V, V0)):
+                    np.testing.assert_array_equal(B[:n], B0[:n])
+                    np.testing.assert_array_equal(B[n + T:], B0[n + T:])
+                keys, values = np.concatenate([K0[:n], k_rot]), np.concatenate([V0[:n], v])
+                want = REF.attention(REF.rope(q, positions, freq), keys, values, positions, np.arange(n + T))
+                close(got, want)
 
 
 NSA_SHAPES = [NSAShape(4, 2, 4, 4, 6), NSAShape(8, 4, 16, 3, 5), NSAShape(6, 3, 9, 5, 11)]
