@@ -30,6 +30,19 @@ def _linear(x, W):
     return linear.linear(x, W)
 
 
+def _embed(table, ids):
+    """The reference's row gather; a few rows of a quantized table dequantized by kernels.quant
+    (decode's token: the reference's NumPy dequantization costs more than the row)."""
+    rows = np.asarray(ids).tolist()
+    if not isinstance(table, QuantTensor) or len(rows) > linear.SMALL_T or not all(
+            isinstance(i, int) and 0 <= i < len(table.data) for i in rows):
+        return ReferenceOps.embed(table, ids)            # (which also says what is wrong with ids)
+    out = np.empty((len(rows), table.shape[-1]), np.float32)
+    for t, i in enumerate(rows):
+        quant.dequantize_rows(table.data, i, i + 1, quant.CODE[table.qtype], out[t:t + 1])
+    return out
+
+
 def _linear_int8(x, W):
     """`_linear` with int8 activations for a quantized weight (kernels.quant.linear_i8)."""
     if isinstance(W, QuantTensor):
@@ -103,7 +116,7 @@ class NumbaOps:
 
     linear = staticmethod(_linear)
     linears = staticmethod(_linears)
-    embed = staticmethod(ReferenceOps.embed)         # reference: a row gather, nothing to compile
+    embed = staticmethod(_embed)
     sigmoid = staticmethod(ReferenceOps.sigmoid)     # reference: one vectorised expression
     rmsnorm = staticmethod(norm.rmsnorm)
     layernorm = staticmethod(norm.layernorm)

@@ -123,11 +123,11 @@ class Model:
             raise InputError(f"token_ids: expected a 1-D sequence of ints, found shape {list(ids.shape)}")
         if ids.size == 0:
             raise InputError("token_ids: expected at least one token, found an empty sequence")
-        if not np.issubdtype(ids.dtype, np.integer):
+        if ids.dtype.kind not in "iu":
             raise InputError(f"token_ids: expected integers, found dtype {ids.dtype}")
         V = self.config.vocab_size
-        bad = np.flatnonzero((ids < 0) | (ids >= V))
-        if bad.size:
+        if ids.min() < 0 or ids.max() >= V:
+            bad = np.flatnonzero((ids < 0) | (ids >= V))
             raise InputError(f"token_ids[{bad[0]}]: expected a token id in 0..{V - 1} (vocab_size={V}), "
                              f"found {ids[bad[0]]}")
         limit = self.config.max_position_embeddings

@@ -25,6 +25,7 @@ from cogcore.dtypes import to_storage
 import cogcore.kernels
 from cogcore.kernels import threads
 from cogcore.ops import Compiled, FusedAttentionStep, FusedLinears, FusedRecurrent, FusedResidualNorm, Ops, members
+from cogcore.quant import QTYPES, quantize_tensor
 from cogcore.weights import ExpertStack
 
 REF, NB = ReferenceOps(), NumbaOps()
@@ -73,6 +74,12 @@ def parity_embed():
     for tag in DTYPES:
         table, ids = to_storage(rand(rng, 37, 11), tag), np.array([0, 5, 36, 5])
         assert np.array_equal(NB.embed(table, ids), REF.embed(table, ids))
+    for qtype in QTYPES:                          # a few rows dequantized by the kernel; many: the reference
+        table = quantize_tensor(rand(rng, 37, 96), qtype)
+        for ids in (np.array([36]), np.array([0, 5, 36, 5]), rng.integers(0, 37, 11)):
+            assert np.array_equal(NB.embed(table, ids), REF.embed(table, ids))
+        with pytest.raises(IndexError):
+            NB.embed(table, np.array([37]))
 
 
 def parity_sigmoid():
