@@ -24,8 +24,8 @@ import time
 
 import numpy as np
 
-OPS = ("linear", "linears", "moe", "attention", "nsa_attention", "nsa_compress", "wkv7", "rope", "rmsnorm", "layernorm",
-       "add_rmsnorm", "add_layernorm", "embed", "sigmoid", "rwkv7_inputs", "rwkv7_output")
+OPS = ("linear", "linears", "moe", "attention", "rope_attend", "nsa_attention", "nsa_compress", "wkv7", "rope",
+       "rmsnorm", "layernorm", "add_rmsnorm", "add_layernorm", "embed", "sigmoid", "rwkv7_inputs", "rwkv7_output")
 
 
 def weight_label(W) -> str:

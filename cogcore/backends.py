@@ -109,7 +109,8 @@ def _expert_blocks(W) -> tuple[str | None, tuple | None]:
 
 
 class NumbaOps:
-    """`Ops`, `FusedResidualNorm`, `FusedLinears`, `FusedAttentionStep`, `FusedRecurrent` and `Compiled` over the Numba kernels (backend "numba")."""
+    """`Ops`, `FusedResidualNorm`, `FusedLinears`, `FusedAttentionStep`, `FusedRecurrent` and `Compiled`
+    over the Numba kernels (backend "numba")."""
 
     name = "numba"
     int8_activations = False
