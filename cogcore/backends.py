@@ -179,7 +179,8 @@ def _exercise(ops):
             lin = _linear_int8 if int8 else _linear
             lin(xq, Wq)
             lin(np.repeat(xq, 8, 0), Wq)
-            _linears(xq, (Wq, Wq, Wq), int8)     # attention's q, k, v in one call
+            for n in (3, 4):                     # attention's q, k, v in one call; sparse attention's gate too
+                _linears(xq, (Wq,) * n, int8)
             for k in (1, 2):                     # kernels take the chosen experts as a k-tuple
                 _moe(xq, rng.standard_normal((2, 32), np.float32), Eq, Eq, Eq, k, True, int8=int8)
     w = np.ones(16, np.float32)

@@ -88,13 +88,15 @@ class AttentionMixer:
         q, k, v = self.projections(x)
         return self.ops.rope(q, positions, self.inv_freq), self.ops.rope(k, positions, self.inv_freq), v
 
-    def projections(self, x: np.ndarray):
-        """x [T, D] -> q [T, H, hd], k [T, Hkv, hd], v [T, Hkv, hd] before RoPE."""
+    def projections(self, x: np.ndarray, *more):
+        """x [T, D] -> q [T, H, hd], k [T, Hkv, hd], v [T, Hkv, hd] before RoPE, then x W^T for each
+        weight W of `more` (sparse attention's gate)."""
         T, ops = x.shape[0], self.ops
-        if self.fused_linears:           # the backend's fast path: the three in one op
-            q, k, v = ops.linears(x, (self.wq, self.wk, self.wv))
+        if self.fused_linears:           # the backend's fast path: all in one op
+            q, k, v, *extra = ops.linears(x, (self.wq, self.wk, self.wv, *more))
         else:
             q, k, v = ops.linear(x, self.wq), ops.linear(x, self.wk), ops.linear(x, self.wv)
+            extra = [ops.linear(x, W) for W in more]
         if self.bias is not None:
             q, k, v = q + self.bias[0], k + self.bias[1], v + self.bias[2]
         if self.qk_norm == "projection":
@@ -102,7 +104,8 @@ class AttentionMixer:
         elif self.qk_norm == "head":     # one row per (token, head)
             q = ops.rmsnorm(q.reshape(T * self.H, self.hd), self.q_norm, self.norm_eps)
             k = ops.rmsnorm(k.reshape(T * self.Hkv, self.hd), self.k_norm, self.norm_eps)
-        return q.reshape(T, self.H, self.hd), k.reshape(T, self.Hkv, self.hd), v.reshape(T, self.Hkv, self.hd)
+        return (q.reshape(T, self.H, self.hd), k.reshape(T, self.Hkv, self.hd), v.reshape(T, self.Hkv, self.hd),
+                *extra)
 
     def __call__(self, x: np.ndarray, kv, ctx) -> np.ndarray:
         """x [T, D] normed input; kv the layer's cache; returns [T, D]."""
