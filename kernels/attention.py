@@ -23,6 +23,8 @@ order are sorted by the wrapper first.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -269,7 +271,7 @@ def attention(q, k, v, q_pos, k_pos, window=0):
     q [T, H, hd]; k, v [S, Hkv, hd]; q_pos [T], k_pos [S] -> [T, H, hd] float32.
     """
     T, H, hd = q.shape
-    scale = np.float32(1.0 / np.sqrt(hd))
+    scale = np.float32(1.0 / math.sqrt(hd))
     q_pos, k_pos = np.asarray(q_pos, np.int64), np.asarray(k_pos, np.int64)
     if T < PREFILL_MIN_T:
         q, k, v = (np.ascontiguousarray(a, np.float32) for a in (q, k, v))
@@ -321,6 +323,7 @@ def rope_attend(q, k, v, positions, inv_freq, K, V, n):
         raise ValueError(f"rope_attend: q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}, {len(positions)} "
                          f"positions and buffers {list(K.shape)} for rows {n}..{n + T - 1} do not fit")
     angles = np.asarray(positions).astype(inv_freq.dtype)
-    q, k, v = (np.ascontiguousarray(a, np.float32) for a in (q, k, v))
+    q, k = np.ascontiguousarray(q, np.float32), np.ascontiguousarray(k, np.float32)
+    v = np.ascontiguousarray(v, np.float32)
     kernel = pick(_rope_attend_1, _rope_attend_p, T * (n + T) * k.shape[1] * hd * 2)
-    return kernel(q, k, v, angles, np.ascontiguousarray(inv_freq), K, V, n, np.float32(1.0 / np.sqrt(hd)))
+    return kernel(q, k, v, angles, np.ascontiguousarray(inv_freq), K, V, n, np.float32(1.0 / math.sqrt(hd)))
