@@ -156,7 +156,7 @@ class SparseAttentionMixer(AttentionMixer):
             st.vc.append(ops.nsa_compress(V, first, last, *self.compress_v, self.shape))
         o_cmp, o_slc, o_win, kept = ops.nsa_attention(q, K, V, st.kc.view(), st.vc.view(),
                                                       ctx.positions, self.shape)
-        gate = ops.sigmoid(gate).reshape(T, 3, self.H, 1)
+        gate = ops.sigmoid(gate).reshape(T, 3, self.H, 1)              # sigmoid(x w_gate^T) as [T, 3, H, 1]
         o = gate[:, 0] * o_cmp + gate[:, 1] * o_slc + gate[:, 2] * o_win    # [T, H, hd]
         ctx.selected_blocks[ctx.layer] = kept
         return ops.linear(o.reshape(T, -1), self.wo)
