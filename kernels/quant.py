@@ -23,10 +23,10 @@ byte inserts, and a 32-lane accumulator array stayed in memory (1-10 GB/s). In I
 block is two 16-wide float vectors (elements j and j + 16 share lane j), so every
 instruction in the loop is a vector one (int8 -> int32 widen, int -> float,
 multiply-adds; on AVX-512 q4_0's nibbles become floats by a 16-entry table lookup,
-vpermps). Several weight rows share each pass over x (FLOAT_ROWS, INT8_ROWS: x loaded
-once per block for all of them, one accumulator each: independent multiply-add chains),
-each row is prefetched 8 KiB ahead, and the 16 lanes are summed once per row. The
-summation order is fixed by that code, not left to fastmath.
+vpermps). Four weight rows share each pass over x (x loaded once per block for all
+four, one accumulator each: independent multiply-add chains), each row is prefetched
+8 KiB ahead, and the 16 lanes are summed once per row. The summation order is fixed by
+that code, not left to fastmath.
 
 An option, off by default, computes as GGML does on the CPU: the activations rounded
 to q8_0 blocks and integer block dots (`linear_i8`, `experts_decode(..., int8=True)`). The
@@ -229,8 +229,7 @@ def _dequantize_intrinsic(qtype, permute=AVX512):
 dequantize_row_q8_0, dequantize_row_q4_0 = _dequantize_intrinsic(Q8_0), _dequantize_intrinsic(Q4_0)
 
 
-FLOAT_ROWS = {Q8_0: 8, Q4_0: 4}      # weight rows per pass over the activation row, float path
-INT8_ROWS = {Q8_0: 8, Q4_0: 8}       # and with int8 activations
+ROWS = 4                             # weight rows per pass over the activation row
 PREFETCH_BYTES = 8192                 # how far ahead the weight rows are prefetched (at least)
 
 
@@ -310,7 +309,7 @@ def _float_rows(qtype, nrows, permute=AVX512):
     return dot_rows
 
 
-dot_rows_q8_0, dot_rows_q4_0 = _float_rows(Q8_0, FLOAT_ROWS[Q8_0]), _float_rows(Q4_0, FLOAT_ROWS[Q4_0])
+dot_rows_q8_0, dot_rows_q4_0 = _float_rows(Q8_0, ROWS), _float_rows(Q4_0, ROWS)
 dot_row_q8_0, dot_row_q4_0 = _float_rows(Q8_0, 1), _float_rows(Q4_0, 1)
 
 
@@ -421,10 +420,9 @@ def _int8_rows(qtype, nrows, vnni):
     return dot_rows
 
 
-def dot_i8_intrinsics(vnni: bool = VNNI, nrows: int | None = None):
-    """{code: int8-activation dot intrinsic over nrows rows (default INT8_ROWS)}; vnni=False forces the
-    generic form (tests)."""
-    return {code: _int8_rows(code, nrows or INT8_ROWS[code], vnni) for code in (Q8_0, Q4_0)}
+def dot_i8_intrinsics(vnni: bool = VNNI, nrows: int = ROWS):
+    """{code: int8-activation dot intrinsic over nrows rows}; vnni=False forces the generic form (tests)."""
+    return {code: _int8_rows(code, nrows, vnni) for code in (Q8_0, Q4_0)}
 
 
 _DOTS_I8, _DOT_I8 = dot_i8_intrinsics(), dot_i8_intrinsics(nrows=1)
@@ -574,50 +572,48 @@ def _activation_row(act, t):
     return lambda act, t: act[t]
 
 
-def _rows_in_passes(many, nrows, one, int8):
-    """dot(data, r0, r1, a, table, out, at): packed rows r0 <= r < r1 dotted with the activation row a
-    into out[at + r - r0], nrows rows per pass over a (the intrinsic many), then one at a time."""
-    if int8:
-        @njit(inline="always")
-        def dot(data, r0, r1, a, table, out, at):
-            passes = (r1 - r0) // nrows
-            for p in range(passes):
-                many(data, r0 + p * nrows, a[0], a[1], a[2], table, out, at + p * nrows)
-            for o in range(r0 + passes * nrows, r1):
-                one(data, o, a[0], a[1], a[2], table, out, at + o - r0)
-    else:
-        @njit(inline="always")
-        def dot(data, r0, r1, a, table, out, at):
-            passes = (r1 - r0) // nrows
-            for p in range(passes):
-                many(data, r0 + p * nrows, a, table, out, at + p * nrows)
-            for o in range(r0 + passes * nrows, r1):
-                one(data, o, a, table, out, at + o - r0)
+def _dot(nrows):
+    """A stub whose overload dots nrows packed rows from row r with an activation row a, into
+    out[at:at + nrows]: the float or the int8 intrinsic, by a's type."""
+    def dot(data, r, a, code, table, out, at):
+        pass
+
+    @overload(dot, inline="always")
+    def _typed(data, r, a, code, table, out, at):
+        if isinstance(a, types.BaseTuple):
+            intrinsics = _DOTS_I8 if nrows == ROWS else _DOT_I8
+            q8, q4 = intrinsics[Q8_0], intrinsics[Q4_0]
+
+            def int8(data, r, a, code, table, out, at):
+                if code == Q8_0:
+                    q8(data, r, a[0], a[1], a[2], table, out, at)
+                else:
+                    q4(data, r, a[0], a[1], a[2], table, out, at)
+            return int8
+        q8, q4 = (dot_rows_q8_0, dot_rows_q4_0) if nrows == ROWS else (dot_row_q8_0, dot_row_q4_0)
+
+        def float_path(data, r, a, code, table, out, at):
+            if code == Q8_0:
+                q8(data, r, a, table, out, at)
+            else:
+                q4(data, r, a, table, out, at)
+        return float_path
     return dot
 
 
-_FLOAT_DOTS = {code: _rows_in_passes(many, FLOAT_ROWS[code], one, False)
-               for code, many, one in ((Q8_0, dot_rows_q8_0, dot_row_q8_0), (Q4_0, dot_rows_q4_0, dot_row_q4_0))}
-_INT8_DOTS = {code: _rows_in_passes(_DOTS_I8[code], INT8_ROWS[code], _DOT_I8[code], True) for code in (Q8_0, Q4_0)}
+_dot_four, _dot_one = _dot(ROWS), _dot(1)
 
 
+@njit(inline="always")
 def dot_rows_of(data, r0, r1, a, code, table, out, at):
     """out[at + r - r0] = the dot of packed row r of data with the activation row a (a float32 row,
-    or a row of q8_0 blocks), for r0 <= r < r1: several rows per pass over a (FLOAT_ROWS, INT8_ROWS),
-    then one at a time."""
-
-
-@overload(dot_rows_of, inline="always")
-def _dot_rows_of(data, r0, r1, a, code, table, out, at):
-    dots = _INT8_DOTS if isinstance(a, types.BaseTuple) else _FLOAT_DOTS
-    q8, q4 = dots[Q8_0], dots[Q4_0]
-
-    def dot(data, r0, r1, a, code, table, out, at):
-        if code == Q8_0:
-            q8(data, r0, r1, a, table, out, at)
-        else:
-            q4(data, r0, r1, a, table, out, at)
-    return dot
+    or a row of q8_0 blocks), for r0 <= r < r1: ROWS rows per pass over a, then one at a time."""
+    r = r0
+    while r + ROWS <= r1:
+        _dot_four(data, r, a, code, table, out, at + r - r0)
+        r += ROWS
+    for o in range(r, r1):
+        _dot_one(data, o, a, code, table, out, at + o - r0)
 
 
 def _gemv(x, mats, code, table, mode):

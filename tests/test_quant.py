@@ -527,8 +527,8 @@ def test_float_block_loops_both_ways(qtype, permute):
     if permute and not kq.AVX512:
         pytest.skip("the CPU Numba compiles for has no AVX-512")
     code = kq.CODE[qtype]
-    many, one = kq._float_rows(code, kq.FLOAT_ROWS[code], permute), kq._float_rows(code, 1, permute)
-    dequantize_row, n = kq._dequantize_intrinsic(code, permute), kq.FLOAT_ROWS[code]
+    many, one = kq._float_rows(code, kq.ROWS, permute), kq._float_rows(code, 1, permute)
+    dequantize_row, n = kq._dequantize_intrinsic(code, permute), kq.ROWS
 
     @njit
     def rows(data, x, table):                                  # fresh, not cached: this form only
