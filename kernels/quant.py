@@ -646,6 +646,9 @@ _gemv_1, _gemv_p = twins(_gemv)
 def _packed(arrays) -> tuple:
     """The packed matrices as one tuple that a kernel may index at run time: C-contiguous and, when
     some are read-only (memory-mapped) and some not, all read-only views (one Numba type)."""
+    arrays = tuple(arrays)
+    if all(a.flags.c_contiguous and not a.flags.writeable for a in arrays):     # QuantTensor blocks
+        return arrays
     arrays = tuple(np.ascontiguousarray(a) for a in arrays)
     if len({a.flags.writeable for a in arrays}) > 1:
         arrays = tuple(a.view() for a in arrays)
@@ -710,9 +713,9 @@ _experts_1, _experts_p = twins(_experts, fastmath=FAST)
 
 
 def _check_expert(gate, up, down, yt, code, F, D):
-    row_bytes = lambda cols: cols // 32 * BLOCK_BYTES[code]
-    if (gate.shape != (F, row_bytes(D)) or up.shape != gate.shape or down.shape != (D, row_bytes(F))
-            or yt.shape != (D,)):
+    block = BLOCK_BYTES[code]
+    if gate.shape != (F, D // 32 * block) or up.shape != gate.shape or down.shape != (D, F // 32 * block) \
+            or yt.shape != (D,):
         raise ValueError(f"experts_decode: x has {D} values; the {QTYPES[code]} gate {gate.shape}, up {up.shape} "
                          f"and down {down.shape} bytes and the output {yt.shape} do not fit it")
 
