@@ -294,10 +294,11 @@ def _float_rows(qtype, nrows, permute=AVX512):
             b = builder.shl(i, _const(_I64, 1))
             accs = add_block(b, accs, True)
             return add_block(builder.add(b, _const(_I64, 1)), accs, qtype == Q8_0)
-        accs = _emit_for(builder, builder.lshr(nblocks, _const(_I64, 1)), [ir.Constant(_VF, [0.0] * _LANES)] * nrows,
-                         add_pair)
+        zero = ir.Constant(_VF, [0.0] * _LANES)
+        accs = _emit_for(builder, builder.lshr(nblocks, _const(_I64, 1)), [zero] * nrows, add_pair)
         last = builder.sub(nblocks, _const(_I64, 1))
-        return _emit_for(builder, builder.and_(nblocks, _const(_I64, 1)), accs, lambda i, accs: add_block(last, accs, False))
+        return _emit_for(builder, builder.and_(nblocks, _const(_I64, 1)), accs,
+                         lambda i, accs: add_block(last, accs, False))
 
     @intrinsic
     def dot_rows(typingctx, data, first, x, table, out, at):
