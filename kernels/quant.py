@@ -22,10 +22,11 @@ Numba-level loops well: it vectorised the per-block loop across blocks with gath
 byte inserts, and a 32-lane accumulator array stayed in memory (1-10 GB/s). In IR a
 block is two 16-wide float vectors (elements j and j + 16 share lane j), so every
 instruction in the loop is a vector one (int8 -> int32 widen, int -> float,
-multiply-adds). Four weight rows share each pass over x (x loaded once per block for
-all four, one accumulator each: independent multiply-add chains), each row is
-prefetched 8 KiB ahead, and the 16 lanes are summed once per row. The summation order
-is fixed by that code, not left to fastmath.
+multiply-adds; on AVX-512 q4_0's nibbles become floats by a 16-entry table lookup,
+vpermps). Four weight rows share each pass over x (x loaded once per block for all
+four, one accumulator each: independent multiply-add chains), each row is prefetched
+8 KiB ahead, and the 16 lanes are summed once per row. The summation order is fixed by
+that code, not left to fastmath.
 
 An option, off by default, computes as GGML does on the CPU: the activations rounded
 to q8_0 blocks and integer block dots (`linear_i8`, `experts_decode(..., int8=True)`). The
@@ -64,6 +65,24 @@ _LANES = 16
 _VF = ir.VectorType(_F32, _LANES)       # half a block of float32
 
 
+def _target_has(*features) -> bool:
+    """Whether the CPU Numba compiles for has every one of the LLVM features ("avx512f", ...)."""
+    from numba import config
+    if config.CPU_NAME and config.CPU_NAME != "host":          # NUMBA_CPU_NAME: a portable target
+        return {f"+{f}" for f in features} <= set((config.CPU_FEATURES or "").split(","))
+    import llvmlite.binding as llvm
+    host = llvm.get_host_cpu_features()
+    return all(host.get(f, False) for f in features)
+
+
+AVX512 = _target_has("avx512f")                           # vpermps on zmm: a 16-entry float table
+VNNI = _target_has("avx512f", "avx512bw", "avx512vnni")   # vpdpbusd on zmm
+
+
+def _indices(values):
+    return ir.Constant(ir.VectorType(_I32, len(values)), list(values))
+
+
 def _const(ty, value):
     return ir.Constant(ty, value)
 
@@ -96,13 +115,30 @@ def _scale(builder, block_ptr, table_ptr):
     return builder.load(builder.gep(table_ptr, [builder.zext(_load(builder, block_ptr, 0, _I16), _I64)]))
 
 
-def _block(builder, qtype, block_ptr, table_ptr):
+_NIBBLE_VALUES = ir.Constant(_VF, [float(v - 8) for v in range(16)])     # q4_0: nibble v -> v - 8
+
+
+def _permute(builder, table, index):
+    """table[index[i] % 16] lane by lane (vpermps: only the low 4 bits of each index count)."""
+    name = "llvm.x86.avx512.permvar.sf.512"
+    fn = builder.module.globals.get(name) or ir.Function(
+        builder.module, ir.FunctionType(_VF, [_VF, ir.VectorType(_I32, _LANES)]), name)
+    return builder.call(fn, [table, index])
+
+
+def _block(builder, qtype, block_ptr, table_ptr, permute=AVX512):
     """(d, lo, hi): a block's float32 scale and its values q without the scale, elements 0..15 and 16..31
     as two float vectors. q8_0: the 32 int8 after the scale; q4_0: byte j's low nibble is element j, its
-    high nibble element j + 16, each minus 8."""
+    high nibble element j + 16, each minus 8. permute (AVX-512): q4_0's nibbles become floats by a table
+    lookup (the 16 bytes widened to int32 once, vpermps on them and on them shifted right by 4), instead
+    of masks, subtractions and two int -> float conversions."""
     d = _scale(builder, block_ptr, table_ptr)
     if qtype == Q8_0:
         lo, hi = (_load(builder, block_ptr, off, ir.VectorType(_I8, _LANES)) for off in (2, 18))
+    elif permute:
+        index = builder.zext(_load(builder, block_ptr, 2, ir.VectorType(_I8, _LANES)), ir.VectorType(_I32, _LANES))
+        return d, _permute(builder, _NIBBLE_VALUES, index), _permute(builder, _NIBBLE_VALUES,
+                                                                     builder.lshr(index, _splat(4, _I32)))
     else:
         nibbles = _load(builder, block_ptr, 2, ir.VectorType(_I8, _LANES))
         lo = builder.sub(builder.and_(nibbles, _splat(15, _I8)), _splat(8, _I8))
@@ -142,10 +178,10 @@ def _arrays(context, builder, sig, args):
     return [context.make_array(t)(context, builder, a) for t, a in zip(sig.args, args)]
 
 
-def _block_at(builder, qtype, row, table, b):
+def _block_at(builder, qtype, row, table, b, permute):
     """`_block` of block b of a packed row (array structs)."""
     return _block(builder, qtype, builder.gep(row.data, [builder.mul(b, _const(_I64, int(BLOCK_BYTES[qtype])))]),
-                  table.data)
+                  table.data, permute)
 
 
 def _blocks_in(builder, values):
@@ -165,7 +201,7 @@ def _sum_lanes(builder, v):
     return builder.extract_element(v, _const(_I32, 0))
 
 
-def _dequantize_intrinsic(qtype):
+def _dequantize_intrinsic(qtype, permute=AVX512):
     @intrinsic
     def dequantize_row(typingctx, row, table, out):
         """out[:] = the float32 values of one packed row (len(out) // 32 blocks): q * d, exactly."""
@@ -177,7 +213,7 @@ def _dequantize_intrinsic(qtype):
             nblocks, obytes = _blocks_in(builder, out_)
 
             def one_block(b, _):
-                d, lo, hi = _block_at(builder, qtype, row_, table_, b)
+                d, lo, hi = _block_at(builder, qtype, row_, table_, b, permute)
                 dv = _broadcast(builder, d)
                 off = builder.shl(b, _const(_I64, 7))
                 for half, v in ((0, lo), (64, hi)):
@@ -234,25 +270,35 @@ def _rows_codegen(context, builder, sig, args, qtype, nrows, loop):
     return context.get_dummy_value()
 
 
-def _float_rows(qtype, nrows):
+def _float_rows(qtype, nrows, permute=AVX512):
     """The default (float path) loop over nrows rows: per block, acc_k += d * (lo * x_lo + hi * x_hi),
-    x's 32 floats loaded once for all rows."""
+    x's 32 floats loaded once for all rows. permute: q4_0's nibbles to floats by vpermps (`_block`)."""
     def loop(builder, x_arrays, row_block, prefetch, table_):
         nblocks, xbytes = _blocks_in(builder, x_arrays[0])
 
-        def add_block(b, accs):
+        def add_block(b, accs, fetch):
             xoff = builder.shl(b, _const(_I64, 7))                        # 32 float32 per block
             xlo = _load(builder, xbytes, xoff, _VF)
             xhi = _load(builder, xbytes, builder.add(xoff, _const(_I64, 64)), _VF)
             out = []
             for k, acc in enumerate(accs):
                 block = row_block(k, b)
-                prefetch(block)
-                d, lo, hi = _block(builder, qtype, block, table_.data)
+                if fetch:
+                    prefetch(block)
+                d, lo, hi = _block(builder, qtype, block, table_.data, permute)
                 s = _vfma(builder, hi, xhi, builder.fmul(lo, xlo))
                 out.append(_vfma(builder, _broadcast(builder, d), s, acc))
             return out
-        return _emit_for(builder, nblocks, [ir.Constant(_VF, [0.0] * _LANES)] * nrows, add_block)
+
+        def add_pair(i, accs):                        # q4_0: one prefetch a row per pair (36 bytes)
+            b = builder.shl(i, _const(_I64, 1))
+            accs = add_block(b, accs, True)
+            return add_block(builder.add(b, _const(_I64, 1)), accs, qtype == Q8_0)
+        zero = ir.Constant(_VF, [0.0] * _LANES)
+        accs = _emit_for(builder, builder.lshr(nblocks, _const(_I64, 1)), [zero] * nrows, add_pair)
+        last = builder.sub(nblocks, _const(_I64, 1))
+        return _emit_for(builder, builder.and_(nblocks, _const(_I64, 1)), accs,
+                         lambda i, accs: add_block(last, accs, False))
 
     @intrinsic
     def dot_rows(typingctx, data, first, x, table, out, at):
@@ -279,24 +325,6 @@ dot_row_q8_0, dot_row_q4_0 = _float_rows(Q8_0, 1), _float_rows(Q4_0, 1)
 _V16I8, _V32I8, _V64I8 = (ir.VectorType(_I8, n) for n in (16, 32, 64))
 _V8I32, _V16I32 = ir.VectorType(_I32, 8), ir.VectorType(_I32, 16)
 _OFFSET_SHIFT = {Q4_0: 3, Q8_0: 7}           # the unsigned bytes are q_w + 2**shift
-
-
-def _target_has_vnni() -> bool:
-    """Whether the CPU Numba compiles for has 512-bit VNNI (vpdpbusd on zmm: avx512f, bw, vnni)."""
-    from numba import config
-    wanted = ("avx512f", "avx512bw", "avx512vnni")
-    if config.CPU_NAME and config.CPU_NAME != "host":          # NUMBA_CPU_NAME: a portable target
-        return {f"+{f}" for f in wanted} <= set((config.CPU_FEATURES or "").split(","))
-    import llvmlite.binding as llvm
-    host = llvm.get_host_cpu_features()
-    return all(host.get(f, False) for f in wanted)
-
-
-VNNI = _target_has_vnni()
-
-
-def _indices(values):
-    return ir.Constant(ir.VectorType(_I32, len(values)), list(values))
 
 
 def _dpbusd(builder, acc, a, b, vnni):
@@ -619,6 +647,9 @@ _gemv_1, _gemv_p = twins(_gemv)
 def _packed(arrays) -> tuple:
     """The packed matrices as one tuple that a kernel may index at run time: C-contiguous and, when
     some are read-only (memory-mapped) and some not, all read-only views (one Numba type)."""
+    arrays = tuple(arrays)
+    if all(a.flags.c_contiguous and not a.flags.writeable for a in arrays):     # QuantTensor blocks
+        return arrays
     arrays = tuple(np.ascontiguousarray(a) for a in arrays)
     if len({a.flags.writeable for a in arrays}) > 1:
         arrays = tuple(a.view() for a in arrays)
@@ -693,9 +724,9 @@ _experts_1, _experts_p = twins(_experts, fastmath=FAST)
 
 
 def _check_expert(gate, up, down, yt, code, F, D):
-    row_bytes = lambda cols: cols // 32 * BLOCK_BYTES[code]
-    if (gate.shape != (F, row_bytes(D)) or up.shape != gate.shape or down.shape != (D, row_bytes(F))
-            or yt.shape != (D,)):
+    block = BLOCK_BYTES[code]
+    if gate.shape != (F, D // 32 * block) or up.shape != gate.shape or down.shape != (D, F // 32 * block) \
+            or yt.shape != (D,):
         raise ValueError(f"experts_decode: x has {D} values; the {QTYPES[code]} gate {gate.shape}, up {up.shape} "
                          f"and down {down.shape} bytes and the output {yt.shape} do not fit it")
 

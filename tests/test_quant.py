@@ -534,6 +534,50 @@ def exact_case(rng, qtype, rows, nblocks):
 
 
 @pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("permute", [False, True], ids=["generic", "vpermps"])
+def test_float_block_loops_both_ways(qtype, permute):
+    """The float-path block loops and the dequantizer with q4_0's nibbles turned into floats by the
+    AVX-512 table lookup (vpermps) and by the generic code (forced; what other CPUs run): integer
+    cases whose every partial sum is exact equal the integer dot to the last bit, random ones the
+    float64 product with gguf-dequantized weights, and the dequantized rows equal gguf's."""
+    from numba import njit
+    from cogcore.kernels import quant as kq
+    if permute and (qtype == "q8_0" or not kq.AVX512):
+        pytest.skip("q8_0 has no table lookup" if qtype == "q8_0" else "the CPU Numba compiles for has no AVX-512")
+    code = kq.CODE[qtype]
+    many, one = kq._float_rows(code, kq.ROWS, permute), kq._float_rows(code, 1, permute)
+    dequantize_row, n = kq._dequantize_intrinsic(code, permute), kq.ROWS
+
+    @njit
+    def rows(data, x, table):                                  # fresh, not cached: this form only
+        out = np.empty((x.shape[0], data.shape[0]), np.float32)
+        for t in range(x.shape[0]):
+            for r in range(0, data.shape[0] - n + 1, n):
+                many(data, r, x[t], table, out[t], r)
+            for r in range(data.shape[0] // n * n, data.shape[0]):
+                one(data, r, x[t], table, out[t], r)
+        return out
+
+    @njit
+    def dequantized(data, table, cols):
+        out = np.empty((data.shape[0], cols), np.float32)
+        for r in range(data.shape[0]):
+            dequantize_row(data[r], table, out[r])
+        return out
+
+    rng = np.random.default_rng(3)
+    for nblocks in (1, 2, 3, 5, 7):
+        W, x, want = exact_case(rng, qtype, 19, nblocks)
+        np.testing.assert_array_equal(rows(W.data, x, kq.HALF_TO_FLOAT), want.astype(np.float32))
+        W = quantize_tensor(rng.standard_normal((19, 32 * nblocks)).astype(np.float32), qtype)
+        theirs = gguf_quants.dequantize(W.data, GGML[qtype]).reshape(W.shape)
+        np.testing.assert_array_equal(dequantized(W.data, kq.HALF_TO_FLOAT, W.shape[1]), theirs)
+        want = x.astype(np.float64) @ theirs.T.astype(np.float64)
+        np.testing.assert_allclose(rows(W.data, x, kq.HALF_TO_FLOAT), want, rtol=1e-5,
+                                   atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
 def test_int8_block_dots_are_exact(qtype):
     """The integer dots of every implementation, the forced generic (non-VNNI) IR included."""
     from numba import njit
