@@ -71,41 +71,51 @@ def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk, int8=False):
     (decode) when the three projections share one format; otherwise (prefill, or mixed formats)
     the experts grouped as in the reference, each through `_linear`. int8: int8 activations, each
     token quantized once for all its experts (each decode token's experts in one kernel call)."""
-    (qtype, gates), (up_type, ups), (down_type, downs) = map(_expert_blocks, (gate_proj, up_proj, down_proj))
-    if qtype is None and up_type is None and down_type is None:
+    blocks = _decode_experts(gate_proj, up_proj, down_proj)
+    if blocks is None and getattr(gate_proj[0], "qtype", None) is None and \
+            getattr(up_proj[0], "qtype", None) is None and getattr(down_proj[0], "qtype", None) is None:
         return moe.moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk)
     x = np.ascontiguousarray(x, np.float32)
     top, wts, counts = moe.routing(x, router, k, norm_topk, _linear)
-    E, F, D = gate_proj.shape
-    fits = up_proj.shape == gate_proj.shape and down_proj.shape == (E, D, F) and x.shape[1] == D
-    if len(x) > linear.SMALL_T or not (qtype == up_type == down_type) or not fits:
+    if blocks is None or len(x) > linear.SMALL_T or x.shape[1] != blocks[0]:
         return grouped_experts(x, top, wts, counts, gate_proj, up_proj, down_proj,
                                _linear_int8 if int8 else _linear), counts
-    y, code = np.zeros_like(x), quant.CODE[qtype]
+    D, code, gates, ups, downs = blocks
+    y = np.zeros((len(x), D), np.float32)
     for t, experts in enumerate(top.tolist()):
-        chosen = [tuple([blocks[e] for e in experts]) for blocks in (gates, ups, downs)]
-        quant.experts_decode_packed(x[t:t + 1], *chosen, wts[t], code, y[t], int8)
+        quant.experts_decode_packed(x[t:t + 1], tuple([gates[e] for e in experts]), tuple([ups[e] for e in experts]),
+                                    tuple([downs[e] for e in experts]), wts[t], code, y[t], int8)
     return y, counts
 
 
-_EXPERT_BLOCKS: dict[int, tuple] = {}   # id(expert stack) -> (weak reference to it, format, blocks)
+_DECODE_EXPERTS: dict[int, tuple] = {}   # id(gate stack) -> (weak references to the three stacks, blocks)
 
 
-def _expert_blocks(W) -> tuple[str | None, tuple | None]:
-    """The format of a stack of experts [E, rows, cols] and each expert's packed blocks as a tuple of
-    read-only C-contiguous arrays (what the decode kernels index), or (None, None) for float
-    experts; found once per stack (a decode step would otherwise build them for every layer)."""
-    hit = _EXPERT_BLOCKS.get(id(W))
-    if hit is not None and hit[0]() is W:
-        return hit[1], hit[2]
-    qtype, blocks = getattr(W[0], "qtype", None), None
-    if qtype is not None:
-        blocks = tuple(np.ascontiguousarray(W[e].data).view() for e in range(len(W)))
-        for b in blocks:
-            b.flags.writeable = False
-    _EXPERT_BLOCKS[id(W)] = (weakref.ref(W), qtype, blocks)
-    weakref.finalize(W, _EXPERT_BLOCKS.pop, id(W), None)
-    return qtype, blocks
+def _decode_experts(gate_proj, up_proj, down_proj) -> tuple | None:
+    """(D, format code, each expert's packed gate, up and down blocks) when the three stacks of experts
+    [E, F, D], [E, F, D], [E, D, F] are quantized in one format: what the decode kernel indexes, as
+    tuples of read-only C-contiguous arrays; None otherwise. Found once per MoE layer (a decode step
+    would otherwise rebuild them for every layer and token)."""
+    hit = _DECODE_EXPERTS.get(id(gate_proj))
+    if hit is not None and hit[0]() is gate_proj and hit[1]() is up_proj and hit[2]() is down_proj:
+        return hit[3]
+    qtypes = {getattr(W[0], "qtype", None) for W in (gate_proj, up_proj, down_proj)}
+    E, F, D = gate_proj.shape
+    blocks = None
+    if len(qtypes) == 1 and None not in qtypes and up_proj.shape == gate_proj.shape and \
+            down_proj.shape == (E, D, F):
+        blocks = (D, quant.CODE[qtypes.pop()], *map(_read_only_blocks, (gate_proj, up_proj, down_proj)))
+    _DECODE_EXPERTS[id(gate_proj)] = (weakref.ref(gate_proj), weakref.ref(up_proj), weakref.ref(down_proj), blocks)
+    weakref.finalize(gate_proj, _DECODE_EXPERTS.pop, id(gate_proj), None)
+    return blocks
+
+
+def _read_only_blocks(W) -> tuple:
+    """Each expert's packed blocks of a quantized stack, as read-only C-contiguous arrays (one Numba type)."""
+    blocks = tuple(np.ascontiguousarray(W[e].data).view() for e in range(len(W)))
+    for b in blocks:
+        b.flags.writeable = False
+    return blocks
 
 
 class NumbaOps:

@@ -648,8 +648,11 @@ def _packed(arrays) -> tuple:
     """The packed matrices as one tuple that a kernel may index at run time: C-contiguous and, when
     some are read-only (memory-mapped) and some not, all read-only views (one Numba type)."""
     arrays = tuple(arrays)
-    if all(a.flags.c_contiguous and not a.flags.writeable for a in arrays):     # QuantTensor blocks
-        return arrays
+    for a in arrays:                     # (a loop: cheaper than all() over a generator for 1-4 arrays)
+        if not a.flags.c_contiguous or a.flags.writeable:
+            break
+    else:
+        return arrays                    # QuantTensor blocks
     arrays = tuple(np.ascontiguousarray(a) for a in arrays)
     if len({a.flags.writeable for a in arrays}) > 1:
         arrays = tuple(a.view() for a in arrays)
@@ -660,8 +663,10 @@ def _packed(arrays) -> tuple:
 
 def _decode(x, mats, code, mode):
     """`_gemv` on the serial or parallel variant, by the work of the whole call."""
-    work = sum(m.shape[0] for m in mats) * x.shape[1]
-    return pick(_gemv_1, _gemv_p, work)(x, _packed(mats), code, HALF_TO_FLOAT, mode)
+    rows = 0
+    for m in mats:
+        rows += m.shape[0]
+    return pick(_gemv_1, _gemv_p, rows * x.shape[1])(x, _packed(mats), code, HALF_TO_FLOAT, mode)
 
 
 def linear_many(x: np.ndarray, datas: tuple, qtype: str, cols: int, int8: bool = False) -> np.ndarray:

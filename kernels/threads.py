@@ -41,7 +41,7 @@ PARALLEL_MIN_WORK = 1 << 18          # elements touched below which a kernel run
 PROBE_EVERY = 0.1                    # seconds between two probes of whether the cores are free
 PROBE_BUSY = 25e-6                   # an awake empty parallel region this slow: a core is busy
 PARALLEL_KERNELS: list[tuple] = []      # (serial, parallel) dispatchers made by `twins`
-_probe = {"next": 0.0, "free": True, "on": True}
+_probe = {"next": 0.0, "free": True, "on": True, "threads": 0}   # threads: Numba's count at the last probe
 
 _BLAS_SYMBOLS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
                  "openblas_set_num_threads64_", "openblas_set_num_threads")
@@ -71,20 +71,26 @@ def pick(serial, parallel, work: int):
     hold the cores it can wait a whole scheduler time slice for a worker thread, so small
     kernels (every kernel of a small model, most of a decode step) stay on one thread.
     """
-    if work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1 and cores_free():
+    if work >= PARALLEL_MIN_WORK and cores_free() and _probe["threads"] > 1:
         return parallel
     return serial
 
 
 def cores_free() -> bool:
-    """Whether the worker threads' cores were free at the last probe (probed every PROBE_EVERY s)."""
+    """Whether the worker threads' cores were free at the last probe (probed every PROBE_EVERY s).
+
+    The probe also notes Numba's thread count for `pick` (`numba.get_num_threads` takes a lock:
+    0.5 us, a few dozen times a decode step): `set_threads` notes it at once, a direct
+    `numba.set_num_threads` is seen at the next probe (until then `pick` may choose the other
+    variant, which gives the same results)."""
     now = time.perf_counter()
     if _probe["on"] and now >= _probe["next"]:
-        n = numba.get_num_threads()
-        thread_ids_parallel(n)                                # wakes the workers
-        t = time.perf_counter()
-        thread_ids_parallel(n)
-        _probe["free"] = time.perf_counter() - t < PROBE_BUSY
+        n = _probe["threads"] = numba.get_num_threads()
+        if n > 1:
+            thread_ids_parallel(n)                            # wakes the workers
+            t = time.perf_counter()
+            thread_ids_parallel(n)
+            _probe["free"] = time.perf_counter() - t < PROBE_BUSY
         _probe["next"] = now + PROBE_EVERY
     return _probe["free"]
 
@@ -96,12 +102,12 @@ def parallel_from(work: int):
     global PARALLEL_MIN_WORK
     saved = PARALLEL_MIN_WORK, dict(_probe)
     PARALLEL_MIN_WORK = work
-    _probe.update(on=False, free=True)
+    _probe.update(on=False, free=True, threads=numba.get_num_threads())
     try:
         yield
     finally:
         PARALLEL_MIN_WORK = saved[0]
-        _probe.update(saved[1])
+        _probe.update(saved[1], threads=numba.get_num_threads())
 
 
 def _thread_ids(n):
@@ -133,6 +139,7 @@ def set_threads(n: int) -> bool:
     """Numba's and OpenBLAS's thread counts to n; returns whether OpenBLAS could be set."""
     n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
+    _probe["threads"] = n
     fn = _openblas()
     if fn is None:
         return False

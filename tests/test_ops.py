@@ -469,6 +469,29 @@ def test_kernels_stay_on_one_thread_while_a_core_is_busy(monkeypatch):
         assert threads.pick(serial, parallel, 1) is parallel
 
 
+def test_pick_sees_the_thread_count(monkeypatch):
+    """`pick` reads a noted thread count, not numba's lock: `set_threads` is seen at once, a direct
+    `numba.set_num_threads` at the next probe (and the kernels' results do not depend on either)."""
+    assert numba.get_num_threads() >= 2
+    serial, parallel = threads.thread_ids_serial, threads.thread_ids_parallel
+    monkeypatch.setattr(threads, "PROBE_EVERY", 1e9)
+    monkeypatch.setattr(threads, "PROBE_BUSY", 10.0)           # the cores count as free
+    monkeypatch.setitem(threads._probe, "next", 0.0)
+    monkeypatch.setitem(threads._probe, "free", True)
+    before = numba.get_num_threads()
+    try:
+        threads.set_threads(2)
+        assert threads.pick(serial, parallel, 1 << 40) is parallel
+        threads.set_threads(1)
+        assert threads.pick(serial, parallel, 1 << 40) is serial
+        numba.set_num_threads(2)
+        assert threads.pick(serial, parallel, 1 << 40) is serial    # not probed since
+        threads._probe["next"] = 0.0
+        assert threads.pick(serial, parallel, 1 << 40) is parallel
+    finally:
+        threads.set_threads(before)
+
+
 IDLE_POOL_PROBE = """
 import os, time
 import cogcore                      # before numpy, as the command line does
