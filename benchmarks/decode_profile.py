@@ -7,6 +7,9 @@
 Every op of the model's ops table (`cogcore.ops.Ops`: linear, moe, wkv7, nsa_attention, ...)
 is wrapped by a timer; `linear` is split by weight format and shape (lm_head shows on its
 own). What is left of the step is the Python / NumPy glue of cogcore/blocks and model.py.
+A last pass times the compiled kernels alone (every Numba dispatcher of the kernel modules
+wrapped by a timer, ~0.3 us a call added): the rest of the step is what runs outside them
+(argument checks, allocations, the Python of the blocks and of the op wrappers).
 Both wall-clock and CPU time (this process's) are reported: on a machine shared with
 other programs the wall clock also counts the time the process waited for a core, the
 CPU time does not. A benchmark, not a test.
@@ -21,8 +24,8 @@ import time
 
 import numpy as np
 
-OPS = ("linear", "moe", "attention", "nsa_attention", "nsa_compress", "wkv7", "rope", "rmsnorm", "layernorm",
-       "add_rmsnorm", "add_layernorm", "embed", "sigmoid", "rwkv7_inputs", "rwkv7_output")
+OPS = ("linear", "linears", "moe", "attention", "rope_attend", "nsa_attention", "nsa_compress", "wkv7", "rope",
+       "rmsnorm", "layernorm", "add_rmsnorm", "add_layernorm", "embed", "sigmoid", "rwkv7_inputs", "rwkv7_output")
 
 
 def weight_label(W) -> str:
@@ -39,6 +42,8 @@ def instrument(ops, clock):
             t = clock()
             out = fn(*args, **kw)
             label = f"linear {weight_label(args[1])}" if name == "linear" else name
+            if name == "linears":
+                label = "linears " + " + ".join(weight_label(W) for W in args[1])
             if name == "moe":
                 label = f"moe (router + chosen experts) {weight_label(args[2][0])}"
             s = spent[label]
@@ -53,8 +58,44 @@ def instrument(ops, clock):
     return spent
 
 
-def profile(model, steps: int, context: int, clock) -> tuple[dict, list[float]]:
-    spent = instrument(model.ops, clock)
+def instrument_kernels(clock):
+    """Wrap every compiled kernel of the kernel modules with a timer; returns ({label: [calls,
+    seconds]}, a function that puts the kernels back)."""
+    import importlib
+
+    spent, undo = collections.defaultdict(lambda: [0, 0.0]), []
+
+    def wrap(label, fn):
+        def timed(*args):
+            t = clock()
+            out = fn(*args)
+            s = spent[label]
+            s[0] += 1
+            s[1] += clock() - t
+            return out
+        return timed
+
+    for name in ("attention", "linear", "moe", "norm", "quant", "rope", "rwkv7", "sparse_attention"):
+        mod = importlib.import_module(f"cogcore.kernels.{name}")
+        for attr, obj in list(vars(mod).items()):
+            if type(obj).__name__ == "CPUDispatcher" and getattr(obj, "py_func", None) is not None \
+                    and obj.py_func.__module__ == mod.__name__:
+                setattr(mod, attr, wrap(f"{name}.{attr}", obj))
+                undo.append((mod, attr, obj))
+    gemv = importlib.import_module("cogcore.kernels.linear").GEMV
+    saved = dict(gemv)
+    for kind, pair in saved.items():
+        gemv[kind] = tuple(wrap(f"linear.gemv kind {kind}", fn) for fn in pair)
+
+    def restore():
+        for mod, attr, obj in undo:
+            setattr(mod, attr, obj)
+        gemv.update(saved)
+    return spent, restore
+
+
+def profile(model, steps: int, context: int, clock, kernels: bool = False) -> tuple[dict, list[float]]:
+    spent, restore = instrument_kernels(clock) if kernels else (instrument(model.ops, clock), None)
     cache = model.new_cache()
     model.forward(np.random.default_rng(0).integers(3, model.config.vocab_size, context), cache)
     for _ in range(3):
@@ -65,6 +106,8 @@ def profile(model, steps: int, context: int, clock) -> tuple[dict, list[float]]:
         t = clock()
         model.forward([7], cache)
         times.append(clock() - t)
+    if restore:
+        restore()
     return spent, times
 
 
@@ -104,6 +147,14 @@ def main(argv=None) -> None:
             print(f"  {label:<52}{n // args.steps:>6}{t / args.steps * 1e3:>9.2f}{t / args.steps / mean_step:>7.0%}")
         glue = mean_step - total
         print(f"  {'glue (NumPy / Python between the ops)':<52}{'':>6}{glue * 1e3:>9.2f}{glue / mean_step:>7.0%}")
+    spent, times = profile(model, args.steps, args.context, time.perf_counter, kernels=True)
+    mean_step = sum(times) / args.steps
+    inside = sum(t for _, t in spent.values()) / args.steps
+    print(f"\nwall clock, compiled kernels alone: decode step mean {mean_step * 1e3:.2f} ms")
+    for label, (n, t) in sorted(spent.items(), key=lambda kv: -kv[1][1]):
+        print(f"  {label:<52}{n // args.steps:>6}{t / args.steps * 1e3:>9.3f}")
+    print(f"  {'outside the compiled kernels':<52}{'':>6}{(mean_step - inside) * 1e3:>9.3f}"
+          f"{(mean_step - inside) / mean_step:>7.0%}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import time
+import weakref
 
 import numpy as np
 
@@ -29,11 +30,39 @@ def _linear(x, W):
     return linear.linear(x, W)
 
 
+def _embed(table, ids):
+    """The reference's row gather; a few rows of a quantized table dequantized by kernels.quant
+    (decode's token: the reference's NumPy dequantization costs more than the row)."""
+    rows = np.asarray(ids).tolist()
+    if not isinstance(table, QuantTensor) or len(rows) > linear.SMALL_T or not all(
+            isinstance(i, int) and 0 <= i < len(table.data) for i in rows):
+        return ReferenceOps.embed(table, ids)            # (which also says what is wrong with ids)
+    out = np.empty((len(rows), table.shape[-1]), np.float32)
+    for t, i in enumerate(rows):
+        quant.dequantize_rows(table.data, i, i + 1, quant.CODE[table.qtype], out[t:t + 1])
+    return out
+
+
 def _linear_int8(x, W):
     """`_linear` with int8 activations for a quantized weight (kernels.quant.linear_i8)."""
     if isinstance(W, QuantTensor):
         return quant.linear_i8(x, W.data, W.qtype, W.shape[-1])
     return linear.linear(x, W)
+
+
+def _linears(x, Ws, int8=False):
+    """Decode's projections of one input: weights of one quantized format in one kernel call
+    (kernels.quant.linear_many), the output split by weight; anything else one `_linear` each."""
+    qtypes = {getattr(W, "qtype", None) for W in Ws}
+    if len(qtypes) > 1 or None in qtypes or x.ndim != 2 or len(x) > linear.SMALL_T:
+        lin = _linear_int8 if int8 else _linear
+        return tuple(lin(x, W) for W in Ws)
+    out = quant.linear_many(x, tuple(W.data for W in Ws), qtypes.pop(), Ws[0].shape[-1], int8)
+    parts, start = [], 0
+    for W in Ws:
+        parts.append(out[:, start:start + W.shape[0]])
+        start += W.shape[0]
+    return tuple(parts)
 
 
 def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk, int8=False):
@@ -42,36 +71,60 @@ def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk, int8=False):
     (decode) when the three projections share one format; otherwise (prefill, or mixed formats)
     the experts grouped as in the reference, each through `_linear`. int8: int8 activations, each
     token quantized once for all its experts (each decode token's experts in one kernel call)."""
-    formats = {getattr(W[0], "qtype", None) for W in (gate_proj, up_proj, down_proj)}
-    if formats == {None}:
+    (qtype, gates), (up_type, ups), (down_type, downs) = map(_expert_blocks, (gate_proj, up_proj, down_proj))
+    if qtype is None and up_type is None and down_type is None:
         return moe.moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk)
     x = np.ascontiguousarray(x, np.float32)
-    top, wts = moe.route(_linear(x, router), k, bool(norm_topk))
-    counts = np.bincount(top.ravel(), minlength=router.shape[0])
-    if len(x) > linear.SMALL_T or len(formats) > 1:
+    top, wts, counts = moe.routing(x, router, k, norm_topk, _linear)
+    E, F, D = gate_proj.shape
+    fits = up_proj.shape == gate_proj.shape and down_proj.shape == (E, D, F) and x.shape[1] == D
+    if len(x) > linear.SMALL_T or not (qtype == up_type == down_type) or not fits:
         return grouped_experts(x, top, wts, counts, gate_proj, up_proj, down_proj,
                                _linear_int8 if int8 else _linear), counts
-    y, (qtype,) = np.zeros_like(x), formats
-    for t in range(len(x)):
-        chosen = [(gate_proj[e].data, up_proj[e].data, down_proj[e].data) for e in top[t]]
-        quant.experts_decode(x[t], *zip(*chosen), wts[t], qtype, y[t], int8)
+    y, code = np.zeros_like(x), quant.CODE[qtype]
+    for t, experts in enumerate(top.tolist()):
+        chosen = [tuple([blocks[e] for e in experts]) for blocks in (gates, ups, downs)]
+        quant.experts_decode_packed(x[t:t + 1], *chosen, wts[t], code, y[t], int8)
     return y, counts
 
 
+_EXPERT_BLOCKS: dict[int, tuple] = {}   # id(expert stack) -> (weak reference to it, format, blocks)
+
+
+def _expert_blocks(W) -> tuple[str | None, tuple | None]:
+    """The format of a stack of experts [E, rows, cols] and each expert's packed blocks as a tuple of
+    read-only C-contiguous arrays (what the decode kernels index), or (None, None) for float
+    experts; found once per stack (a decode step would otherwise build them for every layer)."""
+    hit = _EXPERT_BLOCKS.get(id(W))
+    if hit is not None and hit[0]() is W:
+        return hit[1], hit[2]
+    qtype, blocks = getattr(W[0], "qtype", None), None
+    if qtype is not None:
+        blocks = tuple(np.ascontiguousarray(W[e].data).view() for e in range(len(W)))
+        for b in blocks:
+            b.flags.writeable = False
+    _EXPERT_BLOCKS[id(W)] = (weakref.ref(W), qtype, blocks)
+    weakref.finalize(W, _EXPERT_BLOCKS.pop, id(W), None)
+    return qtype, blocks
+
+
 class NumbaOps:
-    """`Ops`, `FusedResidualNorm`, `FusedRecurrent` and `Compiled` over the Numba kernels (backend "numba")."""
+    """`Ops`, `FusedResidualNorm`, `FusedLinears`, `FusedAttentionStep`, `FusedRecurrent` and `Compiled`
+    over the Numba kernels (backend "numba")."""
 
     name = "numba"
     int8_activations = False
 
     linear = staticmethod(_linear)
-    embed = staticmethod(ReferenceOps.embed)         # reference: a row gather, nothing to compile
+    linears = staticmethod(_linears)
+    embed = staticmethod(_embed)
     sigmoid = staticmethod(ReferenceOps.sigmoid)     # reference: one vectorised expression
     rmsnorm = staticmethod(norm.rmsnorm)
     layernorm = staticmethod(norm.layernorm)
     add_rmsnorm = staticmethod(norm.add_rmsnorm)
     add_layernorm = staticmethod(norm.add_layernorm)
     rope = staticmethod(rope.rope)
+    rope_attend = staticmethod(attention.rope_attend)      # (before `attention` names the op, not the module)
     attention = staticmethod(attention.attention)
     nsa_attention = staticmethod(nsa.nsa_attention)
     wkv7 = staticmethod(rwkv7.wkv7)
@@ -89,10 +142,12 @@ class NumbaOps:
     def warm_up(cls) -> float:
         """Compile (or load from the cache) every kernel on tiny inputs, the serial and the
         parallel variant of each threaded one; returns the seconds it took."""
+        from .model import freeze_live_objects
         t0 = time.perf_counter()
         for work in (1 << 62, 0):                # serial variants, then parallel ones
             with threads.parallel_from(work):
                 _exercise(cls)
+        freeze_live_objects()                    # the compiled state, out of the collector's way
         return time.perf_counter() - t0
 
 
@@ -102,6 +157,7 @@ class NumbaInt8Ops(NumbaOps):
 
     int8_activations = True
     linear = staticmethod(_linear_int8)
+    linears = staticmethod(functools.partial(_linears, int8=True))
     moe = staticmethod(functools.partial(_moe, int8=True))
 
 
@@ -123,6 +179,8 @@ def _exercise(ops):
             lin = _linear_int8 if int8 else _linear
             lin(xq, Wq)
             lin(np.repeat(xq, 8, 0), Wq)
+            for n in (3, 4):                     # attention's q, k, v in one call; sparse attention's gate too
+                _linears(xq, (Wq,) * n, int8)
             for k in (1, 2):                     # kernels take the chosen experts as a k-tuple
                 _moe(xq, rng.standard_normal((2, 32), np.float32), Eq, Eq, Eq, k, True, int8=int8)
     w = np.ones(16, np.float32)
@@ -135,6 +193,9 @@ def _exercise(ops):
     for angles in ("float64", "float32"):        # cogcore's own models; the public families
         ops.rope(q, pos, inv_freq(8, 1e4, angles=angles))
     ops.attention(q, k, k, pos, np.arange(40), 0)
+    for angles in ("float64", "float32"):        # decode's fused step, as a KVCache hands its buffers
+        ops.rope_attend(q, k[:3], k[:3], pos, inv_freq(8, 1e4, angles=angles), np.zeros((48, 2, 8), np.float32),
+                        np.zeros((48, 2, 8), np.float32), 37)
     shape = NSAShape(8, 4, 16, 3, 16)
     kc = ops.nsa_compress(k, 0, 9, rng.standard_normal((8, 8), np.float32),
                           rng.standard_normal((4, 64), np.float32), rng.standard_normal((8, 4), np.float32), shape)

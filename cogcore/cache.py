@@ -29,16 +29,21 @@ class GrowingBuffer:
     def append(self, rows: np.ndarray) -> np.ndarray:
         """Append rows [T, *row_shape]; returns a view of all rows so far."""
         need = self.n + len(rows)
-        if need > len(self.data):
-            grown = np.zeros((max(need, 2 * len(self.data), 16), *self.data.shape[1:]), self.data.dtype)
-            grown[:self.n] = self.data[:self.n]
-            self.data = grown
-        self.data[self.n:need] = rows
+        self.room(len(rows))[self.n:need] = rows
         self.n = need
         return self.data[:need]
 
     def view(self) -> np.ndarray:
         return self.data[:self.n]
+
+    def room(self, count: int) -> np.ndarray:
+        """The whole buffer, grown to hold `count` more rows (rows n.. are the caller's to fill)."""
+        need = self.n + count
+        if need > len(self.data):
+            grown = np.zeros((max(need, 2 * len(self.data), 16), *self.data.shape[1:]), self.data.dtype)
+            grown[:self.n] = self.data[:self.n]
+            self.data = grown
+        return self.data
 
     @classmethod
     def holding(cls, rows: np.ndarray) -> "GrowingBuffer":
@@ -59,6 +64,15 @@ class KVCache:
         """Append a chunk; returns (keys, values, key positions) the chunk's queries may read."""
         keys, values = self.k.append(k), self.v.append(v)
         return keys, values, np.arange(len(keys))
+
+    def room(self, count: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """(key buffer, value buffer, n): buffers that hold rows 0..n-1 and room for `count` more, for
+        an op that writes rows n..n+count-1 itself (a fused decode step); `commit` counts them."""
+        return self.k.room(count), self.v.room(count), self.k.n
+
+    def commit(self, count: int) -> None:
+        self.k.n += count
+        self.v.n += count
 
 
 class RingKV:

@@ -11,7 +11,9 @@ functions while the blocks stay as written. Two tables implement `Ops`:
 `ops_for(backend)` is the one place that turns a backend name into its table.
 Optional capabilities: `FusedResidualNorm`, a fast path that lets the model
 fuse each residual add with the norm that reads its sum (`Model.forward`; the
-results are the unfused ones, to the bit), `FusedRecurrent`, the RWKV-7 step between
+results are the unfused ones, to the bit), `FusedLinears`, attention's q/k/v
+projections in one op, `FusedAttentionStep`, full attention's RoPE, cache write and
+attention in one op, `FusedRecurrent`, the RWKV-7 step between
 its projections in two ops (decode's fast path), and `Compiled`, a table with kernels
 to compile (or load from Numba's cache) before timing anything.
 
@@ -112,6 +114,28 @@ class FusedResidualNorm(Protocol):
     def add_layernorm(self, x: np.ndarray, y: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float
                       ) -> tuple[np.ndarray, np.ndarray]:
         """(h, layernorm(h)) with h = x + y; x, y [..., D] float32, w, b [D] stored."""
+
+
+@runtime_checkable
+class FusedLinears(Protocol):
+    """Several projections of one input as one op (a fast path for decode; optional): one kernel
+    call and one parallel region instead of one per weight, the input read (or quantized) once."""
+
+    def linears(self, x: np.ndarray, Ws: tuple) -> tuple[np.ndarray, ...]:
+        """(linear(x, W) for W in Ws); x [..., in] float32, each W [out_i, in] stored."""
+
+
+@runtime_checkable
+class FusedAttentionStep(Protocol):
+    """Full attention's decode step between its projections as one op (optional): RoPE of q and k, the
+    cache write and the attention. `cogcore.blocks.attention.AttentionMixer` is the reference."""
+
+    def rope_attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, positions: np.ndarray,
+                    inv_freq: np.ndarray, K: np.ndarray, V: np.ndarray, n: int) -> np.ndarray:
+        """q [T, H, hd], k, v [T, Hkv, hd] before RoPE, positions [T] = n..n+T-1, inv_freq [hd/2]; K, V
+        [>= n + T, Hkv, hd] float32 buffers whose rows 0..n-1 hold positions 0..n-1 (a KVCache's):
+        rows n..n+T-1 become rope(k) and v, and the result is causal attention of rope(q) over rows
+        0..n+T-1 -> [T, H, hd] float32."""
 
 
 @runtime_checkable

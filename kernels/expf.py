@@ -62,3 +62,21 @@ def expf(typingctx, x):
         return builder.select(builder.fcmp_unordered("uno", x, x), x, y)   # NaN stays NaN
 
     return types.float32(x), codegen
+
+
+@intrinsic
+def divide(typingctx, a, b):
+    """a / b for float32 or float64 a, b (the wider type) as IEEE division (b = 0 gives ±inf or NaN),
+    which vectorises. Numba's `/` first checks b against zero to raise ZeroDivisionError (its default
+    error model), and that branch keeps a loop from vectorising: a SiLU or sigmoid loop ran one value
+    at a time (~6 ns each)."""
+    floats = (types.float32, types.float64)
+    if a not in floats or b not in floats:
+        return None
+    result = types.float64 if types.float64 in (a, b) else types.float32
+
+    def codegen(context, builder, signature, args):
+        x, y = (context.cast(builder, v, t, result) for v, t in zip(args, signature.args))
+        return builder.fdiv(x, y)
+
+    return result(a, b), codegen

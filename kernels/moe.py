@@ -1,7 +1,9 @@
 """Mixture-of-experts dispatch (twin of cogcore.blocks.moe.moe).
 
 - route: softmax over the E router logits and top-k per token (ties to the lower
-  expert index, as the reference's stable sort), optionally renormalised.
+  expert index, as the reference's stable sort), optionally renormalised; for a few
+  tokens and a float32 router (decode) `routing` is one compiled call with the router's
+  dots and the count of tokens per expert.
 - decode (a few tokens): the k chosen experts run as fused GEMVs straight over
   the stored expert slices: silu(gate_e x) * (up_e x) with the gate and up rows
   read together, then down_e with the routing weight folded into the scatter;
@@ -21,9 +23,38 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .expf import expf
+from .expf import divide, expf
 from .linear import BF16, F16, F32, FAST, SMALL_T, dot, dot4, dot_bf16, kind_of, linear, raw, widen_into
 from .threads import pick, twins
+
+
+@njit(inline="always", fastmath=FAST)
+def top_k(logits, k, norm_topk, p, top, wts):
+    """One token: the softmax p [E] of its router logits [E], the k best experts into top [k] (best
+    first, ties to the lower index) and their weights into wts [k]."""
+    E = logits.shape[0]
+    mx = -np.inf
+    for e in range(E):
+        mx = max(mx, logits[e])
+    tot = np.float32(0.0)
+    for e in range(E):
+        p[e] = expf(logits[e] - mx)
+        tot += p[e]
+    for e in range(E):
+        p[e] = divide(p[e], tot)
+    s = np.float32(0.0)
+    for c in range(k):
+        best = -1
+        for e in range(E):
+            if p[e] >= 0 and (best < 0 or p[e] > p[best]):
+                best = e
+        top[c] = best
+        wts[c] = p[best]
+        s += p[best]
+        p[best] = -1.0
+    if norm_topk:
+        for c in range(k):
+            wts[c] /= s
 
 
 @njit(cache=True, fastmath=FAST)
@@ -34,34 +65,47 @@ def route(logits, k, norm_topk):
     wts = np.empty((T, k), np.float32)
     p = np.empty(E, np.float32)
     for t in range(T):
-        mx = -np.inf
-        for e in range(E):
-            mx = max(mx, logits[t, e])
-        tot = np.float32(0.0)
-        for e in range(E):
-            p[e] = expf(logits[t, e] - mx)
-            tot += p[e]
-        for e in range(E):
-            p[e] /= tot
-        s = np.float32(0.0)
-        for c in range(k):
-            best = -1
-            for e in range(E):
-                if p[e] >= 0 and (best < 0 or p[e] > p[best]):
-                    best = e
-            top[t, c] = best
-            wts[t, c] = p[best]
-            s += p[best]
-            p[best] = -1.0
-        if norm_topk:
-            for c in range(k):
-                wts[t, c] /= s
+        top_k(logits[t], k, norm_topk, p, top[t], wts[t])
     return top, wts
+
+
+@njit(cache=True, fastmath=FAST)
+def route_f32(x, router, k, norm_topk):
+    """`route` of the logits x router^T for a few tokens x [T, D] and a float32 router [E, D], the
+    logits dotted here (four router rows per pass over x) -> top, wts and the tokens each expert
+    received [E]: one compiled call for decode's routing."""
+    T, E = x.shape[0], router.shape[0]
+    top = np.empty((T, k), np.int64)
+    wts = np.empty((T, k), np.float32)
+    counts = np.zeros(E, np.int64)
+    logits, p = np.empty(E, np.float32), np.empty(E, np.float32)
+    for t in range(T):
+        e = 0
+        while e + 4 <= E:
+            logits[e], logits[e + 1], logits[e + 2], logits[e + 3] = dot4(
+                x[t], router[e], router[e + 1], router[e + 2], router[e + 3])
+            e += 4
+        for e in range(e, E):
+            logits[e] = dot(x[t], router[e])
+        top_k(logits, k, norm_topk, p, top[t], wts[t])
+        for c in range(k):
+            counts[top[t, c]] += 1
+    return top, wts, counts
+
+
+def routing(x, router, k, norm_topk, linear=linear):
+    """(top [T, k], wts [T, k], counts [E]) for x [T, D] float32 and a router [E, D] as stored;
+    `linear` computes the logits of any other router than a float32 array for a few tokens."""
+    if (len(x) <= SMALL_T and isinstance(router, np.ndarray) and router.dtype == np.float32
+            and router.flags.c_contiguous):
+        return route_f32(x, router, k, bool(norm_topk))
+    top, wts = route(linear(x, router), k, bool(norm_topk))
+    return top, wts, np.bincount(top.ravel(), minlength=router.shape[0])
 
 
 @njit(fastmath=FAST, inline="always")
 def silu_mul(g, u):
-    return g / (np.float32(1.0) + expf(-g)) * u
+    return divide(g, np.float32(1.0) + expf(-g)) * u
 
 
 @njit(fastmath=FAST, inline="always")
@@ -139,9 +183,7 @@ def moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk):
     """x [T, D] -> y [T, D], counts [E] (the number of tokens each expert received)."""
     x = np.ascontiguousarray(x, np.float32)
     T = len(x)
-    E = router.shape[0]
-    top, wts = route(linear(x, router), k, bool(norm_topk))
-    counts = np.bincount(top.ravel(), minlength=E)
+    top, wts, counts = routing(x, router, k, norm_topk)
     if T <= SMALL_T and isinstance(gate_proj, np.ndarray):
         kind = kind_of(gate_proj)
         fn = pick(_experts_1, _experts_p, 3 * gate_proj[0].size)

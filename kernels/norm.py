@@ -50,16 +50,27 @@ _rms_1, _rms_p = twins(_rms, fastmath=FAST)
 _ln_1, _ln_p = twins(_ln, fastmath=FAST)
 
 
+def _rows(a, D):
+    """a as float32 C-contiguous rows [T, D] (as it is when it already is: decode's case)."""
+    if a.ndim == 2 and a.dtype == np.float32 and a.flags.c_contiguous:
+        return a
+    return np.ascontiguousarray(a, dtype=np.float32).reshape(-1, D)
+
+
 def _norm(serial, parallel, x, y, *params):
     """(h, norm(h)) with h = x (+ y): a row kernel over x [..., D] viewed as rows [T, D]."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    x2 = x.reshape(-1, x.shape[-1])
+    shape = x.shape
+    x2 = _rows(x, shape[-1])
     add = y is not None
-    y2 = np.ascontiguousarray(y, dtype=np.float32).reshape(x2.shape) if add else x2
+    y2 = _rows(y, shape[-1]) if add else x2
+    if y2.shape != x2.shape:
+        raise ValueError(f"add_norm: x {list(shape)} and y {list(y.shape)} differ")
     out = np.empty_like(x2)
     h = np.empty_like(x2) if add else out      # without the add, h is computed into out
     pick(serial, parallel, x2.size)(x2, h, out, *params, add, y2)
-    return h.reshape(x.shape), out.reshape(x.shape)
+    if x.ndim == 2:
+        return h, out
+    return h.reshape(shape), out.reshape(shape)
 
 
 def rmsnorm(x, w, eps):

@@ -664,6 +664,16 @@ def _decode(x, mats, code, mode):
     return pick(_gemv_1, _gemv_p, work)(x, _packed(mats), code, HALF_TO_FLOAT, mode)
 
 
+def linear_many(x: np.ndarray, datas: tuple, qtype: str, cols: int, int8: bool = False) -> np.ndarray:
+    """`linear` (int8: `linear_i8`) of a few rows x [T <= SMALL_T, cols] with several packed weights of
+    one format, side by side in one kernel call (one parallel region; x quantized once): [T, total rows]."""
+    code = CODE[qtype]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    for data in datas:
+        _check_linear(x, data, code, cols)
+    return _decode(x, tuple(datas), code, INT8_PATH if int8 else FLOAT_PATH)
+
+
 def linear_i8(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndarray:
     """`linear` with the rows of x rounded to q8_0 blocks first (GGML's int8 activations).
 
@@ -731,6 +741,12 @@ def experts_decode(xt, gates, ups, downs, weights, qtype: str, yt, int8: bool = 
     for gate, up, down in zip(gates, ups, downs):
         _check_expert(gate, up, down, yt, code, F, D)
     mats = [_packed(arrays) for arrays in (gates, ups, downs)]
-    fn = pick(_experts_1, _experts_p, 3 * F * D * len(gates))
-    fn(np.ascontiguousarray(xt, np.float32).reshape(1, D), *mats, np.asarray(weights, np.float32), code,
-       HALF_TO_FLOAT, INT8_PATH if int8 else FLOAT_PATH, yt)
+    experts_decode_packed(np.ascontiguousarray(xt, np.float32).reshape(1, D), *mats,
+                          np.asarray(weights, np.float32), code, yt, int8)
+
+
+def experts_decode_packed(x, gates, ups, downs, weights, code: int, yt, int8: bool) -> None:
+    """`experts_decode` without its checks, for a caller that made them once: x [1, D] float32, the
+    chosen experts' blocks as tuples that `_packed` would return, weights [k] float32, code of CODE."""
+    fn = pick(_experts_1, _experts_p, 3 * gates[0].shape[0] * x.shape[1] * len(gates))
+    fn(x, gates, ups, downs, weights, code, HALF_TO_FLOAT, INT8_PATH if int8 else FLOAT_PATH, yt)

@@ -12,8 +12,9 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
-def _rope(u, positions, inv_freq, out):
+@njit(inline="always")
+def rotate(u, positions, inv_freq, out):
+    """out [T, heads, hd] = u rotated for each token's position (positions in the dtype of inv_freq)."""
     T, Hn, hd = u.shape
     half = hd // 2
     for t in range(T):
@@ -27,6 +28,11 @@ def _rope(u, positions, inv_freq, out):
                 b = u[t, h, j + half]
                 out[t, h, j] = a * c - b * s
                 out[t, h, j + half] = b * c + a * s
+
+
+@njit(cache=True)
+def _rope(u, positions, inv_freq, out):
+    rotate(u, positions, inv_freq, out)
 
 
 def rope(u: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray) -> np.ndarray:

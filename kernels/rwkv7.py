@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from .expf import expf
+from .expf import divide, expf
 from .linear import FAST, as_float32
 from .threads import pick, twins
 
@@ -84,7 +84,7 @@ def wkv7(r, w, k, v, kk, a, S):
 
 @njit(fastmath=FAST, inline="always")
 def sigmoid(x):
-    return np.float32(1.0) / (np.float32(1.0) + expf(-x))
+    return divide(np.float32(1.0), np.float32(1.0) + expf(-x))
 
 
 def widened(v):

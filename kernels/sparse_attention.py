@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from .attention import CHUNK, PREFILL_MIN_T, QUERY_BLOCK, attend_range, by_blas, softmax_rows
-from .expf import expf
+from .expf import divide, expf
 from .linear import FAST
 from .threads import pick, twins
 
@@ -74,7 +74,7 @@ def attend_kept(q, ti, h0, G, K, V, g, blocks, lsel, t, scale, m, lsum, acc, sc,
             attend_range(q, ti, h0, G, K, V, g, a, min(a + lsel, t + 1), scale, m, lsum, acc, sc)
     for i in range(G):
         for j in range(acc.shape[1]):
-            out[ti, h0 + i, j] = acc[i, j] / lsum[i]
+            out[ti, h0 + i, j] = divide(acc[i, j], lsum[i])
 
 
 def _nsa(q, K, V, kc, vc, q_pos, l, s, lsel, nsel, w, scale):
@@ -117,7 +117,7 @@ def _nsa(q, K, V, kc, vc, q_pos, l, s, lsel, nsel, w, scale):
                     p[i, b] = e
                     tot += e
                 for b in range(n_vis):
-                    p[i, b] /= tot
+                    p[i, b] = divide(p[i, b], tot)
             for b in range(n_vis):
                 vb = vc[b, g]
                 psum = np.float32(0.0)
@@ -144,7 +144,7 @@ def _nsa(q, K, V, kc, vc, q_pos, l, s, lsel, nsel, w, scale):
         attend_range(q, ti, h0, G, K, V, g, max(0, t - w + 1), t + 1, scale, m, lsum, acc, sc)
         for i in range(G):
             for j in range(hd):
-                o_win[ti, h0 + i, j] = acc[i, j] / lsum[i]
+                o_win[ti, h0 + i, j] = divide(acc[i, j], lsum[i])
     return o_cmp, o_slc, o_win, kept
 
 

@@ -24,12 +24,13 @@ from cogcore.blocks.sparse_attention import NSAShape
 from cogcore.dtypes import to_storage
 import cogcore.kernels
 from cogcore.kernels import threads
-from cogcore.ops import Compiled, FusedRecurrent, FusedResidualNorm, Ops, members
+from cogcore.ops import Compiled, FusedAttentionStep, FusedLinears, FusedRecurrent, FusedResidualNorm, Ops, members
+from cogcore.quant import QTYPES, quantize_tensor
 from cogcore.weights import ExpertStack
 
 REF, NB = ReferenceOps(), NumbaOps()
 DTYPES = ["F32", "F16", "BF16"]
-OPTIONAL = (FusedResidualNorm, FusedRecurrent)           # capabilities only the Numba table has
+OPTIONAL = (FusedResidualNorm, FusedLinears, FusedAttentionStep, FusedRecurrent)   # only the Numba table's
 OPS = members(Ops) + [op for protocol in OPTIONAL for op in members(protocol)]
 
 
@@ -73,6 +74,12 @@ def parity_embed():
     for tag in DTYPES:
         table, ids = to_storage(rand(rng, 37, 11), tag), np.array([0, 5, 36, 5])
         assert np.array_equal(NB.embed(table, ids), REF.embed(table, ids))
+    for qtype in QTYPES:                          # a few rows dequantized by the kernel; many: the reference
+        table = quantize_tensor(rand(rng, 37, 96), qtype)
+        for ids in (np.array([36]), np.array([0, 5, 36, 5]), rng.integers(0, 37, 11)):
+            assert np.array_equal(NB.embed(table, ids), REF.embed(table, ids))
+        with pytest.raises(IndexError):
+            NB.embed(table, np.array([37]))
 
 
 def parity_sigmoid():
@@ -128,15 +135,15 @@ def parity_rope():
 
 
 def parity_attention():
-    H, Hkv, hd = 6, 3, 7
     cases = [(1, 1, 0), (1, 700, 0), (1, 700, 33), (9, 9, 0), (7, 300, 5), (6, 11, 0),
              (40, 40, 0), (37, 300, 0), (37, 300, 5), (70, 90, 33),    # from PREFILL_MIN_T queries on: BLAS
              (1, 1000, 600), (2, 530, 0)]                               # from BLAS_MIN_KEYS keys on: BLAS
-    for T, S, window in cases:
-        rng = np.random.default_rng(S + T)
-        q, k, v = rand(rng, T, H, hd), rand(rng, S, Hkv, hd), rand(rng, S, Hkv, hd)
-        q_pos, k_pos = np.arange(S - T, S), np.arange(S)
-        close(NB.attention(q, k, v, q_pos, k_pos, window), REF.attention(q, k, v, q_pos, k_pos, window))
+    for H, Hkv, hd in ((6, 3, 7), (10, 2, 9)):     # 2 heads a group; 5 (four at a time, then one)
+        for T, S, window in cases:
+            rng = np.random.default_rng(S + T)
+            q, k, v = rand(rng, T, H, hd), rand(rng, S, Hkv, hd), rand(rng, S, Hkv, hd)
+            q_pos, k_pos = np.arange(S - T, S), np.arange(S)
+            close(NB.attention(q, k, v, q_pos, k_pos, window), REF.attention(q, k, v, q_pos, k_pos, window))
     # a sliding ring: positions ascending but not from 0; then keys in no order at all
     rng = np.random.default_rng(3)
     for T in (2, 20):
@@ -147,16 +154,54 @@ def parity_attention():
             close(NB.attention(q, k, v, q_pos, k_pos, 0), REF.attention(q, k, v, q_pos, k_pos, 0))
 
 
+def parity_linears():
+    """Each product as the reference's linear gives it, for decode rows (one kernel call over quantized
+    weights: tests/test_quant.py) and prefill rows; weights of mixed storage."""
+    rng = np.random.default_rng(4)
+    for tag in DTYPES:
+        Ws = tuple(to_storage(rand(rng, rows, 19), tag) for rows in (13, 3, 5))
+        for T in (1, 3, 11):
+            x = rand(rng, T, 19)
+            got = NB.linears(x, Ws)
+            assert len(got) == len(Ws)
+            for g, W in zip(got, Ws):
+                close(g, REF.linear(x, W))
+
+
+def parity_rope_attend():
+    """RoPE, the cache write and attention in one call against the reference's rope and attention over
+    the cached rows plus the new ones: one or a few queries, a cache empty or not, 2 or 5 heads a group,
+    angles in float64 and float32; the rows before n and after n + T stay as they were."""
+    for H, Hkv, hd in ((6, 3, 8), (10, 2, 6)):
+        for T, n in ((1, 0), (1, 37), (3, 20), (8, 5)):
+            for angles in ("float64", "float32"):
+                rng = np.random.default_rng(T + n + H)
+                q, k, v = rand(rng, T, H, hd), rand(rng, T, Hkv, hd), rand(rng, T, Hkv, hd)
+                K, V = rand(rng, n + T + 4, Hkv, hd), rand(rng, n + T + 4, Hkv, hd)
+                K0, V0 = K.copy(), V.copy()
+                positions, freq = np.arange(n, n + T), inv_freq(hd, 1e4, angles=angles)
+                got = NB.rope_attend(q, k, v, positions, freq, K, V, n)
+                k_rot = REF.rope(k, positions, freq)
+                close(K[n:n + T], k_rot)
+                np.testing.assert_array_equal(V[n:n + T], v)
+                for B, B0 in ((K, K0), (V, V0)):
+                    np.testing.assert_array_equal(B[:n], B0[:n])
+                    np.testing.assert_array_equal(B[n + T:], B0[n + T:])
+                keys, values = np.concatenate([K0[:n], k_rot]), np.concatenate([V0[:n], v])
+                want = REF.attention(REF.rope(q, positions, freq), keys, values, positions, np.arange(n + T))
+                close(got, want)
+
+
 NSA_SHAPES = [NSAShape(4, 2, 4, 4, 6), NSAShape(8, 4, 16, 3, 5), NSAShape(6, 3, 9, 5, 11)]
 
 
 def parity_nsa_attention():
     """Decode (1 query: the per-query kernel) and prefill (blocks of queries by BLAS): positions with
     gaps, a prompt from position 0 (no compressed block visible at first) and two query blocks."""
-    S, H, Hkv, hd = 150, 6, 3, 5
+    S, hd = 150, 5
     positions = {1: np.array([S - 1]), 17: np.concatenate([[0, 2, 5], np.arange(S - 14, S)]),
                  70: np.arange(70), 83: np.arange(S - 83, S)}
-    for shape in NSA_SHAPES:
+    for shape, (H, Hkv) in [(shape, (6, 3)) for shape in NSA_SHAPES] + [(NSA_SHAPES[2], (10, 2))]:
         for T, q_pos in positions.items():
             rng = np.random.default_rng(T + shape.block)
             K, V, q = rand(rng, S, Hkv, hd), rand(rng, S, Hkv, hd), rand(rng, T, H, hd, scale=3.0)

@@ -102,6 +102,24 @@ def test_linear_kernel_matches_reference(qtype, T):
 
 
 @pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("T", [1, 3, 9])
+def test_projections_in_one_call_equal_one_call_each(qtype, T):
+    """`linears` (attention's q, k, v in one kernel call; beyond 8 rows one call each) gives each weight's
+    product as `linear` does, to the bit, with the float path and with int8 activations; a float
+    weight among them sends them one at a time."""
+    from cogcore.backends import NumbaInt8Ops, NumbaOps
+    rng = np.random.default_rng(T)
+    Ws = [quantize_tensor(rng.standard_normal((rows, 96)).astype(np.float32), qtype) for rows in (37, 5, 16)]
+    x = rng.standard_normal((T, 96)).astype(np.float32)
+    for ops in (NumbaOps, NumbaInt8Ops):
+        for weights in (Ws, Ws[:2] + [Ws[2].dequantize()]):
+            got = ops.linears(x, tuple(weights))
+            assert len(got) == len(weights)
+            for g, W in zip(got, weights):
+                np.testing.assert_array_equal(g, ops.linear(x, W))
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
 def test_serial_and_parallel_gemv_agree(qtype):
     from cogcore.kernels import quant as kq
     rng = np.random.default_rng(5)

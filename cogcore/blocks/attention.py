@@ -18,6 +18,7 @@ import numpy as np
 
 from ..cache import KVCache, RingKV
 from ..dtypes import f32
+from ..ops import FusedAttentionStep, FusedLinears
 from .rope import inv_freq
 
 
@@ -48,6 +49,9 @@ def softmax(s: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+FUSED_MAX_TOKENS = 8      # chunks up to this long take an ops table's fused attention step (decode)
+
+
 class AttentionMixer:
     """`full_attention` and `sliding_attention`; the projections are shared with sparse attention."""
 
@@ -72,6 +76,8 @@ class AttentionMixer:
         self.inv_freq = inv_freq(hd, cfg.rope_theta, cfg.rope_scaling, cfg.rope_angles)    # [hd/2]
         self.window = cfg.sliding_window if layer_type == "sliding_attention" else 0
         self.ops = ops
+        self.fused_linears = isinstance(ops, FusedLinears)
+        self.fused_step = isinstance(ops, FusedAttentionStep)
 
     def new_state(self):
         shape = (self.Hkv, self.hd)
@@ -79,8 +85,18 @@ class AttentionMixer:
 
     def project(self, x: np.ndarray, positions: np.ndarray):
         """x [T, D] -> rotated q [T, H, hd], rotated k [T, Hkv, hd], v [T, Hkv, hd]."""
+        q, k, v = self.projections(x)
+        return self.ops.rope(q, positions, self.inv_freq), self.ops.rope(k, positions, self.inv_freq), v
+
+    def projections(self, x: np.ndarray, *more):
+        """x [T, D] -> q [T, H, hd], k [T, Hkv, hd], v [T, Hkv, hd] before RoPE, then x W^T for each
+        weight W of `more` (sparse attention's gate)."""
         T, ops = x.shape[0], self.ops
-        q, k, v = ops.linear(x, self.wq), ops.linear(x, self.wk), ops.linear(x, self.wv)
+        if self.fused_linears:           # the backend's fast path: all in one op
+            q, k, v, *extra = ops.linears(x, (self.wq, self.wk, self.wv, *more))
+        else:
+            q, k, v = ops.linear(x, self.wq), ops.linear(x, self.wk), ops.linear(x, self.wv)
+            extra = [ops.linear(x, W) for W in more]
         if self.bias is not None:
             q, k, v = q + self.bias[0], k + self.bias[1], v + self.bias[2]
         if self.qk_norm == "projection":
@@ -88,13 +104,23 @@ class AttentionMixer:
         elif self.qk_norm == "head":     # one row per (token, head)
             q = ops.rmsnorm(q.reshape(T * self.H, self.hd), self.q_norm, self.norm_eps)
             k = ops.rmsnorm(k.reshape(T * self.Hkv, self.hd), self.k_norm, self.norm_eps)
-        q, k = q.reshape(T, self.H, self.hd), k.reshape(T, self.Hkv, self.hd)
-        v = v.reshape(T, self.Hkv, self.hd)
-        return ops.rope(q, positions, self.inv_freq), ops.rope(k, positions, self.inv_freq), v
+        return (q.reshape(T, self.H, self.hd), k.reshape(T, self.Hkv, self.hd), v.reshape(T, self.Hkv, self.hd),
+                *extra)
 
     def __call__(self, x: np.ndarray, kv, ctx) -> np.ndarray:
         """x [T, D] normed input; kv the layer's cache; returns [T, D]."""
+        if self.fused_step and type(kv) is KVCache and len(x) <= FUSED_MAX_TOKENS:
+            return self._fused_step(x, kv, ctx)
         q, k, v = self.project(x, ctx.positions)
         keys, values, k_pos = kv.extend(k, v, ctx.positions)
         o = self.ops.attention(q, keys, values, ctx.positions, k_pos, self.window)
+        return self.ops.linear(o.reshape(len(x), -1), self.wo)
+
+    def _fused_step(self, x: np.ndarray, kv: KVCache, ctx) -> np.ndarray:
+        """`__call__` of full attention with RoPE, the cache write and the attention in the one op of
+        `cogcore.ops.FusedAttentionStep` (decode's fast path; the same step to round-off)."""
+        q, k, v = self.projections(x)
+        keys, values, n = kv.room(len(x))
+        o = self.ops.rope_attend(q, k, v, ctx.positions, self.inv_freq, keys, values, n)
+        kv.commit(len(x))
         return self.ops.linear(o.reshape(len(x), -1), self.wo)

@@ -147,7 +147,8 @@ class SparseAttentionMixer(AttentionMixer):
     def __call__(self, x: np.ndarray, st: SparseKV, ctx) -> np.ndarray:
         """x [T, D] normed input -> [T, D]; appends to the cache and compresses finished blocks."""
         T, ops = len(x), self.ops
-        q, k, v = self.project(x, ctx.positions)
+        q, k, v, gate = self.projections(x, self.w_gate)
+        q, k = ops.rope(q, ctx.positions, self.inv_freq), ops.rope(k, ctx.positions, self.inv_freq)
         K, V, _ = st.kv.extend(k, v, ctx.positions)
         first, last = st.kc.n, n_complete_blocks(len(K), self.shape)
         if last > first:   # a block is compressed as soon as its last position arrives
@@ -155,7 +156,7 @@ class SparseAttentionMixer(AttentionMixer):
             st.vc.append(ops.nsa_compress(V, first, last, *self.compress_v, self.shape))
         o_cmp, o_slc, o_win, kept = ops.nsa_attention(q, K, V, st.kc.view(), st.vc.view(),
                                                       ctx.positions, self.shape)
-        gate = ops.sigmoid(ops.linear(x, self.w_gate)).reshape(T, 3, self.H, 1)
+        gate = ops.sigmoid(gate).reshape(T, 3, self.H, 1)              # sigmoid(x w_gate^T) as [T, 3, H, 1]
         o = gate[:, 0] * o_cmp + gate[:, 1] * o_slc + gate[:, 2] * o_win    # [T, H, hd]
         ctx.selected_blocks[ctx.layer] = kept
         return ops.linear(o.reshape(T, -1), self.wo)
