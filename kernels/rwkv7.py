@@ -30,11 +30,6 @@ from .threads import pick, twins
 DECAY_SCALE = np.float32(np.exp(-0.5))
 L2_EPS = np.float32(1e-12)          # kk_norm "clamp": kk / max(|kk|, 1e-12)
 L2_EPS_INSIDE = np.float32(1e-6)    # kk_norm "epsilon": kk / sqrt(|kk|^2 + 1e-6)
-# Numba's default error model checks every float division for a zero divisor (to raise Python's
-# ZeroDivisionError), and that branch keeps LLVM from vectorising a loop that divides: the sigmoid
-# loops ran one value at a time, ~6 ns each (30 us a call of time_mix_inputs at D = 1024). Every
-# divisor in these kernels is >= 1 or a positive norm, so they use NumPy's model (no check).
-NO_RAISE = "numpy"
 # slots of time_mix_inputs' result [7, T, D]
 XR, XK, XV, W, A, G, V_GATE = range(7)
 
@@ -130,7 +125,7 @@ def low_rank(x, A, B, h, out, inner):
     rows_combination(h, B, out)
 
 
-@njit(cache=True, fastmath=FAST, error_model=NO_RAISE)
+@njit(cache=True, fastmath=FAST)
 def _time_mix_inputs(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0, has_v_gate, out):
     T, D = x.shape
     xw, xa, xg = np.empty(D, np.float32), np.empty(D, np.float32), np.empty(D, np.float32)
@@ -174,7 +169,7 @@ def time_mix_inputs(x, x_prev, mix, lora, w0, a0, v0):
     return out
 
 
-@njit(cache=True, fastmath=FAST, error_model=NO_RAISE)
+@njit(cache=True, fastmath=FAST)
 def _time_mix_output(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_b, gn_eps, kk_inside, residual,
                      S, out):
     T, D = r.shape
