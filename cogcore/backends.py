@@ -71,9 +71,8 @@ def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk, int8=False):
     (decode) when the three projections share one format; otherwise (prefill, or mixed formats)
     the experts grouped as in the reference, each through `_linear`. int8: int8 activations, each
     token quantized once for all its experts (each decode token's experts in one kernel call)."""
-    blocks = _decode_experts(gate_proj, up_proj, down_proj)
-    if blocks is None and getattr(gate_proj[0], "qtype", None) is None and \
-            getattr(up_proj[0], "qtype", None) is None and getattr(down_proj[0], "qtype", None) is None:
+    quantized, blocks = _decode_experts(gate_proj, up_proj, down_proj)
+    if not quantized:
         return moe.moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk)
     x = np.ascontiguousarray(x, np.float32)
     top, wts, counts = moe.routing(x, router, k, norm_topk, _linear)
@@ -83,31 +82,34 @@ def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk, int8=False):
     D, code, gates, ups, downs = blocks
     y = np.zeros((len(x), D), np.float32)
     for t, experts in enumerate(top.tolist()):
-        quant.experts_decode_packed(x[t:t + 1], tuple([gates[e] for e in experts]), tuple([ups[e] for e in experts]),
-                                    tuple([downs[e] for e in experts]), wts[t], code, y[t], int8)
+        quant.experts_decode_packed(x[t:t + 1], tuple([gates[e] for e in experts]),
+                                    tuple([ups[e] for e in experts]), tuple([downs[e] for e in experts]),
+                                    wts[t], code, y[t], int8)
     return y, counts
 
 
-_DECODE_EXPERTS: dict[int, tuple] = {}   # id(gate stack) -> (weak references to the three stacks, blocks)
+_DECODE_EXPERTS: dict[int, tuple] = {}   # id(gate stack) -> (weak references to the three stacks, answer)
 
 
-def _decode_experts(gate_proj, up_proj, down_proj) -> tuple | None:
-    """(D, format code, each expert's packed gate, up and down blocks) when the three stacks of experts
-    [E, F, D], [E, F, D], [E, D, F] are quantized in one format: what the decode kernel indexes, as
-    tuples of read-only C-contiguous arrays; None otherwise. Found once per MoE layer (a decode step
-    would otherwise rebuild them for every layer and token)."""
+def _decode_experts(gate_proj, up_proj, down_proj) -> tuple[bool, tuple | None]:
+    """(whether any of the three stacks of experts [E, F, D], [E, F, D], [E, D, F] is quantized,
+    (D, format code, each expert's packed gate, up and down blocks) when all three are quantized in
+    one format, else None): the blocks as tuples of read-only C-contiguous arrays, what the decode
+    kernel indexes. Found once per MoE layer (a decode step would otherwise rebuild them for every
+    layer and token)."""
     hit = _DECODE_EXPERTS.get(id(gate_proj))
     if hit is not None and hit[0]() is gate_proj and hit[1]() is up_proj and hit[2]() is down_proj:
         return hit[3]
     qtypes = {getattr(W[0], "qtype", None) for W in (gate_proj, up_proj, down_proj)}
     E, F, D = gate_proj.shape
-    blocks = None
+    quantized, blocks = qtypes != {None}, None
     if len(qtypes) == 1 and None not in qtypes and up_proj.shape == gate_proj.shape and \
             down_proj.shape == (E, D, F):
         blocks = (D, quant.CODE[qtypes.pop()], *map(_read_only_blocks, (gate_proj, up_proj, down_proj)))
-    _DECODE_EXPERTS[id(gate_proj)] = (weakref.ref(gate_proj), weakref.ref(up_proj), weakref.ref(down_proj), blocks)
+    answer = quantized, blocks
+    _DECODE_EXPERTS[id(gate_proj)] = (weakref.ref(gate_proj), weakref.ref(up_proj), weakref.ref(down_proj), answer)
     weakref.finalize(gate_proj, _DECODE_EXPERTS.pop, id(gate_proj), None)
-    return blocks
+    return answer
 
 
 def _read_only_blocks(W) -> tuple:

@@ -184,6 +184,32 @@ def test_moe_kernel_matches_reference(qtype, T, int8):
     np.testing.assert_allclose(y[kq._experts_p], serial, rtol=1e-5, atol=1e-5 * np.abs(serial).max())
 
 
+def test_moe_decode_blocks_found_once_and_mixed_formats_grouped():
+    """The decode kernel's blocks of a MoE layer are found once (the same answer on the next call);
+    stacks of two formats, or a float one among quantized ones, take the grouped path: the same
+    output as the reference either way."""
+    from cogcore import backends
+    from cogcore.kernels import quant as kq
+    rng = np.random.default_rng(7)
+    E, D, F = 4, 64, 96
+    floats = [rng.standard_normal(s).astype(np.float32) for s in ((E, F, D), (E, F, D), (E, D, F))]
+    router, x = rng.standard_normal((E, D)).astype(np.float32), rng.standard_normal((1, D)).astype(np.float32)
+    one = [quantize_tensor(W, "q8_0") for W in floats]
+    found = backends._decode_experts(*one)
+    assert found is backends._decode_experts(*one)
+    quantized, (d, code, gates, ups, downs) = found
+    assert quantized and d == D and code == kq.CODE["q8_0"] and len(gates) == len(ups) == len(downs) == E
+    assert all(not b.flags.writeable and b.flags.c_contiguous for b in gates + ups + downs)
+    assert backends._decode_experts(*floats) == (False, None)
+    mixed = (one[0], quantize_tensor(floats[1], "q4_0"), one[2])
+    assert backends._decode_experts(*mixed) == (True, None)
+    for experts in (one, mixed, (one[0], one[1], floats[2])):
+        want, want_counts = ReferenceOps.moe(x, router, *experts, 2, True)
+        got, counts = backends.NumbaOps.moe(x, router, *experts, 2, True)
+        np.testing.assert_array_equal(counts, want_counts)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 # ---- model directories -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def float_dir(tmp_path_factory):
