@@ -184,9 +184,15 @@ def attend_task(q, t, g, K, V, lo, hi, scale, out):
     acc = np.zeros((G, hd), np.float32)
     sc = np.empty((G, CHUNK), np.float32)
     attend_range(q, t, g * G, G, K, V, g, lo, hi, scale, m, l, acc, sc)
-    for i in range(G):
-        for j in range(hd):
-            out[t, g * G + i, j] = divide(acc[i, j], l[i])
+    write_normalized(acc, l, out, t, g * G)
+
+
+@njit(inline="always")
+def write_normalized(acc, l, out, t, h0):
+    """out[t, h0 + i] = acc[i] / l[i] for the G rows of a running softmax's weighted values."""
+    for i in range(acc.shape[0]):
+        for j in range(acc.shape[1]):
+            out[t, h0 + i, j] = divide(acc[i, j], l[i])
 
 
 def _attention(q, K, V, q_pos, k_pos, window, scale):

@@ -24,7 +24,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .attention import CHUNK, PREFILL_MIN_T, QUERY_BLOCK, attend_range, by_blas, softmax_rows
+from .attention import (CHUNK, PREFILL_MIN_T, QUERY_BLOCK, attend_range, attend_task, by_blas, softmax_rows,
+                        write_normalized)
 from .expf import divide, expf
 from .linear import FAST
 from .threads import pick, twins
@@ -72,9 +73,7 @@ def attend_kept(q, ti, h0, G, K, V, g, blocks, lsel, t, scale, m, lsum, acc, sc,
         if blocks[c] >= 0:
             a = blocks[c] * lsel
             attend_range(q, ti, h0, G, K, V, g, a, min(a + lsel, t + 1), scale, m, lsum, acc, sc)
-    for i in range(G):
-        for j in range(acc.shape[1]):
-            out[ti, h0 + i, j] = divide(acc[i, j], lsum[i])
+    write_normalized(acc, lsum, out, ti, h0)
 
 
 def _nsa(q, K, V, kc, vc, q_pos, l, s, lsel, nsel, w, scale):
@@ -137,14 +136,7 @@ def _nsa(q, K, V, kc, vc, q_pos, l, s, lsel, nsel, w, scale):
         kept[ti, g, :sel.shape[0]] = sel
         attend_kept(q, ti, h0, G, K, V, g, kept[ti, g], lsel, t, scale, m, lsum, acc, sc, o_slc)
         # 5. window attention
-        for i in range(G):
-            m[i] = -np.inf
-            lsum[i] = 0.0
-        acc[:] = 0.0
-        attend_range(q, ti, h0, G, K, V, g, max(0, t - w + 1), t + 1, scale, m, lsum, acc, sc)
-        for i in range(G):
-            for j in range(hd):
-                o_win[ti, h0 + i, j] = divide(acc[i, j], lsum[i])
+        attend_task(q, ti, g, K, V, max(0, t - w + 1), t + 1, scale, o_win)
     return o_cmp, o_slc, o_win, kept
 
 
