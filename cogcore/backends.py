@@ -57,7 +57,21 @@ def _linears(x, Ws, int8=False):
     if len(qtypes) > 1 or None in qtypes or x.ndim != 2 or len(x) > linear.SMALL_T:
         lin = _linear_int8 if int8 else _linear
         return tuple(lin(x, W) for W in Ws)
-    out = quant.linear_many(x, tuple(W.data for W in Ws), qtypes.pop(), Ws[0].shape[-1], int8)
+    return _split(quant.linear_many(x, tuple(W.data for W in Ws), qtypes.pop(), Ws[0].shape[-1], int8), Ws)
+
+
+def _linears_each(xs, Ws, int8=False):
+    """Decode's projections of an input each (`_linears` with xs [n, T, in], weight i times xs[i]): weights of
+    one quantized format in one kernel call (kernels.quant.linear_each); anything else one `_linear` each."""
+    qtypes = {getattr(W, "qtype", None) for W in Ws}
+    if len(qtypes) > 1 or None in qtypes or xs.ndim != 3 or xs.shape[1] > linear.SMALL_T:
+        lin = _linear_int8 if int8 else _linear
+        return tuple(lin(x, W) for x, W in zip(xs, Ws))
+    return _split(quant.linear_each(xs, tuple(W.data for W in Ws), qtypes.pop(), Ws[0].shape[-1], int8), Ws)
+
+
+def _split(out, Ws) -> tuple:
+    """The columns of out [T, sum of rows] that belong to each weight of Ws, in order."""
     parts, start = [], 0
     for W in Ws:
         parts.append(out[:, start:start + W.shape[0]])
@@ -121,7 +135,8 @@ def _read_only_blocks(W) -> tuple:
 
 
 class NumbaOps:
-    """`Ops`, `FusedResidualNorm`, `FusedLinears`, `FusedAttentionStep`, `FusedRecurrent` and `Compiled`
+    """`Ops`, `FusedResidualNorm`, `FusedLinears`, `FusedAttentionStep`, `FusedSparseStep`, `FusedRecurrent`
+    and `Compiled`
     over the Numba kernels (backend "numba")."""
 
     name = "numba"
@@ -129,6 +144,7 @@ class NumbaOps:
 
     linear = staticmethod(_linear)
     linears = staticmethod(_linears)
+    linears_each = staticmethod(_linears_each)
     embed = staticmethod(_embed)
     sigmoid = staticmethod(ReferenceOps.sigmoid)     # reference: one vectorised expression
     rmsnorm = staticmethod(norm.rmsnorm)
@@ -139,6 +155,7 @@ class NumbaOps:
     rope_attend = staticmethod(attention.rope_attend)      # (before `attention` names the op, not the module)
     attention = staticmethod(attention.attention)
     nsa_attention = staticmethod(nsa.nsa_attention)
+    rope_nsa = staticmethod(nsa.rope_nsa)
     wkv7 = staticmethod(rwkv7.wkv7)
     rwkv7_inputs = staticmethod(rwkv7.time_mix_inputs)
     rwkv7_output = staticmethod(rwkv7.time_mix_output)
@@ -170,6 +187,7 @@ class NumbaInt8Ops(NumbaOps):
     int8_activations = True
     linear = staticmethod(_linear_int8)
     linears = staticmethod(functools.partial(_linears, int8=True))
+    linears_each = staticmethod(functools.partial(_linears_each, int8=True))
     moe = staticmethod(functools.partial(_moe, int8=True))
 
 
@@ -193,6 +211,7 @@ def _exercise(ops):
             lin(np.repeat(xq, 8, 0), Wq)
             for n in (3, 4):                     # attention's q, k, v in one call; sparse attention's gate too
                 _linears(xq, (Wq,) * n, int8)
+            _linears_each(np.stack([xq] * 3), (Wq,) * 3, int8)     # RWKV-7's r, k, v of their own inputs
             for k in (1, 2):                     # kernels take the chosen experts as a k-tuple
                 _moe(xq, rng.standard_normal((2, 32), np.float32), Eq, Eq, Eq, k, True, int8=int8)
     w = np.ones(16, np.float32)
@@ -212,6 +231,9 @@ def _exercise(ops):
     kc = ops.nsa_compress(k, 0, 9, rng.standard_normal((8, 8), np.float32),
                           rng.standard_normal((4, 64), np.float32), rng.standard_normal((8, 4), np.float32), shape)
     ops.nsa_attention(q, k, k, kc, kc, pos, shape)
+    for angles in ("float64", "float32"):        # decode's fused sparse step
+        ops.rope_nsa(q, k[:3], k[:3], rng.standard_normal((3, 12), np.float32), pos, inv_freq(8, 1e4, angles=angles),
+                     np.zeros((48, 2, 8), np.float32), np.zeros((48, 2, 8), np.float32), 37, kc, kc, shape)
     q16, pos16 = rng.standard_normal((16, 4, 8), np.float32), np.arange(24, 40)   # prefill: the BLAS paths
     ops.attention(q16, k, k, pos16, np.arange(40), 0)
     for union_ratio in (nsa.UNION_RATIO, 0):     # the selected branch by BLAS, and by the per-query kernel

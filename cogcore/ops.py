@@ -13,7 +13,8 @@ Optional capabilities: `FusedResidualNorm`, a fast path that lets the model
 fuse each residual add with the norm that reads its sum (`Model.forward`; the
 results are the unfused ones, to the bit), `FusedLinears`, attention's q/k/v
 projections in one op, `FusedAttentionStep`, full attention's RoPE, cache write and
-attention in one op, `FusedRecurrent`, the RWKV-7 step between
+attention in one op, `FusedSparseStep`, the same for sparse attention with its
+gates, `FusedRecurrent`, the RWKV-7 step between
 its projections in two ops (decode's fast path), and `Compiled`, a table with kernels
 to compile (or load from Numba's cache) before timing anything.
 
@@ -118,11 +119,16 @@ class FusedResidualNorm(Protocol):
 
 @runtime_checkable
 class FusedLinears(Protocol):
-    """Several projections of one input as one op (a fast path for decode; optional): one kernel
-    call and one parallel region instead of one per weight, the input read (or quantized) once."""
+    """Several projections of one input (or of an input each) as one op (a fast path for decode;
+    optional): one kernel call and one parallel region instead of one per weight, the input read (or
+    quantized) once."""
 
     def linears(self, x: np.ndarray, Ws: tuple) -> tuple[np.ndarray, ...]:
         """(linear(x, W) for W in Ws); x [..., in] float32, each W [out_i, in] stored."""
+
+    def linears_each(self, xs: np.ndarray, Ws: tuple) -> tuple[np.ndarray, ...]:
+        """(linear(x, W) for x, W in zip(xs, Ws)): an input each, xs [len(Ws), T, in] float32 (RWKV-7's
+        r, k, v of its three mixes)."""
 
 
 @runtime_checkable
@@ -136,6 +142,21 @@ class FusedAttentionStep(Protocol):
         [>= n + T, Hkv, hd] float32 buffers whose rows 0..n-1 hold positions 0..n-1 (a KVCache's):
         rows n..n+T-1 become rope(k) and v, and the result is causal attention of rope(q) over rows
         0..n+T-1 -> [T, H, hd] float32."""
+
+
+@runtime_checkable
+class FusedSparseStep(Protocol):
+    """Sparse attention's decode step between its projections as one op (optional): RoPE of q and k, the
+    cache write, the three NSA branches and their gates, for a step that completes no compression
+    block. `cogcore.blocks.sparse_attention.SparseAttentionMixer` is the reference."""
+
+    def rope_nsa(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, gate: np.ndarray, positions: np.ndarray,
+                 inv_freq: np.ndarray, K: np.ndarray, V: np.ndarray, n: int, kc: np.ndarray, vc: np.ndarray,
+                 shape) -> tuple[np.ndarray, np.ndarray]:
+        """q [T, H, hd], k, v [T, Hkv, hd] before RoPE, gate [T, 3H] (x gate_proj^T), positions [T] =
+        n..n+T-1, inv_freq [hd/2]; K, V as `rope_attend` takes them (rows n..n+T-1 become rope(k), v);
+        kc, vc [B, Hkv, hd] every block complete by position n+T-1 -> (sigmoid(gate) as [3, H] times
+        o_cmp, o_slc, o_win, summed: [T, H, hd] float32; the kept blocks [T, Hkv, n] int64)."""
 
 
 @runtime_checkable

@@ -679,6 +679,47 @@ def linear_many(x: np.ndarray, datas: tuple, qtype: str, cols: int, int8: bool =
     return _decode(x, tuple(datas), code, INT8_PATH if int8 else FLOAT_PATH)
 
 
+def _gemv_each(xs, mats, code, table, mode):
+    """`_gemv` with rows of x of its own for each matrix: matrix m times xs[m] (xs [n, T, cols]),
+    side by side in out [T, total rows]; one parallel region, all rows quantized in one pass (INT8_PATH)."""
+    n, T = xs.shape[0], xs.shape[1]
+    act = activations(xs.reshape(n * T, xs.shape[2]), mode)       # row m * T + t: xs[m, t]
+    first_task, first_row = np.zeros(n + 1, np.int64), np.zeros(n + 1, np.int64)
+    for m in range(n):
+        rows = mats[m].shape[0]
+        first_task[m + 1] = first_task[m] + (rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+        first_row[m + 1] = first_row[m] + rows
+    out = np.empty((T, first_row[n]), np.float32)
+    for task in prange(first_task[n]):
+        m = 0
+        while task >= first_task[m + 1]:
+            m += 1
+        r0 = (task - first_task[m]) * ROWS_PER_TASK
+        r1 = min(mats[m].shape[0], r0 + ROWS_PER_TASK)
+        for t in range(T):
+            dot_rows_of(mats[m], r0, r1, activation_row(act, m * T + t), code, table, out[t], first_row[m] + r0)
+    return out
+
+
+_gemv_each_1, _gemv_each_p = twins(_gemv_each)
+
+
+def linear_each(xs: np.ndarray, datas: tuple, qtype: str, cols: int, int8: bool = False) -> np.ndarray:
+    """`linear_many` with an input of its own for each weight: xs [len(datas), T <= SMALL_T, cols], weight m
+    times xs[m], side by side in one kernel call (one parallel region) -> [T, total rows] (RWKV-7's r, k, v
+    of its three mixes of x)."""
+    code = CODE[qtype]
+    xs = np.ascontiguousarray(xs, dtype=np.float32)
+    rows = 0
+    for data in datas:
+        _check_linear(xs[0], data, code, cols)
+        rows += data.shape[0]
+    if len(xs) != len(datas):
+        raise ValueError(f"linear_each: {len(xs)} inputs for {len(datas)} weights")
+    fn = pick(_gemv_each_1, _gemv_each_p, rows * cols)
+    return fn(xs, _packed(datas), code, HALF_TO_FLOAT, INT8_PATH if int8 else FLOAT_PATH)
+
+
 def linear_i8(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndarray:
     """`linear` with the rows of x rounded to q8_0 blocks first (GGML's int8 activations).
 

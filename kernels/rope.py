@@ -13,21 +13,38 @@ from numba import njit
 
 
 @njit(inline="always")
-def rotate(u, positions, inv_freq, out):
-    """out [T, heads, hd] = u rotated for each token's position (positions in the dtype of inv_freq)."""
+def rotation_table(positions, inv_freq):
+    """cos, sin [T, hd/2] float32 of the angles positions[t] * inv_freq[j] (in the dtype of inv_freq):
+    computed once for everything rotated at these positions (q and k)."""
+    T, half = positions.shape[0], inv_freq.shape[0]
+    cos, sin = np.empty((T, half), np.float32), np.empty((T, half), np.float32)
+    for t in range(T):
+        for j in range(half):
+            ang = positions[t] * inv_freq[j]
+            cos[t, j] = np.float32(np.cos(ang))
+            sin[t, j] = np.float32(np.sin(ang))
+    return cos, sin
+
+
+@njit(inline="always")
+def rotate_by(u, cos, sin, out):
+    """out [T, heads, hd] = u rotated by the angles of `rotation_table` (cos, sin [T, hd/2])."""
     T, Hn, hd = u.shape
     half = hd // 2
     for t in range(T):
-        p = positions[t]
-        for j in range(half):
-            ang = p * inv_freq[j]
-            c = np.float32(np.cos(ang))
-            s = np.float32(np.sin(ang))
-            for h in range(Hn):
+        for h in range(Hn):
+            for j in range(half):
                 a = u[t, h, j]
                 b = u[t, h, j + half]
-                out[t, h, j] = a * c - b * s
-                out[t, h, j + half] = b * c + a * s
+                out[t, h, j] = a * cos[t, j] - b * sin[t, j]
+                out[t, h, j + half] = b * cos[t, j] + a * sin[t, j]
+
+
+@njit(inline="always")
+def rotate(u, positions, inv_freq, out):
+    """out [T, heads, hd] = u rotated for each token's position (positions in the dtype of inv_freq)."""
+    cos, sin = rotation_table(positions, inv_freq)
+    rotate_by(u, cos, sin, out)
 
 
 @njit(cache=True)

@@ -28,6 +28,8 @@ from .attention import (CHUNK, PREFILL_MIN_T, QUERY_BLOCK, attend_range, attend_
                         write_normalized)
 from .expf import divide, expf
 from .linear import FAST
+from .rope import rotate_by, rotation_table
+from .rwkv7 import sigmoid
 from .threads import pick, twins
 
 UNION_RATIO = 3          # prefill: kept-block unions up to this many times a query's keys go to BLAS
@@ -76,71 +78,136 @@ def attend_kept(q, ti, h0, G, K, V, g, blocks, lsel, t, scale, m, lsum, acc, sc,
     write_normalized(acc, lsum, out, ti, h0)
 
 
+@njit(inline="always", fastmath=FAST)
+def nsa_task(q, ti, g, t, K, V, kc, vc, l, s, lsel, nsel, w, scale, o_cmp, o_slc, o_win, kept):
+    """The three branches of query ti (at position t) and kv group g: o_cmp, o_slc, o_win [T, H, hd]
+    rows ti, heads g*G.. written (o_cmp added to: it starts at zero), kept[ti, g] filled."""
+    hd = q.shape[2]
+    G = q.shape[1] // K.shape[1]
+    h0 = g * G
+    n_vis = (t + 1 - l) // s + 1 if t + 1 >= l else 0
+    n_cand = t // lsel + 1
+    score = np.zeros(n_cand, np.float32)
+    m = np.empty(G, np.float32)
+    lsum = np.empty(G, np.float32)
+    acc = np.empty((G, hd), np.float32)
+    sc = np.empty((G, CHUNK), np.float32)
+    # 1. compressed attention, 2. block scores
+    if n_vis > 0:
+        p = np.empty((G, n_vis), np.float32)
+        for i in range(G):
+            qi = q[ti, h0 + i]
+            mx = -np.inf
+            for b in range(n_vis):
+                kb = kc[b, g]
+                d = np.float32(0.0)
+                for j in range(hd):
+                    d += qi[j] * kb[j]
+                d *= scale
+                p[i, b] = d
+                mx = max(mx, d)
+            tot = np.float32(0.0)
+            for b in range(n_vis):
+                e = expf(p[i, b] - mx)
+                p[i, b] = e
+                tot += e
+            for b in range(n_vis):
+                p[i, b] = divide(p[i, b], tot)
+        for b in range(n_vis):
+            vb = vc[b, g]
+            psum = np.float32(0.0)
+            for i in range(G):
+                pib = p[i, b]
+                psum += pib
+                for j in range(hd):
+                    o_cmp[ti, h0 + i, j] += pib * vb[j]
+            lo = b * s
+            hi = lo + l
+            for jb in range(lo // lsel, (hi - 1) // lsel + 1):
+                ov = min(hi, (jb + 1) * lsel) - max(lo, jb * lsel)
+                score[jb] += psum * (np.float32(ov) / np.float32(s))
+    # 3. selection
+    sel = select(score, t // lsel, nsel)
+    # 4. selected attention
+    kept[ti, g, :sel.shape[0]] = sel
+    attend_kept(q, ti, h0, G, K, V, g, kept[ti, g], lsel, t, scale, m, lsum, acc, sc, o_slc)
+    # 5. window attention
+    attend_task(q, ti, g, K, V, max(0, t - w + 1), t + 1, scale, o_win)
+
+
 def _nsa(q, K, V, kc, vc, q_pos, l, s, lsel, nsel, w, scale):
     T, H, hd = q.shape
     Hkv = K.shape[1]
-    G = H // Hkv
     o_cmp = np.zeros((T, H, hd), np.float32)
     o_slc = np.empty((T, H, hd), np.float32)
     o_win = np.empty((T, H, hd), np.float32)
     kept = np.full((T, Hkv, nsel), -1, np.int64)
     for task in prange(T * Hkv):
-        ti = task // Hkv
-        g = task % Hkv
-        h0 = g * G
-        t = q_pos[ti]
-        n_vis = (t + 1 - l) // s + 1 if t + 1 >= l else 0
-        n_cand = t // lsel + 1
-        score = np.zeros(n_cand, np.float32)
-        m = np.empty(G, np.float32)
-        lsum = np.empty(G, np.float32)
-        acc = np.empty((G, hd), np.float32)
-        sc = np.empty((G, CHUNK), np.float32)
-        # 1. compressed attention, 2. block scores
-        if n_vis > 0:
-            p = np.empty((G, n_vis), np.float32)
-            for i in range(G):
-                qi = q[ti, h0 + i]
-                mx = -np.inf
-                for b in range(n_vis):
-                    kb = kc[b, g]
-                    d = np.float32(0.0)
-                    for j in range(hd):
-                        d += qi[j] * kb[j]
-                    d *= scale
-                    p[i, b] = d
-                    mx = max(mx, d)
-                tot = np.float32(0.0)
-                for b in range(n_vis):
-                    e = expf(p[i, b] - mx)
-                    p[i, b] = e
-                    tot += e
-                for b in range(n_vis):
-                    p[i, b] = divide(p[i, b], tot)
-            for b in range(n_vis):
-                vb = vc[b, g]
-                psum = np.float32(0.0)
-                for i in range(G):
-                    pib = p[i, b]
-                    psum += pib
-                    for j in range(hd):
-                        o_cmp[ti, h0 + i, j] += pib * vb[j]
-                lo = b * s
-                hi = lo + l
-                for jb in range(lo // lsel, (hi - 1) // lsel + 1):
-                    ov = min(hi, (jb + 1) * lsel) - max(lo, jb * lsel)
-                    score[jb] += psum * (np.float32(ov) / np.float32(s))
-        # 3. selection
-        sel = select(score, t // lsel, nsel)
-        # 4. selected attention
-        kept[ti, g, :sel.shape[0]] = sel
-        attend_kept(q, ti, h0, G, K, V, g, kept[ti, g], lsel, t, scale, m, lsum, acc, sc, o_slc)
-        # 5. window attention
-        attend_task(q, ti, g, K, V, max(0, t - w + 1), t + 1, scale, o_win)
+        ti, g = task // Hkv, task % Hkv
+        nsa_task(q, ti, g, q_pos[ti], K, V, kc, vc, l, s, lsel, nsel, w, scale, o_cmp, o_slc, o_win, kept)
     return o_cmp, o_slc, o_win, kept
 
 
 _nsa_1, _nsa_p = twins(_nsa, fastmath=FAST)
+
+
+# ---- decode's whole step between the projections: RoPE, cache write, the branches, the gates --------
+def _rope_nsa(q, k, v, gate, angles, inv_freq, K, V, n, kc, vc, l, s, lsel, nsel, w, scale):
+    """`rope_nsa` after its checks: q, k rotated (q into a copy, k into K) by one table of angles, v
+    copied into V, then `nsa_task` for each (query, kv group) and the gated sum of its heads."""
+    T, H, hd = q.shape
+    Hkv = K.shape[1]
+    G = H // Hkv
+    cos, sin = rotation_table(angles, inv_freq)
+    qr = np.empty_like(q)
+    rotate_by(q, cos, sin, qr)
+    rotate_by(k, cos, sin, K[n:n + T])
+    V[n:n + T] = v
+    o_cmp = np.zeros((T, H, hd), np.float32)
+    o_slc = np.empty((T, H, hd), np.float32)
+    o_win = np.empty((T, H, hd), np.float32)
+    kept = np.full((T, Hkv, nsel), -1, np.int64)
+    out = np.empty((T, H, hd), np.float32)
+    for task in prange(T * Hkv):
+        ti, g = task // Hkv, task % Hkv
+        nsa_task(qr, ti, g, n + ti, K, V, kc, vc, l, s, lsel, nsel, w, scale, o_cmp, o_slc, o_win, kept)
+        for h in range(g * G, g * G + G):
+            g_cmp, g_slc, g_win = sigmoid(gate[ti, h]), sigmoid(gate[ti, H + h]), sigmoid(gate[ti, 2 * H + h])
+            for j in range(hd):
+                out[ti, h, j] = g_cmp * o_cmp[ti, h, j] + g_slc * o_slc[ti, h, j] + g_win * o_win[ti, h, j]
+    return out, kept
+
+
+_rope_nsa_1, _rope_nsa_p = twins(_rope_nsa, fastmath=FAST)
+
+
+def rope_nsa(q, k, v, gate, positions, inv_freq, K, V, n, kc, vc, shape):
+    """Decode's sparse-attention step in one compiled call: RoPE of q [T, H, hd] and k [T, Hkv, hd] at
+    positions n..n+T-1 (angles in the dtype of inv_freq), the rotated k and v written to rows n..n+T-1 of
+    the cache's buffers K, V [>= n + T, Hkv, hd] float32 (rows 0..n-1: positions 0..n-1), the three NSA
+    branches of the rotated q over rows 0..n+T-1 and the compressed blocks kc, vc [B, Hkv, hd] (every
+    block complete by position n+T-1), and their gates: gate [T, 3H] the logits x gate_proj^T ->
+    (sum of sigmoid(gate) times each branch [T, H, hd], kept blocks [T, Hkv, n] int64, -1 pads).
+    The twin of `cogcore.blocks.rope.rope`, `KVCache.extend`, `nsa_attention` and the mixer's gating."""
+    T, H, hd = q.shape
+    Hkv = k.shape[1]
+    if (k.shape != v.shape or k.shape[0] != T or K.shape != V.shape or K.shape[1:] != k.shape[1:]
+            or kc.shape != vc.shape or kc.shape[1:] != k.shape[1:] or H % Hkv or gate.shape != (T, 3 * H)
+            or len(positions) != T or positions[0] != n or K.shape[0] < n + T
+            or not (K.dtype == V.dtype == np.float32 and K.flags.c_contiguous and V.flags.c_contiguous)):
+        raise ValueError(f"rope_nsa: q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}, gate "
+                         f"{list(gate.shape)}, {len(positions)} positions, blocks {list(kc.shape)} and buffers "
+                         f"{list(K.shape)} for rows {n}..{n + T - 1} do not fit")
+    if kc.shape[0] == 0:
+        kc = vc = np.zeros((1, Hkv, hd), np.float32)
+    c32 = lambda a: np.ascontiguousarray(a, np.float32)
+    last = n + T
+    work = T * H * hd * 2 * (min(last, shape.select_block * shape.select_count) + min(last, shape.window)
+                             + last // shape.stride)
+    return pick(_rope_nsa_1, _rope_nsa_p, work)(
+        c32(q), c32(k), c32(v), c32(gate), np.asarray(positions).astype(inv_freq.dtype), np.ascontiguousarray(inv_freq),
+        K, V, n, c32(kc), c32(vc), shape.block, shape.stride, shape.select_block, shape.select_count, shape.window,
+        np.float32(1.0 / np.sqrt(hd)))
 
 
 # ---- prefill: the branches as BLAS products over blocks of queries ----------------------------------

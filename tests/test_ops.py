@@ -24,13 +24,14 @@ from cogcore.blocks.sparse_attention import NSAShape
 from cogcore.dtypes import to_storage
 import cogcore.kernels
 from cogcore.kernels import threads
-from cogcore.ops import Compiled, FusedAttentionStep, FusedLinears, FusedRecurrent, FusedResidualNorm, Ops, members
+from cogcore.ops import (Compiled, FusedAttentionStep, FusedLinears, FusedRecurrent, FusedResidualNorm, FusedSparseStep,
+                         Ops, members)
 from cogcore.quant import QTYPES, quantize_tensor
 from cogcore.weights import ExpertStack
 
 REF, NB = ReferenceOps(), NumbaOps()
 DTYPES = ["F32", "F16", "BF16"]
-OPTIONAL = (FusedResidualNorm, FusedLinears, FusedAttentionStep, FusedRecurrent)   # only the Numba table's
+OPTIONAL = (FusedResidualNorm, FusedLinears, FusedAttentionStep, FusedSparseStep, FusedRecurrent)   # only the Numba table's
 OPS = members(Ops) + [op for protocol in OPTIONAL for op in members(protocol)]
 
 
@@ -168,6 +169,20 @@ def parity_linears():
                 close(g, REF.linear(x, W))
 
 
+def parity_linears_each():
+    """An input each: each product as the reference's linear gives it (quantized weights in one kernel call:
+    tests/test_quant.py), decode and prefill rows, weights of mixed storage."""
+    rng = np.random.default_rng(5)
+    for tag in DTYPES:
+        Ws = tuple(to_storage(rand(rng, rows, 19), tag) for rows in (13, 3, 5))
+        for T in (1, 3, 11):
+            xs = rand(rng, 3, T, 19)
+            got = NB.linears_each(xs, Ws)
+            assert len(got) == len(Ws)
+            for g, x, W in zip(got, xs, Ws):
+                close(g, REF.linear(x, W))
+
+
 def parity_rope_attend():
     """RoPE, the cache write and attention in one call against the reference's rope and attention over
     the cached rows plus the new ones: one or a few queries, a cache empty or not, 2 or 5 heads a group,
@@ -212,6 +227,39 @@ def parity_nsa_attention():
             assert np.array_equal(got[3], want[3])                     # the same blocks kept
             for g, w in zip(got[:3], want[:3]):
                 close(g, w)
+
+
+def parity_rope_nsa():
+    """RoPE, the cache write, the three branches and their gates in one call against the reference's
+    rope, nsa_attention over the cached rows plus the new ones and the mixer's gating: one or a few
+    queries, a cache empty or not, no compressed block visible or several, 2 or 5 heads a group,
+    angles in float64 and float32; the rows before n and after n + T stay as they were."""
+    hd = 6
+    for shape, (H, Hkv) in ((NSA_SHAPES[0], (6, 3)), (NSA_SHAPES[2], (10, 2))):
+        for T, n in ((1, 0), (1, 37), (3, 20), (5, 90)):
+            for angles in ("float64", "float32"):
+                rng = np.random.default_rng(T + n + H)
+                q, k, v = rand(rng, T, H, hd, scale=3.0), rand(rng, T, Hkv, hd), rand(rng, T, Hkv, hd)
+                gate = rand(rng, T, 3 * H, scale=2.0)
+                K, V = rand(rng, n + T + 4, Hkv, hd), rand(rng, n + T + 4, Hkv, hd)
+                B = max(0, (n + T - shape.block) // shape.stride + 1)
+                kc, vc = rand(rng, B, Hkv, hd), rand(rng, B, Hkv, hd)
+                K0, V0 = K.copy(), V.copy()
+                positions, freq = np.arange(n, n + T), inv_freq(hd, 1e4, angles=angles)
+                got, kept = NB.rope_nsa(q, k, v, gate, positions, freq, K, V, n, kc, vc, shape)
+                k_rot = REF.rope(k, positions, freq)
+                close(K[n:n + T], k_rot)
+                np.testing.assert_array_equal(V[n:n + T], v)
+                for buf, buf0 in ((K, K0), (V, V0)):
+                    np.testing.assert_array_equal(buf[:n], buf0[:n])
+                    np.testing.assert_array_equal(buf[n + T:], buf0[n + T:])
+                keys, values = np.concatenate([K0[:n], k_rot]), np.concatenate([V0[:n], v])
+                o_cmp, o_slc, o_win, want_kept = REF.nsa_attention(REF.rope(q, positions, freq), keys, values,
+                                                                   kc, vc, positions, shape)
+                g = 1 / (1 + np.exp(-gate.astype(np.float64))).reshape(T, 3, H, 1)
+                want = g[:, 0] * o_cmp + g[:, 1] * o_slc + g[:, 2] * o_win
+                assert np.array_equal(kept, want_kept)
+                close(got, want.astype(np.float32))
 
 
 def parity_nsa_compress():

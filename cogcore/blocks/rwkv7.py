@@ -25,7 +25,7 @@ import numpy as np
 
 from ..cache import RecurrentState
 from ..dtypes import f32
-from ..ops import FusedRecurrent
+from ..ops import FusedLinears, FusedRecurrent
 
 DECAY_SCALE = np.float32(np.exp(-0.5))   # 0.606531 in the reference
 L2_EPS = np.float32(1e-12)      # "clamp": kk / max(|kk|, 1e-12), torch's F.normalize (the reference)
@@ -105,6 +105,7 @@ class RecurrentMixer:
         self.ln_w, self.ln_b = vec("ln_x.weight"), vec("ln_x.bias")
         self.ops = ops
         self.fused = isinstance(ops, FusedRecurrent)
+        self.fused_linears = isinstance(ops, FusedLinears)
         if self.fused:                      # the fused ops' arguments, gathered once
             self.mix = np.stack([self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g])   # [6, D]
             # the low-rank pairs as stored when bfloat16 (the kernel widens in registers: half the bytes)
@@ -159,10 +160,14 @@ class RecurrentMixer:
         """`__call__` with everything between the projections in the two ops of
         `cogcore.ops.FusedRecurrent` (decode's fast path; the same step to round-off)."""
         ops = self.ops
-        xr, xk, xv, w, a, g, v_gate = ops.rwkv7_inputs(x, st.x_prev, self.mix, self.lora_pairs, self.w0,
-                                                       self.a0, None if self.first else self.v0)
+        inputs = ops.rwkv7_inputs(x, st.x_prev, self.mix, self.lora_pairs, self.w0, self.a0,
+                                  None if self.first else self.v0)         # [7, T, D]
+        xr, xk, xv, w, a, g, v_gate = inputs
         st.x_prev = x[-1].copy()
-        r, k, v = ops.linear(xr, self.W_r), ops.linear(xk, self.W_k), ops.linear(xv, self.W_v)
+        if self.fused_linears:            # r, k, v in one op: each of its own mix, inputs[:3]
+            r, k, v = ops.linears_each(inputs[:3], (self.W_r, self.W_k, self.W_v))
+        else:
+            r, k, v = ops.linear(xr, self.W_r), ops.linear(xk, self.W_k), ops.linear(xv, self.W_v)
         if self.first:
             ctx.v_first, v_gate = v, None
         y, st.S = ops.rwkv7_output(r, w, k, v, a, g, v_gate, None if self.first else ctx.v_first, self.k_k,

@@ -25,7 +25,8 @@ import numpy as np
 
 from ..cache import SparseKV
 from ..dtypes import f32
-from .attention import AttentionMixer, softmax
+from ..ops import FusedSparseStep
+from .attention import FUSED_MAX_TOKENS, AttentionMixer, softmax
 from .ffn import silu
 from .linear import linear as reference_linear
 
@@ -140,6 +141,7 @@ class SparseAttentionMixer(AttentionMixer):
              weights.take(f"{p}.{c}.fc2.weight", (hd, hc)))
             for c in ("compress_k", "compress_v"))
         self.w_gate = weights.take(f"{p}.gate_proj.weight", (3 * self.H, cfg.hidden_size))
+        self.fused_sparse_step = isinstance(ops, FusedSparseStep)
 
     def new_state(self) -> SparseKV:
         return SparseKV((self.Hkv, self.hd))
@@ -148,6 +150,8 @@ class SparseAttentionMixer(AttentionMixer):
         """x [T, D] normed input -> [T, D]; appends to the cache and compresses finished blocks."""
         T, ops = len(x), self.ops
         q, k, v, gate = self.projections(x, self.w_gate)
+        if self.fused_sparse_step and T <= FUSED_MAX_TOKENS and st.kc.n == n_complete_blocks(st.kv.k.n + T, self.shape):
+            return self._fused_step(q, k, v, gate, st, ctx)      # (no block completes: nothing to compress)
         q, k = ops.rope(q, ctx.positions, self.inv_freq), ops.rope(k, ctx.positions, self.inv_freq)
         K, V, _ = st.kv.extend(k, v, ctx.positions)
         first, last = st.kc.n, n_complete_blocks(len(K), self.shape)
@@ -160,3 +164,13 @@ class SparseAttentionMixer(AttentionMixer):
         o = gate[:, 0] * o_cmp + gate[:, 1] * o_slc + gate[:, 2] * o_win    # [T, H, hd]
         ctx.selected_blocks[ctx.layer] = kept
         return ops.linear(o.reshape(T, -1), self.wo)
+
+    def _fused_step(self, q, k, v, gate, st: SparseKV, ctx) -> np.ndarray:
+        """`__call__` after the projections, with RoPE, the cache write, NSA and the gating in the one op
+        of `cogcore.ops.FusedSparseStep` (decode's fast path; the same step to round-off)."""
+        K, V, n = st.kv.room(len(q))
+        o, kept = self.ops.rope_nsa(q, k, v, gate, ctx.positions, self.inv_freq, K, V, n, st.kc.view(),
+                                    st.vc.view(), self.shape)
+        st.kv.commit(len(q))
+        ctx.selected_blocks[ctx.layer] = kept
+        return self.ops.linear(o.reshape(len(q), -1), self.wo)
