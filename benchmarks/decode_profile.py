@@ -25,7 +25,8 @@ import time
 import numpy as np
 
 OPS = ("linear", "linears", "linears_each", "moe", "attention", "rope_attend", "nsa_attention", "rope_nsa",
-       "nsa_compress", "wkv7", "rope", "rmsnorm", "layernorm", "add_rmsnorm", "add_layernorm", "embed", "sigmoid", "rwkv7_inputs", "rwkv7_output")
+       "nsa_compress", "wkv7", "rope", "rmsnorm", "layernorm", "add_rmsnorm", "add_layernorm", "embed", "sigmoid",
+       "rwkv7_inputs", "rwkv7_output")
 
 
 def weight_label(W) -> str:
