@@ -31,7 +31,7 @@ from cogcore.weights import ExpertStack
 
 REF, NB = ReferenceOps(), NumbaOps()
 DTYPES = ["F32", "F16", "BF16"]
-OPTIONAL = (FusedResidualNorm, FusedLinears, FusedAttentionStep, FusedSparseStep, FusedRecurrent)   # only the Numba table's
+OPTIONAL = (FusedResidualNorm, FusedLinears, FusedAttentionStep, FusedSparseStep, FusedRecurrent)  # the Numba table's
 OPS = members(Ops) + [op for protocol in OPTIONAL for op in members(protocol)]
 
 
