@@ -102,6 +102,21 @@ def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk, int8=False):
     return y, counts
 
 
+def _rwkv7_step(x, x_prev, mix, lora, w0, a0, v0, Ws, v_first, k_k, k_a, r_k, ln_w, ln_b, eps, kk_norm, S,
+                int8=False):
+    """The RWKV-7 time mix in one kernel call (kernels.rwkv7.time_mix_step) when its four projections are
+    quantized in one format; otherwise its two fused ops and the projections around them."""
+    qtypes = {getattr(W, "qtype", None) for W in Ws}
+    if len(qtypes) == 1 and None not in qtypes and len(x) <= linear.SMALL_T:
+        return rwkv7.time_mix_step(x, x_prev, mix, lora, w0, a0, v0, [W.data for W in Ws], qtypes.pop(), int8,
+                                   v_first, k_k, k_a, r_k, ln_w, ln_b, eps, kk_norm, S)
+    inputs = rwkv7.time_mix_inputs(x, x_prev, mix, lora, w0, a0, v0)        # [7, T, D]: xr, xk, xv, w, a, g, v_gate
+    r, k, v = _linears_each(inputs[:3], Ws[:3], int8)
+    y, S = rwkv7.time_mix_output(r, inputs[3], k, v, inputs[4], inputs[5], None if v_first is None else inputs[6],
+                                 v_first, k_k, k_a, r_k, ln_w, ln_b, eps, kk_norm, S)
+    return (_linear_int8 if int8 else _linear)(y, Ws[3]), v, S
+
+
 _DECODE_EXPERTS: dict[int, tuple] = {}   # id(gate stack) -> (weak references to the three stacks, answer)
 
 
@@ -135,8 +150,8 @@ def _read_only_blocks(W) -> tuple:
 
 
 class NumbaOps:
-    """`Ops`, `FusedResidualNorm`, `FusedLinears`, `FusedAttentionStep`, `FusedSparseStep`, `FusedRecurrent`
-    and `Compiled`
+    """`Ops`, `FusedResidualNorm`, `FusedLinears`, `FusedAttentionStep`, `FusedSparseStep`, `FusedRecurrent`,
+    `FusedRecurrentStep` and `Compiled`
     over the Numba kernels (backend "numba")."""
 
     name = "numba"
@@ -159,6 +174,7 @@ class NumbaOps:
     wkv7 = staticmethod(rwkv7.wkv7)
     rwkv7_inputs = staticmethod(rwkv7.time_mix_inputs)
     rwkv7_output = staticmethod(rwkv7.time_mix_output)
+    rwkv7_step = staticmethod(_rwkv7_step)
     moe = staticmethod(_moe)
     token_probabilities = staticmethod(sampling.token_probabilities)
 
@@ -188,6 +204,7 @@ class NumbaInt8Ops(NumbaOps):
     linear = staticmethod(_linear_int8)
     linears = staticmethod(functools.partial(_linears, int8=True))
     linears_each = staticmethod(functools.partial(_linears_each, int8=True))
+    rwkv7_step = staticmethod(functools.partial(_rwkv7_step, int8=True))
     moe = staticmethod(functools.partial(_moe, int8=True))
 
 
@@ -250,4 +267,13 @@ def _exercise(ops):
         v_gate, v_first = (None, None) if v_pair is None else (v_gate, xv)
         ops.rwkv7_output(xr, w, xk, xv, a, g, v_gate, v_first, v8, v8, np.ones((2, 4), np.float32), v8, v8, 1e-3,
                          "clamp", np.zeros((2, 4, 4), np.float32))
+    x32, v32, Wq = rng.standard_normal((1, 32), np.float32), np.ones(32, np.float32), quantize_tensor(
+        rng.standard_normal((32, 32), np.float32), "q4_0")
+    pair32 = (rng.standard_normal((32, 3), np.float32), rng.standard_normal((3, 32), np.float32))
+    for pair in (pair32, tuple(map(to_bf16, pair32))):    # the whole step over quantized projections
+        for v_pair, v_first in ((pair, x32), (None, None)):
+            for int8 in (False, True):
+                _rwkv7_step(x32, v32, np.ones((6, 32), np.float32), (pair, pair, v_pair, pair), v32, v32,
+                            None if v_pair is None else v32, (Wq,) * 4, v_first, v32, v32, np.ones((4, 8), np.float32),
+                            v32, v32, 1e-3, "clamp", np.zeros((4, 8, 8), np.float32), int8)
     ops.token_probabilities(rng.standard_normal(50).astype(np.float32), 1.0, 5, 0.9, 0.0)

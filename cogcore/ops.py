@@ -15,7 +15,8 @@ results are the unfused ones, to the bit), `FusedLinears`, attention's q/k/v
 projections in one op, `FusedAttentionStep`, full attention's RoPE, cache write and
 attention in one op, `FusedSparseStep`, the same for sparse attention with its
 gates, `FusedRecurrent`, the RWKV-7 step between
-its projections in two ops (decode's fast path), and `Compiled`, a table with kernels
+its projections in two ops (decode's fast path), `FusedRecurrentStep`, the same step with its
+projections in one op, and `Compiled`, a table with kernels
 to compile (or load from Numba's cache) before timing anything.
 
 Weights `W` are passed in their stored dtype (float32, float16, or bfloat16 as
@@ -180,6 +181,20 @@ class FusedRecurrent(Protocol):
         key update, the value residual (v_gate, v_first None: none), the recurrence, the group norm
         (eps), the bonus and the gate: [T, D] inputs, r_k [Hr, N], S [Hr, N, N] (may be updated in
         place) -> (the output projection's input [T, D], the final state)."""
+
+
+@runtime_checkable
+class FusedRecurrentStep(Protocol):
+    """The whole RWKV-7 time mix of a decode-sized chunk as one op, its four projections included
+    (optional). `cogcore.blocks.rwkv7.RecurrentMixer` is the reference."""
+
+    def rwkv7_step(self, x: np.ndarray, x_prev: np.ndarray, mix: np.ndarray, lora: tuple, w0: np.ndarray,
+                   a0: np.ndarray, v0: np.ndarray | None, Ws: tuple, v_first: np.ndarray | None, k_k: np.ndarray,
+                   k_a: np.ndarray, r_k: np.ndarray, ln_w: np.ndarray, ln_b: np.ndarray, eps: float, kk_norm: str,
+                   S: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`rwkv7_inputs`, the receptance, key and value projections of xr, xk, xv, `rwkv7_output` and the
+        output projection: arguments as those ops take them, Ws the stored (receptance, key, value, output)
+        weights [D, D] -> (the mixer's output [T, D], v [T, D] (the first layer's v_first), the final state)."""
 
 
 @runtime_checkable

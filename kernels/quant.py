@@ -679,17 +679,17 @@ def linear_many(x: np.ndarray, datas: tuple, qtype: str, cols: int, int8: bool =
     return _decode(x, tuple(datas), code, INT8_PATH if int8 else FLOAT_PATH)
 
 
-def _gemv_each(xs, mats, code, table, mode):
-    """`_gemv` with rows of x of its own for each matrix: matrix m times xs[m] (xs [n, T, cols]),
-    side by side in out [T, total rows]; one parallel region, all rows quantized in one pass (INT8_PATH)."""
-    n, T = xs.shape[0], xs.shape[1]
-    act = activations(xs.reshape(n * T, xs.shape[2]), mode)       # row m * T + t: xs[m, t]
+@njit(inline="always")
+def gemv_each_into(act, T, mats, code, table, out):
+    """out[t, the rows of matrix m] = packed matrix m times row m * T + t of act (what `activations` made of
+    the inputs stacked matrix by matrix), for every m and t < T: one parallel region (tasks of
+    ROWS_PER_TASK rows of one matrix) when inlined into a parallel kernel."""
+    n = len(mats)
     first_task, first_row = np.zeros(n + 1, np.int64), np.zeros(n + 1, np.int64)
     for m in range(n):
         rows = mats[m].shape[0]
         first_task[m + 1] = first_task[m] + (rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
         first_row[m + 1] = first_row[m] + rows
-    out = np.empty((T, first_row[n]), np.float32)
     for task in prange(first_task[n]):
         m = 0
         while task >= first_task[m + 1]:
@@ -698,6 +698,17 @@ def _gemv_each(xs, mats, code, table, mode):
         r1 = min(mats[m].shape[0], r0 + ROWS_PER_TASK)
         for t in range(T):
             dot_rows_of(mats[m], r0, r1, activation_row(act, m * T + t), code, table, out[t], first_row[m] + r0)
+
+
+def _gemv_each(xs, mats, code, table, mode):
+    """`_gemv` with rows of x of its own for each matrix: matrix m times xs[m] (xs [n, T, cols]), side by
+    side in out [T, total rows]; one parallel region, all rows quantized in one pass (INT8_PATH)."""
+    n, T = xs.shape[0], xs.shape[1]
+    rows = 0
+    for m in range(n):
+        rows += mats[m].shape[0]
+    out = np.empty((T, rows), np.float32)
+    gemv_each_into(activations(xs.reshape(n * T, xs.shape[2]), mode), T, mats, code, table, out)
     return out
 
 

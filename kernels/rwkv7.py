@@ -25,6 +25,7 @@ from numba.extending import overload
 
 from .expf import divide, expf
 from .linear import FAST, as_float32
+from .quant import BLOCK_BYTES, CODE, FLOAT_PATH, HALF_TO_FLOAT, INT8_PATH, activations, gemv_each_into
 from .threads import pick, twins
 
 DECAY_SCALE = np.float32(np.exp(-0.5))
@@ -220,3 +221,50 @@ def time_mix_output(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_b
     _time_mix_output(c(r), c(w), c(k), c(v), c(a), c(g), c(v_gate), c(v_first), k_k, k_a, r_k, ln_w, ln_b,
                      np.float32(eps), kk_norm == "epsilon", residual, S, out)
     return out, S
+
+
+# ---- the whole decode step over quantized projections -----------------------------------------------
+def _time_mix_step(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0, has_v_gate, mats, code, table, mode,
+                   v_first, k_k, k_a, r_k, ln_w, ln_b, gn_eps, kk_inside, residual, S):
+    T, D = x.shape
+    inputs = np.empty((7, T, D), np.float32)
+    _time_mix_inputs(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0, has_v_gate, inputs)
+    rkv = np.empty((T, 3 * D), np.float32)                  # r, k, v side by side
+    gemv_each_into(activations(inputs[:3].reshape(3 * T, D), mode), T, mats[:3], code, table, rkv)
+    r, k, v = rkv[:, :D].copy(), rkv[:, D:2 * D].copy(), rkv[:, 2 * D:].copy()
+    y = np.empty((T, D), np.float32)
+    _time_mix_output(r, inputs[W], k, v, inputs[A], inputs[G], inputs[V_GATE] if residual else r,
+                     v_first if residual else r, k_k, k_a, r_k, ln_w, ln_b, gn_eps, kk_inside, residual, S, y)
+    out = np.empty((T, D), np.float32)
+    gemv_each_into(activations(y, mode), T, mats[3:], code, table, out)
+    return out, v
+
+
+_time_mix_step_1, _time_mix_step_p = twins(_time_mix_step)
+
+
+def time_mix_step(x, x_prev, mix, lora, w0, a0, v0, mats, qtype, int8, v_first, k_k, k_a, r_k, ln_w, ln_b, eps,
+                  kk_norm, S):
+    """The whole time mix of a few tokens in one call, over projections packed in one quantized format:
+    `time_mix_inputs`, the r, k, v products (one parallel region), `time_mix_output` and the output product
+    (another). x, x_prev, mix, lora, w0, a0, v0 as `time_mix_inputs` takes them; mats the packed receptance,
+    key, value and output weights [D, D // 32 * block bytes] of format qtype (int8: int8 activations, as
+    kernels.quant's linear_i8); v_first and the rest as `time_mix_output` takes them (v_first None in the
+    first layer; S updated in place) -> (the output projection [T, D], v [T, D], S)."""
+    T, D = x.shape
+    code = CODE[qtype]
+    for m in mats:
+        if m.shape != (D, D // 32 * BLOCK_BYTES[code]):
+            raise ValueError(f"time_mix_step: a {qtype} projection of {list(m.shape)} bytes for D = {D}")
+    (w1, w2), (a1, a2), v_pair, (g1, g2) = lora
+    has_v = v_pair is not None
+    v1, v2 = v_pair if has_v else (w1[:, :0], w2[:0])
+    residual = v_first is not None
+    if not (S.flags.c_contiguous and S.flags.writeable and S.dtype == np.float32):
+        S = np.array(S, np.float32)
+    x = np.ascontiguousarray(x, np.float32)
+    fn = pick(_time_mix_step_1, _time_mix_step_p, 4 * D * D)
+    out, v = fn(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0 if has_v else w0, has_v, tuple(mats), code,
+                HALF_TO_FLOAT, INT8_PATH if int8 else FLOAT_PATH, np.ascontiguousarray(v_first, np.float32) if residual
+                else x, k_k, k_a, r_k, ln_w, ln_b, np.float32(eps), kk_norm == "epsilon", residual, S)
+    return out, v, S

@@ -24,14 +24,15 @@ from cogcore.blocks.sparse_attention import NSAShape
 from cogcore.dtypes import to_storage
 import cogcore.kernels
 from cogcore.kernels import threads
-from cogcore.ops import (Compiled, FusedAttentionStep, FusedLinears, FusedRecurrent, FusedResidualNorm, FusedSparseStep,
-                         Ops, members)
+from cogcore.ops import (Compiled, FusedAttentionStep, FusedLinears, FusedRecurrent, FusedRecurrentStep,
+                         FusedResidualNorm, FusedSparseStep, Ops, members)
 from cogcore.quant import QTYPES, quantize_tensor
 from cogcore.weights import ExpertStack
 
 REF, NB = ReferenceOps(), NumbaOps()
 DTYPES = ["F32", "F16", "BF16"]
-OPTIONAL = (FusedResidualNorm, FusedLinears, FusedAttentionStep, FusedSparseStep, FusedRecurrent)  # the Numba table's
+OPTIONAL = (FusedResidualNorm, FusedLinears, FusedAttentionStep, FusedSparseStep, FusedRecurrent,
+            FusedRecurrentStep)       # only the Numba table's
 OPS = members(Ops) + [op for protocol in OPTIONAL for op in members(protocol)]
 
 
@@ -357,6 +358,49 @@ def parity_rwkv7_output():
         close(got, want[kk_norm], 1e-4)
         close(S_got, S, 1e-4)
     assert not np.allclose(want["clamp"], want["epsilon"], rtol=1e-2)      # the case tells the norms apart
+
+
+def parity_rwkv7_step():
+    """The whole time mix with its projections in one op. Over projections quantized in one format
+    (one kernel call), against the reference on the same blocks, with float and with int8 arithmetic
+    (D 64, 4 heads of 16, odd ranks), a first layer and a later one, both thread variants; over float
+    projections (its two fused ops between them) through `recurrent_steps` above."""
+    from cogcore.backends import NumbaInt8Ops
+    from cogcore.blocks import ReferenceInt8Ops
+    from cogcore.blocks.rwkv7 import RecurrentMixer
+    from cogcore.cache import RecurrentState
+    from cogcore.config import Config
+    from cogcore.create import random_weights
+    from cogcore.model import Pass
+    from cogcore.quant import quantizable
+    from cogcore.weights import Weights
+
+    cfg = Config.from_dict(small_config(num_hidden_layers=1, layer_types=["recurrent"], mlp_types=["dense"],
+                                        hidden_size=64, rwkv_head_size=16))
+    for qtype in QTYPES:
+        tensors = {name: quantize_tensor(a, qtype, name) if quantizable(name, a.shape) and ".rwkv." in name else a
+                   for name, a in random_weights(cfg, 9).items()}
+        assert sum(isinstance(a, type(quantize_tensor(np.zeros((1, 32), np.float32), qtype)))
+                   for a in tensors.values()) == 4                   # receptance, key, value, output
+        for ref, nb in ((REF, NB), (ReferenceInt8Ops(), NumbaInt8Ops())):
+            for first in (True, False):
+                for work in (1 << 62, 0):                            # the serial kernel, the parallel one
+                    mixers = [RecurrentMixer(Weights(tensors), "model.layers.0", cfg, ops, first) for ops in (ref, nb)]
+                    assert mixers[1].fused_step and not mixers[0].fused_step
+                    states = [RecurrentState(64, 4, 16) for _ in mixers]
+                    rng = np.random.default_rng(11)
+                    for T in (1, 3, 1):
+                        x, v_first = rand(rng, T, 64), None if first else rand(rng, T, 64)
+                        outs = []
+                        for mixer, st in zip(mixers, states):
+                            ctx = Pass(positions=np.arange(T), v_first=v_first)
+                            with threads.parallel_from(work):
+                                outs.append((mixer(x, st, ctx), ctx.v_first))
+                        (got, vf_got), (want, vf_want) = outs
+                        close(got, want, 1e-4)
+                        close(vf_got, vf_want)
+                        close(states[1].S, states[0].S, 1e-4)
+                        assert np.array_equal(states[1].x_prev, states[0].x_prev)
 
 
 def parity_moe():

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..cache import RecurrentState
 from ..dtypes import f32
-from ..ops import FusedLinears, FusedRecurrent
+from ..ops import FusedLinears, FusedRecurrent, FusedRecurrentStep
 
 DECAY_SCALE = np.float32(np.exp(-0.5))   # 0.606531 in the reference
 L2_EPS = np.float32(1e-12)      # "clamp": kk / max(|kk|, 1e-12), torch's F.normalize (the reference)
@@ -106,6 +106,7 @@ class RecurrentMixer:
         self.ops = ops
         self.fused = isinstance(ops, FusedRecurrent)
         self.fused_linears = isinstance(ops, FusedLinears)
+        self.fused_step = isinstance(ops, FusedRecurrentStep)
         if self.fused:                      # the fused ops' arguments, gathered once
             self.mix = np.stack([self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g])   # [6, D]
             # the low-rank pairs as stored when bfloat16 (the kernel widens in registers: half the bytes)
@@ -158,8 +159,18 @@ class RecurrentMixer:
 
     def _fused_step(self, x: np.ndarray, st: RecurrentState, ctx) -> np.ndarray:
         """`__call__` with everything between the projections in the two ops of
-        `cogcore.ops.FusedRecurrent` (decode's fast path; the same step to round-off)."""
+        `cogcore.ops.FusedRecurrent`, or the whole step in the one op of `FusedRecurrentStep`
+        (decode's fast path; the same step to round-off)."""
         ops = self.ops
+        if self.fused_step:
+            v0, v_first = (None, None) if self.first else (self.v0, ctx.v_first)
+            out, v, st.S = ops.rwkv7_step(x, st.x_prev, self.mix, self.lora_pairs, self.w0, self.a0, v0,
+                                          (self.W_r, self.W_k, self.W_v, self.W_o), v_first, self.k_k, self.k_a,
+                                          self.r_k, self.ln_w, self.ln_b, self.group_norm_eps, self.kk_norm, st.S)
+            st.x_prev = x[-1].copy()
+            if self.first:
+                ctx.v_first = v
+            return out
         inputs = ops.rwkv7_inputs(x, st.x_prev, self.mix, self.lora_pairs, self.w0, self.a0,
                                   None if self.first else self.v0)         # [7, T, D]
         xr, xk, xv, w, a, g, v_gate = inputs
