@@ -24,9 +24,9 @@ import time
 
 import numpy as np
 
-OPS = ("linear", "linears", "linears_each", "moe", "attention", "rope_attend", "nsa_attention", "rope_nsa",
-       "nsa_compress", "wkv7", "rope", "rmsnorm", "layernorm", "add_rmsnorm", "add_layernorm", "embed", "sigmoid",
-       "rwkv7_inputs", "rwkv7_output")
+OPS = ("linear", "linears", "moe", "attention", "rope_attend", "nsa_attention", "rope_nsa", "nsa_compress", "wkv7",
+       "rope", "rmsnorm", "layernorm", "add_rmsnorm", "add_layernorm", "embed", "sigmoid", "rwkv7_inputs",
+       "rwkv7_output", "rwkv7_step")
 
 
 def weight_label(W) -> str:
@@ -43,8 +43,8 @@ def instrument(ops, clock):
             t = clock()
             out = fn(*args, **kw)
             label = f"linear {weight_label(args[1])}" if name == "linear" else name
-            if name in ("linears", "linears_each"):
-                label = f"{name} " + " + ".join(weight_label(W) for W in args[1])
+            if name == "linears":
+                label = "linears " + " + ".join(weight_label(W) for W in args[1])
             if name == "moe":
                 label = f"moe (router + chosen experts) {weight_label(args[2][0])}"
             s = spent[label]

@@ -57,21 +57,7 @@ def _linears(x, Ws, int8=False):
     if len(qtypes) > 1 or None in qtypes or x.ndim != 2 or len(x) > linear.SMALL_T:
         lin = _linear_int8 if int8 else _linear
         return tuple(lin(x, W) for W in Ws)
-    return _split(quant.linear_many(x, tuple(W.data for W in Ws), qtypes.pop(), Ws[0].shape[-1], int8), Ws)
-
-
-def _linears_each(xs, Ws, int8=False):
-    """Decode's projections of an input each (`_linears` with xs [n, T, in], weight i times xs[i]): weights of
-    one quantized format in one kernel call (kernels.quant.linear_each); anything else one `_linear` each."""
-    qtypes = {getattr(W, "qtype", None) for W in Ws}
-    if len(qtypes) > 1 or None in qtypes or xs.ndim != 3 or xs.shape[1] > linear.SMALL_T:
-        lin = _linear_int8 if int8 else _linear
-        return tuple(lin(x, W) for x, W in zip(xs, Ws))
-    return _split(quant.linear_each(xs, tuple(W.data for W in Ws), qtypes.pop(), Ws[0].shape[-1], int8), Ws)
-
-
-def _split(out, Ws) -> tuple:
-    """The columns of out [T, sum of rows] that belong to each weight of Ws, in order."""
+    out = quant.linear_many(x, tuple(W.data for W in Ws), qtypes.pop(), Ws[0].shape[-1], int8)
     parts, start = [], 0
     for W in Ws:
         parts.append(out[:, start:start + W.shape[0]])
@@ -105,16 +91,17 @@ def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk, int8=False):
 def _rwkv7_step(x, x_prev, mix, lora, w0, a0, v0, Ws, v_first, k_k, k_a, r_k, ln_w, ln_b, eps, kk_norm, S,
                 int8=False):
     """The RWKV-7 time mix in one kernel call (kernels.rwkv7.time_mix_step) when its four projections are
-    quantized in one format; otherwise its two fused ops and the projections around them."""
+    quantized in one format; otherwise the table's two fused ops and the projections around them."""
     qtypes = {getattr(W, "qtype", None) for W in Ws}
     if len(qtypes) == 1 and None not in qtypes and len(x) <= linear.SMALL_T:
         return rwkv7.time_mix_step(x, x_prev, mix, lora, w0, a0, v0, [W.data for W in Ws], qtypes.pop(), int8,
                                    v_first, k_k, k_a, r_k, ln_w, ln_b, eps, kk_norm, S)
-    inputs = rwkv7.time_mix_inputs(x, x_prev, mix, lora, w0, a0, v0)        # [7, T, D]: xr, xk, xv, w, a, g, v_gate
-    r, k, v = _linears_each(inputs[:3], Ws[:3], int8)
-    y, S = rwkv7.time_mix_output(r, inputs[3], k, v, inputs[4], inputs[5], None if v_first is None else inputs[6],
-                                 v_first, k_k, k_a, r_k, ln_w, ln_b, eps, kk_norm, S)
-    return (_linear_int8 if int8 else _linear)(y, Ws[3]), v, S
+    lin = _linear_int8 if int8 else _linear
+    xr, xk, xv, w, a, g, v_gate = rwkv7.time_mix_inputs(x, x_prev, mix, lora, w0, a0, v0)
+    r, k, v = lin(xr, Ws[0]), lin(xk, Ws[1]), lin(xv, Ws[2])
+    y, S = rwkv7.time_mix_output(r, w, k, v, a, g, None if v_first is None else v_gate, v_first, k_k, k_a, r_k, ln_w,
+                                 ln_b, eps, kk_norm, S)
+    return lin(y, Ws[3]), v, S
 
 
 _DECODE_EXPERTS: dict[int, tuple] = {}   # id(gate stack) -> (weak references to the three stacks, answer)
@@ -150,8 +137,8 @@ def _read_only_blocks(W) -> tuple:
 
 
 class NumbaOps:
-    """`Ops`, `FusedResidualNorm`, `FusedLinears`, `FusedAttentionStep`, `FusedSparseStep`, `FusedRecurrent`,
-    `FusedRecurrentStep` and `Compiled`
+    """`Ops`, `FusedResidualNorm`, `FusedLinears`, `FusedAttentionStep`, `FusedSparseStep`, `FusedRecurrent`
+    and `Compiled`
     over the Numba kernels (backend "numba")."""
 
     name = "numba"
@@ -159,7 +146,6 @@ class NumbaOps:
 
     linear = staticmethod(_linear)
     linears = staticmethod(_linears)
-    linears_each = staticmethod(_linears_each)
     embed = staticmethod(_embed)
     sigmoid = staticmethod(ReferenceOps.sigmoid)     # reference: one vectorised expression
     rmsnorm = staticmethod(norm.rmsnorm)
@@ -203,7 +189,6 @@ class NumbaInt8Ops(NumbaOps):
     int8_activations = True
     linear = staticmethod(_linear_int8)
     linears = staticmethod(functools.partial(_linears, int8=True))
-    linears_each = staticmethod(functools.partial(_linears_each, int8=True))
     rwkv7_step = staticmethod(functools.partial(_rwkv7_step, int8=True))
     moe = staticmethod(functools.partial(_moe, int8=True))
 
@@ -228,7 +213,6 @@ def _exercise(ops):
             lin(np.repeat(xq, 8, 0), Wq)
             for n in (3, 4):                     # attention's q, k, v in one call; sparse attention's gate too
                 _linears(xq, (Wq,) * n, int8)
-            _linears_each(np.stack([xq] * 3), (Wq,) * 3, int8)     # RWKV-7's r, k, v of their own inputs
             for k in (1, 2):                     # kernels take the chosen experts as a k-tuple
                 _moe(xq, rng.standard_normal((2, 32), np.float32), Eq, Eq, Eq, k, True, int8=int8)
     w = np.ones(16, np.float32)

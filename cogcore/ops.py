@@ -14,9 +14,8 @@ fuse each residual add with the norm that reads its sum (`Model.forward`; the
 results are the unfused ones, to the bit), `FusedLinears`, attention's q/k/v
 projections in one op, `FusedAttentionStep`, full attention's RoPE, cache write and
 attention in one op, `FusedSparseStep`, the same for sparse attention with its
-gates, `FusedRecurrent`, the RWKV-7 step between
-its projections in two ops (decode's fast path), `FusedRecurrentStep`, the same step with its
-projections in one op, and `Compiled`, a table with kernels
+gates, `FusedRecurrent`, the RWKV-7 step with its
+projections in one op (decode's fast path), and `Compiled`, a table with kernels
 to compile (or load from Numba's cache) before timing anything.
 
 Weights `W` are passed in their stored dtype (float32, float16, or bfloat16 as
@@ -120,16 +119,11 @@ class FusedResidualNorm(Protocol):
 
 @runtime_checkable
 class FusedLinears(Protocol):
-    """Several projections of one input (or of an input each) as one op (a fast path for decode;
-    optional): one kernel call and one parallel region instead of one per weight, the input read (or
-    quantized) once."""
+    """Several projections of one input as one op (a fast path for decode; optional): one kernel
+    call and one parallel region instead of one per weight, the input read (or quantized) once."""
 
     def linears(self, x: np.ndarray, Ws: tuple) -> tuple[np.ndarray, ...]:
         """(linear(x, W) for W in Ws); x [..., in] float32, each W [out_i, in] stored."""
-
-    def linears_each(self, xs: np.ndarray, Ws: tuple) -> tuple[np.ndarray, ...]:
-        """(linear(x, W) for x, W in zip(xs, Ws)): an input each, xs [len(Ws), T, in] float32 (RWKV-7's
-        r, k, v of its three mixes)."""
 
 
 @runtime_checkable
@@ -162,9 +156,18 @@ class FusedSparseStep(Protocol):
 
 @runtime_checkable
 class FusedRecurrent(Protocol):
-    """The RWKV-7 time mix between its projections as two fused ops (a fast path for decode-sized
-    chunks; optional). `cogcore.blocks.rwkv7.RecurrentMixer` is the reference: the same step in
-    NumPy, and what these ops are tested against. All arrays float32; D = Hr * N."""
+    """The RWKV-7 time mix of a decode-sized chunk as one op, `rwkv7_step` (a fast path; optional),
+    and the two fused ops around its projections that a table may build it from. `cogcore.blocks.rwkv7.
+    RecurrentMixer` is the reference: the same step in NumPy, and what these ops are tested against.
+    All arrays float32; D = Hr * N."""
+
+    def rwkv7_step(self, x: np.ndarray, x_prev: np.ndarray, mix: np.ndarray, lora: tuple, w0: np.ndarray,
+                   a0: np.ndarray, v0: np.ndarray | None, Ws: tuple, v_first: np.ndarray | None, k_k: np.ndarray,
+                   k_a: np.ndarray, r_k: np.ndarray, ln_w: np.ndarray, ln_b: np.ndarray, eps: float, kk_norm: str,
+                   S: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`rwkv7_inputs`, the receptance, key and value projections of xr, xk, xv, `rwkv7_output` and the
+        output projection: arguments as those ops take them, Ws the stored (receptance, key, value, output)
+        weights [D, D] -> (the mixer's output [T, D], v [T, D] (the first layer's v_first), the final state)."""
 
     def rwkv7_inputs(self, x: np.ndarray, x_prev: np.ndarray, mix: np.ndarray, lora: tuple,
                      w0: np.ndarray, a0: np.ndarray, v0: np.ndarray) -> np.ndarray:
@@ -181,20 +184,6 @@ class FusedRecurrent(Protocol):
         key update, the value residual (v_gate, v_first None: none), the recurrence, the group norm
         (eps), the bonus and the gate: [T, D] inputs, r_k [Hr, N], S [Hr, N, N] (may be updated in
         place) -> (the output projection's input [T, D], the final state)."""
-
-
-@runtime_checkable
-class FusedRecurrentStep(Protocol):
-    """The whole RWKV-7 time mix of a decode-sized chunk as one op, its four projections included
-    (optional). `cogcore.blocks.rwkv7.RecurrentMixer` is the reference."""
-
-    def rwkv7_step(self, x: np.ndarray, x_prev: np.ndarray, mix: np.ndarray, lora: tuple, w0: np.ndarray,
-                   a0: np.ndarray, v0: np.ndarray | None, Ws: tuple, v_first: np.ndarray | None, k_k: np.ndarray,
-                   k_a: np.ndarray, r_k: np.ndarray, ln_w: np.ndarray, ln_b: np.ndarray, eps: float, kk_norm: str,
-                   S: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """`rwkv7_inputs`, the receptance, key and value projections of xr, xk, xv, `rwkv7_output` and the
-        output projection: arguments as those ops take them, Ws the stored (receptance, key, value, output)
-        weights [D, D] -> (the mixer's output [T, D], v [T, D] (the first layer's v_first), the final state)."""
 
 
 @runtime_checkable

@@ -700,37 +700,6 @@ def gemv_each_into(act, T, mats, code, table, out):
             dot_rows_of(mats[m], r0, r1, activation_row(act, m * T + t), code, table, out[t], first_row[m] + r0)
 
 
-def _gemv_each(xs, mats, code, table, mode):
-    """`_gemv` with rows of x of its own for each matrix: matrix m times xs[m] (xs [n, T, cols]), side by
-    side in out [T, total rows]; one parallel region, all rows quantized in one pass (INT8_PATH)."""
-    n, T = xs.shape[0], xs.shape[1]
-    rows = 0
-    for m in range(n):
-        rows += mats[m].shape[0]
-    out = np.empty((T, rows), np.float32)
-    gemv_each_into(activations(xs.reshape(n * T, xs.shape[2]), mode), T, mats, code, table, out)
-    return out
-
-
-_gemv_each_1, _gemv_each_p = twins(_gemv_each)
-
-
-def linear_each(xs: np.ndarray, datas: tuple, qtype: str, cols: int, int8: bool = False) -> np.ndarray:
-    """`linear_many` with an input of its own for each weight: xs [len(datas), T <= SMALL_T, cols], weight m
-    times xs[m], side by side in one kernel call (one parallel region) -> [T, total rows] (RWKV-7's r, k, v
-    of its three mixes of x)."""
-    code = CODE[qtype]
-    xs = np.ascontiguousarray(xs, dtype=np.float32)
-    rows = 0
-    for data in datas:
-        _check_linear(xs[0], data, code, cols)
-        rows += data.shape[0]
-    if len(xs) != len(datas):
-        raise ValueError(f"linear_each: {len(xs)} inputs for {len(datas)} weights")
-    fn = pick(_gemv_each_1, _gemv_each_p, rows * cols)
-    return fn(xs, _packed(datas), code, HALF_TO_FLOAT, INT8_PATH if int8 else FLOAT_PATH)
-
-
 def linear_i8(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndarray:
     """`linear` with the rows of x rounded to q8_0 blocks first (GGML's int8 activations).
 

@@ -24,15 +24,14 @@ from cogcore.blocks.sparse_attention import NSAShape
 from cogcore.dtypes import to_storage
 import cogcore.kernels
 from cogcore.kernels import threads
-from cogcore.ops import (Compiled, FusedAttentionStep, FusedLinears, FusedRecurrent, FusedRecurrentStep,
-                         FusedResidualNorm, FusedSparseStep, Ops, members)
+from cogcore.ops import (Compiled, FusedAttentionStep, FusedLinears, FusedRecurrent, FusedResidualNorm, FusedSparseStep,
+                         Ops, members)
 from cogcore.quant import QTYPES, quantize_tensor
 from cogcore.weights import ExpertStack
 
 REF, NB = ReferenceOps(), NumbaOps()
 DTYPES = ["F32", "F16", "BF16"]
-OPTIONAL = (FusedResidualNorm, FusedLinears, FusedAttentionStep, FusedSparseStep, FusedRecurrent,
-            FusedRecurrentStep)       # only the Numba table's
+OPTIONAL = (FusedResidualNorm, FusedLinears, FusedAttentionStep, FusedSparseStep, FusedRecurrent)  # the Numba table's
 OPS = members(Ops) + [op for protocol in OPTIONAL for op in members(protocol)]
 
 
@@ -167,20 +166,6 @@ def parity_linears():
             got = NB.linears(x, Ws)
             assert len(got) == len(Ws)
             for g, W in zip(got, Ws):
-                close(g, REF.linear(x, W))
-
-
-def parity_linears_each():
-    """An input each: each product as the reference's linear gives it (quantized weights in one kernel call:
-    tests/test_quant.py), decode and prefill rows, weights of mixed storage."""
-    rng = np.random.default_rng(5)
-    for tag in DTYPES:
-        Ws = tuple(to_storage(rand(rng, rows, 19), tag) for rows in (13, 3, 5))
-        for T in (1, 3, 11):
-            xs = rand(rng, 3, T, 19)
-            got = NB.linears_each(xs, Ws)
-            assert len(got) == len(Ws)
-            for g, x, W in zip(got, xs, Ws):
                 close(g, REF.linear(x, W))
 
 
@@ -364,7 +349,7 @@ def parity_rwkv7_step():
     """The whole time mix with its projections in one op. Over projections quantized in one format
     (one kernel call), against the reference on the same blocks, with float and with int8 arithmetic
     (D 64, 4 heads of 16, odd ranks), a first layer and a later one, both thread variants; over float
-    projections (its two fused ops between them) through `recurrent_steps` above."""
+    projections (the two fused ops around them) through `recurrent_steps` above."""
     from cogcore.backends import NumbaInt8Ops
     from cogcore.blocks import ReferenceInt8Ops
     from cogcore.blocks.rwkv7 import RecurrentMixer
@@ -386,7 +371,7 @@ def parity_rwkv7_step():
             for first in (True, False):
                 for work in (1 << 62, 0):                            # the serial kernel, the parallel one
                     mixers = [RecurrentMixer(Weights(tensors), "model.layers.0", cfg, ops, first) for ops in (ref, nb)]
-                    assert mixers[1].fused_step and not mixers[0].fused_step
+                    assert mixers[1].fused and not mixers[0].fused
                     states = [RecurrentState(64, 4, 16) for _ in mixers]
                     rng = np.random.default_rng(11)
                     for T in (1, 3, 1):

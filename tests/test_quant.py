@@ -120,27 +120,6 @@ def test_projections_in_one_call_equal_one_call_each(qtype, T):
 
 
 @pytest.mark.parametrize("qtype", QTYPES)
-@pytest.mark.parametrize("T", [1, 3, 9])
-def test_projections_of_an_input_each_in_one_call_equal_one_call_each(qtype, T):
-    """`linears_each` (RWKV-7's r, k, v of their own mixes in one kernel call; beyond 8 rows one call each)
-    gives each weight's product of its own input as `linear` does, to the bit, with the float path and
-    with int8 activations, on both thread variants; a float weight among them sends them one at a time."""
-    from cogcore.backends import NumbaInt8Ops, NumbaOps
-    from cogcore.kernels import threads
-    rng = np.random.default_rng(T)
-    Ws = [quantize_tensor(rng.standard_normal((rows, 96)).astype(np.float32), qtype) for rows in (37, 5, 16)]
-    xs = rng.standard_normal((3, T, 96)).astype(np.float32)
-    for ops in (NumbaOps, NumbaInt8Ops):
-        for weights in (Ws, Ws[:2] + [Ws[2].dequantize()]):
-            for work in (1 << 62, 0):              # the serial variant, the parallel one
-                with threads.parallel_from(work):
-                    got = ops.linears_each(xs, tuple(weights))
-                assert len(got) == len(weights)
-                for g, x, W in zip(got, xs, weights):
-                    np.testing.assert_array_equal(g, ops.linear(x, W))
-
-
-@pytest.mark.parametrize("qtype", QTYPES)
 def test_serial_and_parallel_gemv_agree(qtype):
     from cogcore.kernels import quant as kq
     rng = np.random.default_rng(5)

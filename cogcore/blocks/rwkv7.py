@@ -25,7 +25,7 @@ import numpy as np
 
 from ..cache import RecurrentState
 from ..dtypes import f32
-from ..ops import FusedLinears, FusedRecurrent, FusedRecurrentStep
+from ..ops import FusedRecurrent
 
 DECAY_SCALE = np.float32(np.exp(-0.5))   # 0.606531 in the reference
 L2_EPS = np.float32(1e-12)      # "clamp": kk / max(|kk|, 1e-12), torch's F.normalize (the reference)
@@ -105,8 +105,6 @@ class RecurrentMixer:
         self.ln_w, self.ln_b = vec("ln_x.weight"), vec("ln_x.bias")
         self.ops = ops
         self.fused = isinstance(ops, FusedRecurrent)
-        self.fused_linears = isinstance(ops, FusedLinears)
-        self.fused_step = isinstance(ops, FusedRecurrentStep)
         if self.fused:                      # the fused ops' arguments, gathered once
             self.mix = np.stack([self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g])   # [6, D]
             # the low-rank pairs as stored when bfloat16 (the kernel widens in registers: half the bytes)
@@ -158,29 +156,13 @@ class RecurrentMixer:
         return ops.linear(y * g, self.W_o)
 
     def _fused_step(self, x: np.ndarray, st: RecurrentState, ctx) -> np.ndarray:
-        """`__call__` with everything between the projections in the two ops of
-        `cogcore.ops.FusedRecurrent`, or the whole step in the one op of `FusedRecurrentStep`
+        """`__call__` as the one op `rwkv7_step` of `cogcore.ops.FusedRecurrent`, its projections included
         (decode's fast path; the same step to round-off)."""
-        ops = self.ops
-        if self.fused_step:
-            v0, v_first = (None, None) if self.first else (self.v0, ctx.v_first)
-            out, v, st.S = ops.rwkv7_step(x, st.x_prev, self.mix, self.lora_pairs, self.w0, self.a0, v0,
-                                          (self.W_r, self.W_k, self.W_v, self.W_o), v_first, self.k_k, self.k_a,
-                                          self.r_k, self.ln_w, self.ln_b, self.group_norm_eps, self.kk_norm, st.S)
-            st.x_prev = x[-1].copy()
-            if self.first:
-                ctx.v_first = v
-            return out
-        inputs = ops.rwkv7_inputs(x, st.x_prev, self.mix, self.lora_pairs, self.w0, self.a0,
-                                  None if self.first else self.v0)         # [7, T, D]
-        xr, xk, xv, w, a, g, v_gate = inputs
+        v0, v_first = (None, None) if self.first else (self.v0, ctx.v_first)
+        out, v, st.S = self.ops.rwkv7_step(x, st.x_prev, self.mix, self.lora_pairs, self.w0, self.a0, v0,
+                                           (self.W_r, self.W_k, self.W_v, self.W_o), v_first, self.k_k, self.k_a,
+                                           self.r_k, self.ln_w, self.ln_b, self.group_norm_eps, self.kk_norm, st.S)
         st.x_prev = x[-1].copy()
-        if self.fused_linears:            # r, k, v in one op: each of its own mix, inputs[:3]
-            r, k, v = ops.linears_each(inputs[:3], (self.W_r, self.W_k, self.W_v))
-        else:
-            r, k, v = ops.linear(xr, self.W_r), ops.linear(xk, self.W_k), ops.linear(xv, self.W_v)
         if self.first:
-            ctx.v_first, v_gate = v, None
-        y, st.S = ops.rwkv7_output(r, w, k, v, a, g, v_gate, None if self.first else ctx.v_first, self.k_k,
-                                   self.k_a, self.r_k, self.ln_w, self.ln_b, self.group_norm_eps, self.kk_norm, st.S)
-        return ops.linear(y, self.W_o)
+            ctx.v_first = v
+        return out
