@@ -169,6 +169,19 @@ def parity_linears():
                 close(g, REF.linear(x, W))
 
 
+def cache_written(K, V, K0, V0, k, v, positions, freq):
+    """Checks that a fused step wrote rope(k) and v to rows n..n+T-1 of the buffers K, V (K0, V0 before
+    it) and left the others as they were; returns the keys and values rows 0..n+T-1 now hold."""
+    n, T = positions[0], len(positions)
+    k_rot = REF.rope(k, positions, freq)
+    close(K[n:n + T], k_rot)
+    np.testing.assert_array_equal(V[n:n + T], v)
+    for B, B0 in ((K, K0), (V, V0)):
+        np.testing.assert_array_equal(B[:n], B0[:n])
+        np.testing.assert_array_equal(B[n + T:], B0[n + T:])
+    return np.concatenate([K0[:n], k_rot]), np.concatenate([V0[:n], v])
+
+
 def parity_rope_attend():
     """RoPE, the cache write and attention in one call against the reference's rope and attention over
     the cached rows plus the new ones: one or a few queries, a cache empty or not, 2 or 5 heads a group,
@@ -182,13 +195,7 @@ def parity_rope_attend():
                 K0, V0 = K.copy(), V.copy()
                 positions, freq = np.arange(n, n + T), inv_freq(hd, 1e4, angles=angles)
                 got = NB.rope_attend(q, k, v, positions, freq, K, V, n)
-                k_rot = REF.rope(k, positions, freq)
-                close(K[n:n + T], k_rot)
-                np.testing.assert_array_equal(V[n:n + T], v)
-                for B, B0 in ((K, K0), (V, V0)):
-                    np.testing.assert_array_equal(B[:n], B0[:n])
-                    np.testing.assert_array_equal(B[n + T:], B0[n + T:])
-                keys, values = np.concatenate([K0[:n], k_rot]), np.concatenate([V0[:n], v])
+                keys, values = cache_written(K, V, K0, V0, k, v, positions, freq)
                 want = REF.attention(REF.rope(q, positions, freq), keys, values, positions, np.arange(n + T))
                 close(got, want)
 
@@ -233,13 +240,7 @@ def parity_rope_nsa():
                 K0, V0 = K.copy(), V.copy()
                 positions, freq = np.arange(n, n + T), inv_freq(hd, 1e4, angles=angles)
                 got, kept = NB.rope_nsa(q, k, v, gate, positions, freq, K, V, n, kc, vc, shape)
-                k_rot = REF.rope(k, positions, freq)
-                close(K[n:n + T], k_rot)
-                np.testing.assert_array_equal(V[n:n + T], v)
-                for buf, buf0 in ((K, K0), (V, V0)):
-                    np.testing.assert_array_equal(buf[:n], buf0[:n])
-                    np.testing.assert_array_equal(buf[n + T:], buf0[n + T:])
-                keys, values = np.concatenate([K0[:n], k_rot]), np.concatenate([V0[:n], v])
+                keys, values = cache_written(K, V, K0, V0, k, v, positions, freq)
                 o_cmp, o_slc, o_win, want_kept = REF.nsa_attention(REF.rope(q, positions, freq), keys, values,
                                                                    kc, vc, positions, shape)
                 g = 1 / (1 + np.exp(-gate.astype(np.float64))).reshape(T, 3, H, 1)
@@ -275,26 +276,36 @@ def parity_wkv7():
         close(S1, S2)
 
 
-def recurrent_steps(first: bool, chunks, seed: int, dtype: str = "float32", **options):
-    """One RWKV-7 mixer (D 30, 3 heads of 10, odd ranks) run over `chunks` of tokens by the reference
-    table and by the Numba one (whose fused ops take chunks up to FUSED_MAX_TOKENS): outputs, the
-    state and x_prev after each chunk, and v_first, which the first layer sets and later ones read."""
+def recurrent_steps(first: bool, chunks, seed: int, dtype: str = "float32", qtype: str | None = None,
+                    tables=(REF, NB), **options):
+    """One RWKV-7 mixer (D 30, 3 heads of 10, odd ranks, unless options say otherwise) run over `chunks`
+    of tokens by a reference table and by a Numba one (whose fused ops take chunks up to
+    FUSED_MAX_TOKENS): outputs, the state and x_prev after each chunk, and v_first, which the first
+    layer sets and later ones read. qtype: the four projections quantized in that format."""
     from cogcore.blocks.rwkv7 import FUSED_MAX_TOKENS, RecurrentMixer
     from cogcore.cache import RecurrentState
     from cogcore.config import Config
     from cogcore.create import random_weights
     from cogcore.model import Pass
+    from cogcore.quant import QuantTensor
     from cogcore.weights import Weights
 
     cfg = Config.from_dict(small_config(num_hidden_layers=1, layer_types=["recurrent"], mlp_types=["dense"], **options))
+    D, N = cfg.hidden_size, cfg.rwkv_head_size
     tensors = random_weights(cfg, seed, dtype)
-    mixers = [RecurrentMixer(Weights(tensors), "model.layers.0", cfg, ops, first) for ops in (REF, NB)]
+    if qtype:
+        projections = [n for n in tensors if n.endswith(("receptance.weight", "key.weight", "value.weight",
+                                                         "output.weight"))]
+        assert len(projections) == 4
+        tensors.update({n: quantize_tensor(tensors[n], qtype, n) for n in projections})
+        assert all(isinstance(tensors[n], QuantTensor) for n in projections)
+    mixers = [RecurrentMixer(Weights(tensors), "model.layers.0", cfg, ops, first) for ops in tables]
     assert mixers[1].fused and not mixers[0].fused and max(chunks) <= FUSED_MAX_TOKENS
-    states = [RecurrentState(30, 3, 10) for _ in mixers]
+    states = [RecurrentState(D, D // N, N) for _ in mixers]
     rng = np.random.default_rng(seed)
     for T in chunks:
-        x = rand(rng, T, 30)
-        v_first = None if first else rand(rng, T, 30)
+        x = rand(rng, T, D)
+        v_first = None if first else rand(rng, T, D)
         outs = []
         for mixer, st in zip(mixers, states):
             ctx = Pass(positions=np.arange(T), v_first=v_first)
@@ -348,44 +359,15 @@ def parity_rwkv7_output():
 def parity_rwkv7_step():
     """The whole time mix with its projections in one op. Over projections quantized in one format
     (one kernel call), against the reference on the same blocks, with float and with int8 arithmetic
-    (D 64, 4 heads of 16, odd ranks), a first layer and a later one, both thread variants; over float
-    projections (the two fused ops around them) through `recurrent_steps` above."""
+    (D 64, 4 heads of 16, odd ranks), a first layer and a later one; over float projections (the two
+    fused ops around them) through the cases of rwkv7_inputs and rwkv7_output."""
     from cogcore.backends import NumbaInt8Ops
     from cogcore.blocks import ReferenceInt8Ops
-    from cogcore.blocks.rwkv7 import RecurrentMixer
-    from cogcore.cache import RecurrentState
-    from cogcore.config import Config
-    from cogcore.create import random_weights
-    from cogcore.model import Pass
-    from cogcore.quant import quantizable
-    from cogcore.weights import Weights
 
-    cfg = Config.from_dict(small_config(num_hidden_layers=1, layer_types=["recurrent"], mlp_types=["dense"],
-                                        hidden_size=64, rwkv_head_size=16))
     for qtype in QTYPES:
-        tensors = {name: quantize_tensor(a, qtype, name) if quantizable(name, a.shape) and ".rwkv." in name else a
-                   for name, a in random_weights(cfg, 9).items()}
-        assert sum(isinstance(a, type(quantize_tensor(np.zeros((1, 32), np.float32), qtype)))
-                   for a in tensors.values()) == 4                   # receptance, key, value, output
-        for ref, nb in ((REF, NB), (ReferenceInt8Ops(), NumbaInt8Ops())):
+        for tables in ((REF, NB), (ReferenceInt8Ops(), NumbaInt8Ops())):
             for first in (True, False):
-                for work in (1 << 62, 0):                            # the serial kernel, the parallel one
-                    mixers = [RecurrentMixer(Weights(tensors), "model.layers.0", cfg, ops, first) for ops in (ref, nb)]
-                    assert mixers[1].fused and not mixers[0].fused
-                    states = [RecurrentState(64, 4, 16) for _ in mixers]
-                    rng = np.random.default_rng(11)
-                    for T in (1, 3, 1):
-                        x, v_first = rand(rng, T, 64), None if first else rand(rng, T, 64)
-                        outs = []
-                        for mixer, st in zip(mixers, states):
-                            ctx = Pass(positions=np.arange(T), v_first=v_first)
-                            with threads.parallel_from(work):
-                                outs.append((mixer(x, st, ctx), ctx.v_first))
-                        (got, vf_got), (want, vf_want) = outs
-                        close(got, want, 1e-4)
-                        close(vf_got, vf_want)
-                        close(states[1].S, states[0].S, 1e-4)
-                        assert np.array_equal(states[1].x_prev, states[0].x_prev)
+                recurrent_steps(first, (1, 3, 1), 9, qtype=qtype, tables=tables, hidden_size=64, rwkv_head_size=16)
 
 
 def parity_moe():
