@@ -104,6 +104,21 @@ def _rwkv7_step(x, x_prev, mix, lora, w0, a0, v0, Ws, v_first, k_k, k_a, r_k, ln
     return lin(y, Ws[3]), v, S
 
 
+def _nsa_step(x, Ws, positions, inv_freq, K, V, n, kc, vc, shape, int8=False):
+    """Sparse attention's decode step in one kernel call (kernels.sparse_attention.nsa_step) when its five
+    projections are quantized in one format; otherwise `_linears`, `rope_nsa` and `_linear`."""
+    qtypes = {getattr(W, "qtype", None) for W in Ws}
+    H = Ws[3].shape[0] // 3
+    if len(qtypes) == 1 and None not in qtypes and len(x) <= linear.SMALL_T:
+        return nsa.nsa_step(x, [W.data for W in Ws], qtypes.pop(), int8, H, positions, inv_freq, K, V, n, kc, vc,
+                            shape)
+    T, (Hkv, hd) = len(x), K.shape[1:]
+    q, k, v, gate = _linears(x, Ws[:4], int8)
+    o, kept = nsa.rope_nsa(q.reshape(T, H, hd), k.reshape(T, Hkv, hd), v.reshape(T, Hkv, hd), gate, positions,
+                           inv_freq, K, V, n, kc, vc, shape)
+    return (_linear_int8 if int8 else _linear)(o.reshape(T, -1), Ws[4]), kept
+
+
 _DECODE_EXPERTS: dict[int, tuple] = {}   # id(gate stack) -> (weak references to the three stacks, answer)
 
 
@@ -157,6 +172,7 @@ class NumbaOps:
     attention = staticmethod(attention.attention)
     nsa_attention = staticmethod(nsa.nsa_attention)
     rope_nsa = staticmethod(nsa.rope_nsa)
+    nsa_step = staticmethod(_nsa_step)
     wkv7 = staticmethod(rwkv7.wkv7)
     rwkv7_inputs = staticmethod(rwkv7.time_mix_inputs)
     rwkv7_output = staticmethod(rwkv7.time_mix_output)
@@ -190,6 +206,7 @@ class NumbaInt8Ops(NumbaOps):
     linear = staticmethod(_linear_int8)
     linears = staticmethod(functools.partial(_linears, int8=True))
     rwkv7_step = staticmethod(functools.partial(_rwkv7_step, int8=True))
+    nsa_step = staticmethod(functools.partial(_nsa_step, int8=True))
     moe = staticmethod(functools.partial(_moe, int8=True))
 
 
@@ -235,6 +252,11 @@ def _exercise(ops):
     for angles in ("float64", "float32"):        # decode's fused sparse step
         ops.rope_nsa(q, k[:3], k[:3], rng.standard_normal((3, 12), np.float32), pos, inv_freq(8, 1e4, angles=angles),
                      np.zeros((48, 2, 8), np.float32), np.zeros((48, 2, 8), np.float32), 37, kc, kc, shape)
+        Ws = [quantize_tensor(rng.standard_normal((rows, 32), np.float32), "q4_0") for rows in (32, 16, 16, 12)]
+        Ws.append(quantize_tensor(rng.standard_normal((32, 32), np.float32), "q4_0"))
+        for int8 in (False, True):               # the whole step over quantized projections
+            _nsa_step(rng.standard_normal((1, 32), np.float32), Ws, pos[:1], inv_freq(8, 1e4, angles=angles),
+                      np.zeros((48, 2, 8), np.float32), np.zeros((48, 2, 8), np.float32), 37, kc, kc, shape, int8)
     q16, pos16 = rng.standard_normal((16, 4, 8), np.float32), np.arange(24, 40)   # prefill: the BLAS paths
     ops.attention(q16, k, k, pos16, np.arange(40), 0)
     for union_ratio in (nsa.UNION_RATIO, 0):     # the selected branch by BLAS, and by the per-query kernel

@@ -141,9 +141,16 @@ class FusedAttentionStep(Protocol):
 
 @runtime_checkable
 class FusedSparseStep(Protocol):
-    """Sparse attention's decode step between its projections as one op (optional): RoPE of q and k, the
-    cache write, the three NSA branches and their gates, for a step that completes no compression
-    block. `cogcore.blocks.sparse_attention.SparseAttentionMixer` is the reference."""
+    """Sparse attention's decode step as one op, `nsa_step` (optional), for a step that completes no
+    compression block, and the op between its projections that a table may build it from, `rope_nsa`:
+    RoPE of q and k, the cache write, the three NSA branches and their gates.
+    `cogcore.blocks.sparse_attention.SparseAttentionMixer` is the reference."""
+
+    def nsa_step(self, x: np.ndarray, Ws: tuple, positions: np.ndarray, inv_freq: np.ndarray, K: np.ndarray,
+                 V: np.ndarray, n: int, kc: np.ndarray, vc: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
+        """x [T, D] the normed input, Ws the stored q, k, v, gate and output projections ([H hd, D],
+        [Hkv hd, D] twice, [3H, D], [D, H hd]); the rest as `rope_nsa` takes it -> (the mixer's output
+        [T, D], the kept blocks [T, Hkv, n])."""
 
     def rope_nsa(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, gate: np.ndarray, positions: np.ndarray,
                  inv_freq: np.ndarray, K: np.ndarray, V: np.ndarray, n: int, kc: np.ndarray, vc: np.ndarray,

@@ -680,10 +680,11 @@ def linear_many(x: np.ndarray, datas: tuple, qtype: str, cols: int, int8: bool =
 
 
 @njit(inline="always")
-def gemv_each_into(act, T, mats, code, table, out):
-    """out[t, the rows of matrix m] = packed matrix m times row m * T + t of act (what `activations` made of
-    the inputs stacked matrix by matrix), for every m and t < T: one parallel region (tasks of
-    ROWS_PER_TASK rows of one matrix) when inlined into a parallel kernel."""
+def gemv_each_into(act, T, step, mats, code, table, out):
+    """out[t, the rows of matrix m] = packed matrix m times row m * step + t of act (what `activations`
+    made of the inputs: step 0, one input for all; step T, inputs stacked matrix by matrix), for every m
+    and t < T: one parallel region (tasks of ROWS_PER_TASK rows of one matrix) when inlined into a
+    parallel kernel."""
     n = len(mats)
     first_task, first_row = np.zeros(n + 1, np.int64), np.zeros(n + 1, np.int64)
     for m in range(n):
@@ -697,7 +698,7 @@ def gemv_each_into(act, T, mats, code, table, out):
         r0 = (task - first_task[m]) * ROWS_PER_TASK
         r1 = min(mats[m].shape[0], r0 + ROWS_PER_TASK)
         for t in range(T):
-            dot_rows_of(mats[m], r0, r1, activation_row(act, m * T + t), code, table, out[t], first_row[m] + r0)
+            dot_rows_of(mats[m], r0, r1, activation_row(act, m * step + t), code, table, out[t], first_row[m] + r0)
 
 
 def linear_i8(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndarray:

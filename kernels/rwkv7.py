@@ -230,13 +230,13 @@ def _time_mix_step(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0, h
     inputs = np.empty((7, T, D), np.float32)
     _time_mix_inputs(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0, has_v_gate, inputs)
     rkv = np.empty((T, 3 * D), np.float32)                  # r, k, v side by side
-    gemv_each_into(activations(inputs[:3].reshape(3 * T, D), mode), T, mats[:3], code, table, rkv)
+    gemv_each_into(activations(inputs[:3].reshape(3 * T, D), mode), T, T, mats[:3], code, table, rkv)
     r, k, v = rkv[:, :D].copy(), rkv[:, D:2 * D].copy(), rkv[:, 2 * D:].copy()
     y = np.empty((T, D), np.float32)
     _time_mix_output(r, inputs[W], k, v, inputs[A], inputs[G], inputs[V_GATE] if residual else r,
                      v_first if residual else r, k_k, k_a, r_k, ln_w, ln_b, gn_eps, kk_inside, residual, S, y)
     out = np.empty((T, D), np.float32)
-    gemv_each_into(activations(y, mode), T, mats[3:], code, table, out)
+    gemv_each_into(activations(y, mode), T, 0, mats[3:], code, table, out)
     return out, v
 
 

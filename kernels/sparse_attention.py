@@ -28,6 +28,7 @@ from .attention import (CHUNK, PREFILL_MIN_T, QUERY_BLOCK, attend_range, attend_
                         write_normalized)
 from .expf import divide, expf
 from .linear import FAST
+from .quant import BLOCK_BYTES, CODE, FLOAT_PATH, HALF_TO_FLOAT, INT8_PATH, activations, gemv_each_into
 from .rope import rotate_by, rotation_table
 from .rwkv7 import sigmoid
 from .threads import pick, twins
@@ -152,14 +153,16 @@ _nsa_1, _nsa_p = twins(_nsa, fastmath=FAST)
 
 
 # ---- decode's whole step between the projections: RoPE, cache write, the branches, the gates --------
-def _rope_nsa(q, k, v, gate, angles, inv_freq, K, V, n, kc, vc, l, s, lsel, nsel, w, scale):
+@njit(inline="always", fastmath=FAST)
+def rope_nsa_into(q, k, v, gate, angles, inv_freq, K, V, n, kc, vc, l, s, lsel, nsel, w, scale):
     """`rope_nsa` after its checks: q, k rotated (q into a copy, k into K) by one table of angles, v
-    copied into V, then `nsa_task` for each (query, kv group) and the gated sum of its heads."""
+    copied into V, then `nsa_task` for each (query, kv group) and the gated sum of its heads (a
+    parallel region when inlined into a parallel kernel)."""
     T, H, hd = q.shape
     Hkv = K.shape[1]
     G = H // Hkv
     cos, sin = rotation_table(angles, inv_freq)
-    qr = np.empty_like(q)
+    qr = np.empty((T, H, hd), np.float32)
     rotate_by(q, cos, sin, qr)
     rotate_by(k, cos, sin, K[n:n + T])
     V[n:n + T] = v
@@ -176,6 +179,10 @@ def _rope_nsa(q, k, v, gate, angles, inv_freq, K, V, n, kc, vc, l, s, lsel, nsel
             for j in range(hd):
                 out[ti, h, j] = g_cmp * o_cmp[ti, h, j] + g_slc * o_slc[ti, h, j] + g_win * o_win[ti, h, j]
     return out, kept
+
+
+def _rope_nsa(q, k, v, gate, angles, inv_freq, K, V, n, kc, vc, l, s, lsel, nsel, w, scale):
+    return rope_nsa_into(q, k, v, gate, angles, inv_freq, K, V, n, kc, vc, l, s, lsel, nsel, w, scale)
 
 
 _rope_nsa_1, _rope_nsa_p = twins(_rope_nsa, fastmath=FAST)
@@ -208,6 +215,52 @@ def rope_nsa(q, k, v, gate, positions, inv_freq, K, V, n, kc, vc, shape):
         c32(q), c32(k), c32(v), c32(gate), np.asarray(positions).astype(inv_freq.dtype), np.ascontiguousarray(inv_freq),
         K, V, n, c32(kc), c32(vc), shape.block, shape.stride, shape.select_block, shape.select_count, shape.window,
         np.float32(1.0 / np.sqrt(hd)))
+
+
+def _nsa_step(x, mats, code, table, mode, H, hd, angles, inv_freq, K, V, n, kc, vc, l, s, lsel, nsel, w, scale):
+    T = x.shape[0]
+    Hkv = K.shape[1]
+    proj = np.empty((T, (H + 2 * Hkv) * hd + 3 * H), np.float32)       # q, k, v, gate side by side
+    gemv_each_into(activations(x, mode), T, 0, mats[:4], code, table, proj)
+    q = np.ascontiguousarray(proj[:, :H * hd]).reshape((T, H, hd))
+    k = np.ascontiguousarray(proj[:, H * hd:(H + Hkv) * hd]).reshape((T, Hkv, hd))
+    v = np.ascontiguousarray(proj[:, (H + Hkv) * hd:(H + 2 * Hkv) * hd]).reshape((T, Hkv, hd))
+    o, kept = rope_nsa_into(q, k, v, proj[:, (H + 2 * Hkv) * hd:], angles, inv_freq, K, V, n, kc, vc, l, s, lsel,
+                            nsel, w, scale)
+    out = np.empty((T, mats[4].shape[0]), np.float32)
+    gemv_each_into(activations(o.reshape((T, H * hd)), mode), T, 0, mats[4:], code, table, out)
+    return out, kept
+
+
+_nsa_step_1, _nsa_step_p = twins(_nsa_step, fastmath=FAST)
+
+
+def nsa_step(x, mats, qtype, int8, H, positions, inv_freq, K, V, n, kc, vc, shape):
+    """The whole sparse-attention decode step in one call over projections packed in one quantized format:
+    mats the q, k, v, gate and output weights (rows H hd, Hkv hd, Hkv hd, 3H and D; int8: int8 activations,
+    as kernels.quant's linear_i8) of x [T, D]; the rest as `rope_nsa` takes it -> (the output projection
+    [T, D], the kept blocks [T, Hkv, n])."""
+    T, D = x.shape
+    Hkv, hd = K.shape[1], K.shape[2]
+    code = CODE[qtype]
+    row = D // 32 * BLOCK_BYTES[code]
+    want = [(H * hd, row), (Hkv * hd, row), (Hkv * hd, row), (3 * H, row), (D, H * hd // 32 * BLOCK_BYTES[code])]
+    if [m.shape for m in mats] != want:
+        raise ValueError(f"nsa_step: {qtype} projections of {[list(m.shape) for m in mats]} bytes for D = {D}, "
+                         f"{H} heads of {hd} and {Hkv} kv heads")
+    if len(positions) != T or positions[0] != n or K.shape[0] < n + T or kc.shape[1:] != K.shape[1:]:
+        raise ValueError(f"nsa_step: {len(positions)} positions, blocks {list(kc.shape)} and buffers "
+                         f"{list(K.shape)} for rows {n}..{n + T - 1} do not fit")
+    if kc.shape[0] == 0:
+        kc = vc = np.zeros((1, Hkv, hd), np.float32)
+    last = n + T
+    work = T * H * hd * 2 * (min(last, shape.select_block * shape.select_count) + min(last, shape.window)
+                             + last // shape.stride) + sum(m.size for m in mats)
+    return pick(_nsa_step_1, _nsa_step_p, work)(
+        np.ascontiguousarray(x, np.float32), tuple(mats), code, HALF_TO_FLOAT, INT8_PATH if int8 else FLOAT_PATH, H, hd,
+        np.asarray(positions).astype(inv_freq.dtype), np.ascontiguousarray(inv_freq), K, V, n,
+        np.ascontiguousarray(kc, np.float32), np.ascontiguousarray(vc, np.float32), shape.block, shape.stride,
+        shape.select_block, shape.select_count, shape.window, np.float32(1.0 / np.sqrt(hd)))
 
 
 # ---- prefill: the branches as BLAS products over blocks of queries ----------------------------------

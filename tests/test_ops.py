@@ -249,6 +249,44 @@ def parity_rope_nsa():
                 close(got, want.astype(np.float32))
 
 
+def parity_nsa_step():
+    """The whole sparse-attention step in one op, over projections quantized in one format (one kernel
+    call; D 64, 4 heads of 8, 2 kv heads) and over float projections (`linears`, `rope_nsa`, `linear`),
+    against the reference mixer on the same weights, float and int8 arithmetic: a prompt, then single
+    tokens, every other one completing a compression block (those take the unfused path)."""
+    from cogcore.backends import NumbaInt8Ops
+    from cogcore.blocks import ReferenceInt8Ops
+    from cogcore.blocks.sparse_attention import SparseAttentionMixer
+    from cogcore.config import Config
+    from cogcore.create import random_weights
+    from cogcore.model import Pass
+    from cogcore.weights import Weights
+
+    cfg = Config.from_dict(small_config(num_hidden_layers=1, layer_types=["sparse_attention"], mlp_types=["dense"],
+                                        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8))
+    projections = ("q_proj", "k_proj", "v_proj", "gate_proj", "o_proj")
+    for qtype in (None, *QTYPES):
+        tensors = random_weights(cfg, 3)
+        if qtype:
+            tensors.update({n: quantize_tensor(a, qtype, n) for n, a in tensors.items()
+                            if n.split(".")[-2] in projections})
+        for tables in ((REF, NB), (ReferenceInt8Ops(), NumbaInt8Ops())):
+            mixers = [SparseAttentionMixer(Weights(tensors), "model.layers.0", cfg, ops) for ops in tables]
+            assert mixers[1].fused_sparse_step and not mixers[0].fused_sparse_step
+            states = [m.new_state() for m in mixers]
+            rng, n = np.random.default_rng(8), 0
+            for T in (5, 1, 1, 1, 1, 1, 1, 1):
+                x = rand(rng, T, 64)
+                outs = []
+                for mixer, st in zip(mixers, states):
+                    ctx = Pass(positions=np.arange(n, n + T))
+                    outs.append((mixer(x, st, ctx), ctx.selected_blocks[0]))
+                (got, got_kept), (want, want_kept) = outs
+                assert np.array_equal(got_kept, want_kept)
+                close(got, want, 1e-4)
+                n += T
+
+
 def parity_nsa_compress():
     for tag in DTYPES:
         rng = np.random.default_rng(5)

@@ -141,7 +141,7 @@ class SparseAttentionMixer(AttentionMixer):
              weights.take(f"{p}.{c}.fc2.weight", (hd, hc)))
             for c in ("compress_k", "compress_v"))
         self.w_gate = weights.take(f"{p}.gate_proj.weight", (3 * self.H, cfg.hidden_size))
-        self.fused_sparse_step = isinstance(ops, FusedSparseStep)
+        self.fused_sparse_step = isinstance(ops, FusedSparseStep) and self.bias is None and not self.qk_norm
 
     def new_state(self) -> SparseKV:
         return SparseKV((self.Hkv, self.hd))
@@ -149,9 +149,9 @@ class SparseAttentionMixer(AttentionMixer):
     def __call__(self, x: np.ndarray, st: SparseKV, ctx) -> np.ndarray:
         """x [T, D] normed input -> [T, D]; appends to the cache and compresses finished blocks."""
         T, ops = len(x), self.ops
-        q, k, v, gate = self.projections(x, self.w_gate)
         if self.fused_sparse_step and T <= FUSED_MAX_TOKENS and st.kc.n == n_complete_blocks(st.kv.k.n + T, self.shape):
-            return self._fused_step(q, k, v, gate, st, ctx)      # (no block completes: nothing to compress)
+            return self._fused_step(x, st, ctx)      # (no block completes: nothing to compress)
+        q, k, v, gate = self.projections(x, self.w_gate)
         q, k = ops.rope(q, ctx.positions, self.inv_freq), ops.rope(k, ctx.positions, self.inv_freq)
         K, V, _ = st.kv.extend(k, v, ctx.positions)
         first, last = st.kc.n, n_complete_blocks(len(K), self.shape)
@@ -165,12 +165,13 @@ class SparseAttentionMixer(AttentionMixer):
         ctx.selected_blocks[ctx.layer] = kept
         return ops.linear(o.reshape(T, -1), self.wo)
 
-    def _fused_step(self, q, k, v, gate, st: SparseKV, ctx) -> np.ndarray:
-        """`__call__` after the projections, with RoPE, the cache write, NSA and the gating in the one op
-        of `cogcore.ops.FusedSparseStep` (decode's fast path; the same step to round-off)."""
-        K, V, n = st.kv.room(len(q))
-        o, kept = self.ops.rope_nsa(q, k, v, gate, ctx.positions, self.inv_freq, K, V, n, st.kc.view(),
-                                    st.vc.view(), self.shape)
-        st.kv.commit(len(q))
+    def _fused_step(self, x: np.ndarray, st: SparseKV, ctx) -> np.ndarray:
+        """`__call__` as the one op `nsa_step` of `cogcore.ops.FusedSparseStep`: the projections, RoPE, the
+        cache write, NSA, the gating and the output projection (decode's fast path, for a step that
+        compresses no block; the same step to round-off)."""
+        K, V, n = st.kv.room(len(x))
+        out, kept = self.ops.nsa_step(x, (self.wq, self.wk, self.wv, self.w_gate, self.wo), ctx.positions,
+                                      self.inv_freq, K, V, n, st.kc.view(), st.vc.view(), self.shape)
+        st.kv.commit(len(x))
         ctx.selected_blocks[ctx.layer] = kept
-        return self.ops.linear(o.reshape(len(q), -1), self.wo)
+        return out
