@@ -24,8 +24,8 @@ import time
 
 import numpy as np
 
-OPS = ("linear", "linears", "moe", "attention", "rope_attend", "nsa_attention", "rope_nsa", "nsa_compress", "wkv7",
-       "rope", "rmsnorm", "layernorm", "add_rmsnorm", "add_layernorm", "embed", "sigmoid", "rwkv7_inputs",
+OPS = ("linear", "linears", "moe", "attention", "rope_attend", "nsa_attention", "rope_nsa", "nsa_step", "nsa_compress",
+       "wkv7", "rope", "rmsnorm", "layernorm", "add_rmsnorm", "add_layernorm", "embed", "sigmoid", "rwkv7_inputs",
        "rwkv7_output", "rwkv7_step")
 
 
