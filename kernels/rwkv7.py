@@ -7,7 +7,9 @@ tokens in order. The projections around it are batched over the chunk by the mix
 
 For decode-sized chunks the whole step between the projections is two kernels, so a
 recurrent layer is: `time_mix_inputs`, the r/k/v GEMVs, `time_mix_output`, the output
-GEMV (the reference makes ~40 small NumPy calls, ~0.4 ms a layer at D = 1024):
+GEMV (the reference makes ~40 small NumPy calls, ~0.4 ms a layer at D = 1024); over
+projections quantized in one format `time_mix_step` runs all of it in one call (the
+GEMVs by kernels.quant.gemv_each_into, r/k/v in one parallel region):
 
 - `time_mix_inputs`: token shift, the six mixes, and the low-rank branches
   w = exp(-e^-0.5 sigmoid(w0 + tanh(xw w1) w2)), a = sigmoid(a0 + xa a1 a2),

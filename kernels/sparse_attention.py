@@ -15,8 +15,12 @@ across threads. Per task:
    for the G heads of the group.
 Prefill, `_by_blas`: the same five steps per kv group and block of queries, the scores
 as BLAS products masked per query (see its docstring).
-Gating stays in the mixer (three multiply-adds over [T, H, hd]). Block compression
-has no twin here: the backend runs the reference's `compress` over kernels.linear.
+Decode's fused steps (a step that compresses no block): `rope_nsa`, RoPE of q and k, the
+cache write, the five steps per task (`nsa_task`) and the sigmoid gating of the three
+branches in one call; `nsa_step`, the same with the q/k/v/gate and output projections
+over weights quantized in one format (kernels.quant.gemv_each_into), the whole layer in
+one call. Block compression has no twin here: the backend runs the reference's
+`compress` over kernels.linear.
 """
 
 from __future__ import annotations
@@ -248,7 +252,8 @@ def nsa_step(x, mats, qtype, int8, H, positions, inv_freq, K, V, n, kc, vc, shap
     if [m.shape for m in mats] != want:
         raise ValueError(f"nsa_step: {qtype} projections of {[list(m.shape) for m in mats]} bytes for D = {D}, "
                          f"{H} heads of {hd} and {Hkv} kv heads")
-    if len(positions) != T or positions[0] != n or K.shape[0] < n + T or kc.shape[1:] != K.shape[1:]:
+    if len(positions) != T or positions[0] != n or K.shape[0] < n + T or K.shape != V.shape or \
+            kc.shape[1:] != K.shape[1:]:
         raise ValueError(f"nsa_step: {len(positions)} positions, blocks {list(kc.shape)} and buffers "
                          f"{list(K.shape)} for rows {n}..{n + T - 1} do not fit")
     if kc.shape[0] == 0:
