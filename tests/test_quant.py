@@ -129,6 +129,16 @@ def test_serial_and_parallel_gemv_agree(qtype):
     for fn in (kq._gemv_1, kq._gemv_p):
         got = fn(x, (W.data,), kq.CODE[qtype], kq.HALF_TO_FLOAT, kq.FLOAT_PATH)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    # several matrices side by side (odd row counts: tasks end inside a matrix and at its last row)
+    Ws = [quantize_tensor(rng.standard_normal((rows, 224)).astype(np.float32), qtype) for rows in (37, 5, 16, 77)]
+    for mode in (kq.FLOAT_PATH, kq.INT8_PATH):
+        alone = np.concatenate([kq._gemv_1(x, (w.data,), kq.CODE[qtype], kq.HALF_TO_FLOAT, mode) for w in Ws], 1)
+        if mode is kq.FLOAT_PATH:
+            want = x @ np.concatenate([w.dequantize() for w in Ws]).T
+            np.testing.assert_allclose(alone, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+        for fn in (kq._gemv_1, kq._gemv_p):
+            np.testing.assert_array_equal(fn(x, tuple(w.data for w in Ws), kq.CODE[qtype], kq.HALF_TO_FLOAT, mode),
+                                          alone)
     out = np.empty((77, 224), np.float32)
     for fn in (kq._dequantize_rows_1, kq._dequantize_rows_p):
         fn(W.data, 0, 77, kq.CODE[qtype], kq.HALF_TO_FLOAT, out)
