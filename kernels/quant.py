@@ -48,7 +48,7 @@ from numba.extending import intrinsic, overload
 
 from .linear import FAST, SMALL_T, as_float32
 from .moe import silu_mul
-from .threads import pick, twins
+from .threads import parallel_threads, pick, twins
 
 Q8_0, Q4_0 = 0, 1
 CODE = {"q8_0": Q8_0, "q4_0": Q4_0}
@@ -620,24 +620,25 @@ def dot_rows_of(data, r0, r1, a, code, table, out, at):
 def _gemv(x, mats, code, table, mode):
     """x [T, cols] times each packed matrix of the tuple mats, side by side: out [T, total rows]. One
     parallel region for all of them (tasks of ROWS_PER_TASK rows of one matrix), x's rows quantized once
-    (INT8_PATH)."""
+    (INT8_PATH). No np.zeros here: in the parallel variant Numba makes each one a parallel region of its
+    own (~1 us a call at two threads), so each task finds its matrix by walking the few matrices."""
     act = activations(x, mode)
-    n = len(mats)
-    first_task, first_row = np.zeros(n + 1, np.int64), np.zeros(n + 1, np.int64)
-    for m in range(n):
-        rows = mats[m].shape[0]
-        first_task[m + 1] = first_task[m] + (rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
-        first_row[m + 1] = first_row[m] + rows
-    out = np.empty((x.shape[0], first_row[n]), np.float32)
-    for task in prange(first_task[n]):
-        m = 0
-        while task >= first_task[m + 1]:
+    tasks, rows = 0, 0
+    for m in range(len(mats)):
+        tasks += (mats[m].shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+        rows += mats[m].shape[0]
+    out = np.empty((x.shape[0], rows), np.float32)
+    for task in prange(tasks):
+        m, first_task, first_row = 0, 0, 0            # matrix m's first task and output row
+        while task >= first_task + (mats[m].shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK:
+            first_task += (mats[m].shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+            first_row += mats[m].shape[0]
             m += 1
         data = mats[m]
-        r0 = (task - first_task[m]) * ROWS_PER_TASK
+        r0 = (task - first_task) * ROWS_PER_TASK
         r1 = min(data.shape[0], r0 + ROWS_PER_TASK)
         for t in range(x.shape[0]):                  # the task's rows stay in L1 across the rows of x
-            dot_rows_of(data, r0, r1, activation_row(act, t), code, table, out[t], first_row[m] + r0)
+            dot_rows_of(data, r0, r1, activation_row(act, t), code, table, out[t], first_row + r0)
     return out
 
 
@@ -719,29 +720,49 @@ def linear_i8(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndar
 
 
 # ---- MoE decode: only the chosen experts' blocks are read ---------------------------------------
-def _experts(x, gates, ups, downs, weights, code, table, mode, y):
-    """y += sum over c of weights[c] * downs[c](silu(gates[c] x) * ups[c] x) for one token x [1, D] and
-    the chosen experts' packed matrices (tuples of k). One parallel region for every expert's gate and
-    up rows, one for their down rows (each output row adds the experts in order)."""
-    k, F, D = len(gates), gates[0].shape[0], y.shape[0]
-    a = activation_row(activations(x, mode), 0)
-    g, u, h = np.empty((k, F), np.float32), np.empty((k, F), np.float32), np.empty((k, F), np.float32)
-    per_hidden = (F + ROWS_PER_TASK - 1) // ROWS_PER_TASK            # tasks per expert, gate and up rows
-    for task in prange(k * per_hidden):
-        c = task // per_hidden
-        r0 = (task - c * per_hidden) * ROWS_PER_TASK
+@njit(inline="always")
+def _one_expert(c, a, gates, ups, downs, code, table, mode, g, u, h, out):
+    """out[c] = downs[c](silu(gates[c] x) * ups[c] x) for expert c of `_experts`, on one thread."""
+    F, D = gates[c].shape[0], out.shape[1]
+    for r0 in range(0, F, ROWS_PER_TASK):
         r1 = min(F, r0 + ROWS_PER_TASK)
         dot_rows_of(gates[c], r0, r1, a, code, table, g[c], r0)
         dot_rows_of(ups[c], r0, r1, a, code, table, u[c], r0)
         for o in range(r0, r1):
             h[c, o] = silu_mul(g[c, o], u[c, o])
-    hidden = activations(h, mode)                    # each expert's hidden quantized once (INT8_PATH)
+    dot_rows_of(downs[c], 0, D, activation_row(activations(h[c:c + 1], mode), 0), code, table, out[c], 0)
+
+
+def _experts(x, gates, ups, downs, weights, code, table, mode, y, threads):
+    """y += sum over c of weights[c] * downs[c](silu(gates[c] x) * ups[c] x) for one token x [1, D] and
+    the chosen experts' packed matrices (tuples of k), on `threads` threads (1 for the serial variant).
+    When the threads can take whole experts (k a multiple of their number: top-2 on two threads), one
+    parallel region, each thread its experts from gate to down (no barrier and no serial quantization of
+    the hidden between); otherwise one region for every expert's gate and up rows, one for their down
+    rows. Either way each row's dot is the same, and each output row adds the experts in order."""
+    k, F, D = len(gates), gates[0].shape[0], y.shape[0]
+    a = activation_row(activations(x, mode), 0)
+    g, u, h = np.empty((k, F), np.float32), np.empty((k, F), np.float32), np.empty((k, F), np.float32)
     out = np.empty((k, D), np.float32)
-    per_output = (D + ROWS_PER_TASK - 1) // ROWS_PER_TASK            # tasks per expert, down rows
-    for task in prange(k * per_output):             # one expert's matrix after the other (reads faster
-        c = task // per_output                        # than their rows interleaved: 23 against 17-20 GB/s)
-        r0 = (task - c * per_output) * ROWS_PER_TASK
-        dot_rows_of(downs[c], r0, min(D, r0 + ROWS_PER_TASK), activation_row(hidden, c), code, table, out[c], r0)
+    if threads > 1 and k % threads == 0:
+        for c in prange(k):
+            _one_expert(c, a, gates, ups, downs, code, table, mode, g, u, h, out)
+    else:
+        per_hidden = (F + ROWS_PER_TASK - 1) // ROWS_PER_TASK        # tasks per expert, gate and up rows
+        for task in prange(k * per_hidden):
+            c = task // per_hidden
+            r0 = (task - c * per_hidden) * ROWS_PER_TASK
+            r1 = min(F, r0 + ROWS_PER_TASK)
+            dot_rows_of(gates[c], r0, r1, a, code, table, g[c], r0)
+            dot_rows_of(ups[c], r0, r1, a, code, table, u[c], r0)
+            for o in range(r0, r1):
+                h[c, o] = silu_mul(g[c, o], u[c, o])
+        hidden = activations(h, mode)                # each expert's hidden quantized once (INT8_PATH)
+        per_output = (D + ROWS_PER_TASK - 1) // ROWS_PER_TASK        # tasks per expert, down rows
+        for task in prange(k * per_output):         # one expert's matrix after the other (reads faster
+            c = task // per_output                    # than their rows interleaved: 23 against 17-20 GB/s)
+            r0 = (task - c * per_output) * ROWS_PER_TASK
+            dot_rows_of(downs[c], r0, min(D, r0 + ROWS_PER_TASK), activation_row(hidden, c), code, table, out[c], r0)
     for o in range(D):
         for c in range(k):
             y[o] += weights[c] * out[c, o]
@@ -776,4 +797,5 @@ def experts_decode_packed(x, gates, ups, downs, weights, code: int, yt, int8: bo
     """`experts_decode` without its checks, for a caller that made them once: x [1, D] float32, the
     chosen experts' blocks as tuples that `_packed` would return, weights [k] float32, code of CODE."""
     fn = pick(_experts_1, _experts_p, 3 * gates[0].shape[0] * x.shape[1] * len(gates))
-    fn(x, gates, ups, downs, weights, code, HALF_TO_FLOAT, INT8_PATH if int8 else FLOAT_PATH, yt)
+    fn(x, gates, ups, downs, weights, code, HALF_TO_FLOAT, INT8_PATH if int8 else FLOAT_PATH, yt,
+       1 if fn is _experts_1 else parallel_threads())

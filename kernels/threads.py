@@ -76,6 +76,11 @@ def pick(serial, parallel, work: int):
     return serial
 
 
+def parallel_threads() -> int:
+    """The number of threads `pick`'s parallel variants run on (Numba's count at the last probe)."""
+    return _probe["threads"]
+
+
 def cores_free() -> bool:
     """Whether the worker threads' cores were free at the last probe (probed every PROBE_EVERY s).
 

@@ -129,6 +129,16 @@ def test_serial_and_parallel_gemv_agree(qtype):
     for fn in (kq._gemv_1, kq._gemv_p):
         got = fn(x, (W.data,), kq.CODE[qtype], kq.HALF_TO_FLOAT, kq.FLOAT_PATH)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    # several matrices side by side (odd row counts: tasks end inside a matrix and at its last row)
+    Ws = [quantize_tensor(rng.standard_normal((rows, 224)).astype(np.float32), qtype) for rows in (37, 5, 16, 77)]
+    for mode in (kq.FLOAT_PATH, kq.INT8_PATH):
+        alone = np.concatenate([kq._gemv_1(x, (w.data,), kq.CODE[qtype], kq.HALF_TO_FLOAT, mode) for w in Ws], 1)
+        if mode is kq.FLOAT_PATH:
+            want = x @ np.concatenate([w.dequantize() for w in Ws]).T
+            np.testing.assert_allclose(alone, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+        for fn in (kq._gemv_1, kq._gemv_p):
+            np.testing.assert_array_equal(fn(x, tuple(w.data for w in Ws), kq.CODE[qtype], kq.HALF_TO_FLOAT, mode),
+                                          alone)
     out = np.empty((77, 224), np.float32)
     for fn in (kq._dequantize_rows_1, kq._dequantize_rows_p):
         fn(W.data, 0, 77, kq.CODE[qtype], kq.HALF_TO_FLOAT, out)
@@ -177,9 +187,9 @@ def test_moe_kernel_matches_reference(qtype, T, int8):
     if int8:
         return                        # its kernels' twins: test_int8_serial_and_parallel_kernels_agree
     y = {fn: np.zeros(D, np.float32) for fn in (kq._experts_1, kq._experts_p)}
-    for fn, yt in y.items():
+    for (fn, yt), threads in zip(y.items(), (1, 2)):
         fn(x[:1], (gate.data[4], gate.data[1]), (up.data[4], up.data[1]), (down.data[4], down.data[1]),
-           np.float32([0.5, 0.25]), kq.CODE[qtype], kq.HALF_TO_FLOAT, kq.FLOAT_PATH, yt)
+           np.float32([0.5, 0.25]), kq.CODE[qtype], kq.HALF_TO_FLOAT, kq.FLOAT_PATH, yt, threads)
     serial = y[kq._experts_1]
     np.testing.assert_allclose(y[kq._experts_p], serial, rtol=1e-5, atol=1e-5 * np.abs(serial).max())
 
@@ -682,9 +692,40 @@ def test_int8_serial_and_parallel_kernels_agree(qtype):
     Dn = quantize_tensor(rng.standard_normal((D, F)).astype(np.float32), qtype).data
     x1 = rng.standard_normal((1, D)).astype(np.float32)
     y = [np.zeros(D, np.float32) for _ in range(2)]
-    for fn, yt in zip((kq._experts_1, kq._experts_p), y):
-        fn(x1, (G, G), (G, G), (Dn, Dn), np.float32([0.5, 0.25]), kq.CODE[qtype], kq.HALF_TO_FLOAT, kq.INT8_PATH, yt)
+    for fn, yt, threads in zip((kq._experts_1, kq._experts_p), y, (1, 2)):
+        fn(x1, (G, G), (G, G), (Dn, Dn), np.float32([0.5, 0.25]), kq.CODE[qtype], kq.HALF_TO_FLOAT, kq.INT8_PATH, yt,
+           threads)
     np.testing.assert_array_equal(y[0], y[1])
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_experts_by_whole_experts_or_by_rows_agree(qtype):
+    """The experts kernel's two splits (each thread whole experts when their number divides k; else
+    every expert's rows shared out) give the same output to the bit, serial and parallel, both
+    arithmetics, odd hidden and output sizes, k = 2 and 3, and equal the dequantized float experts."""
+    from cogcore.kernels import quant as kq
+    from cogcore.kernels.moe import silu_mul
+    rng = np.random.default_rng(12)
+    D, F = 160, 96 + 32 * 3                       # 5 and 8 blocks: rows end inside a task of 16
+    Ws = [[quantize_tensor(rng.standard_normal(shape).astype(np.float32), qtype) for shape in ((F, D), (F, D), (D, F))]
+          for _ in range(3)]
+    x = rng.standard_normal((1, D)).astype(np.float32)
+    for k in (2, 3):
+        chosen, w = Ws[:k], np.float32([0.5, 0.3, 0.2][:k])
+        gates, ups, downs = (tuple(e[i].data for e in chosen) for i in range(3))
+        for mode in (kq.FLOAT_PATH, kq.INT8_PATH):
+            got = []
+            for fn, threads in ((kq._experts_1, 1), (kq._experts_p, 1), (kq._experts_p, 2), (kq._experts_1, 2)):
+                yt = np.zeros(D, np.float32)
+                fn(x, gates, ups, downs, w, kq.CODE[qtype], kq.HALF_TO_FLOAT, mode, yt, threads)
+                got.append(yt)
+            for g in got[1:]:
+                np.testing.assert_array_equal(g, got[0])
+            if mode is kq.FLOAT_PATH:
+                g_, u_, d_ = ([e[i].dequantize().astype(np.float64) for e in chosen] for i in range(3))
+                want = sum(wc * d @ np.array([silu_mul(np.float32(a), np.float32(b)) for a, b in zip(g @ x[0], u @ x[0])])
+                           for wc, g, u, d in zip(w, g_, u_, d_))
+                np.testing.assert_allclose(got[0], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
 @pytest.mark.parametrize("qtype", QTYPES)
