@@ -16,10 +16,9 @@ import numpy as np
 
 from .blocks import ReferenceOps, sparse_attention
 from .blocks.moe import grouped_experts
-from .blocks.rope import inv_freq
+from .blocks.rope import inv_freq, rope_tables
 from .blocks.sparse_attention import NSAShape
 from .dtypes import to_bf16
-from .blocks.rope import rope_tables
 from .kernels import attention, layer_step, linear, moe, norm, quant, rope, rwkv7, sampling, threads
 from .kernels import sparse_attention as nsa
 from .quant import QuantTensor, quantize_tensor
@@ -148,7 +147,7 @@ class _RopeTable:
         return self.cos, self.sin
 
 
-_ROPE_TABLES: dict[bytes, _RopeTable] = {}
+_ROPE_TABLES: dict[bytes, _RopeTable] = {}     # frequency table's dtype and bytes -> its step's cos, sin
 
 
 def _attention_moe_plan(wq, wk, wv, wo, inv_freq, router, gate_proj, up_proj, down_proj, top_k, norm_topk,
