@@ -15,8 +15,8 @@ from cogcore.weights import ExpertStack, Weights
 
 from conftest import build_model, small_config
 
-# Odd head counts and sizes that GGML blocks allow (input widths multiples of 32): D 64, H 4 over Hkv 2
-# of hd 24 (o_proj's input 96), E 5 experts of 96 top-2. Layers 0 and 1 fit the fused step; layer 2
+# Sizes that are not powers of two where GGML blocks allow (input widths multiples of 32): D 64, H 4
+# over Hkv 2 of hd 24 (o_proj's input 96), E 5 experts of 96 top-2. Layers 0 and 1 fit the fused step; layer 2
 # (sliding window) and layer 3 (dense FFN) run op by op.
 CFG = small_config(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=24,
                    layer_types=["full_attention", "full_attention", "sliding_attention", "full_attention"],
