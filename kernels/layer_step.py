@@ -22,9 +22,10 @@ it). The GEMVs, the attention and the experts come in a serial and a parallel va
 the caller once per call (`par_*`); the rest runs on the calling thread. Imports nothing from
 cogcore.
 
-A caution inherited from Numba's disk cache: a cached `attention_moe_step` holds the code of the
-kernels it calls (kernels.quant, .attention, .moe, .norm); after editing one of those, clear
-kernels/__pycache__ so that this file's entry is compiled again.
+Two cautions from Numba's disk cache: a cached `attention_moe_step` holds the code of the kernels it
+calls (kernels.quant, .attention, .moe, .norm), so after editing one of those clear kernels/__pycache__;
+and loaded from the cache it does not start Numba's thread pool for the parallel kernels inside it
+(a crash when nothing else has started it): call `numba.get_num_threads()` once before the first call.
 """
 
 from __future__ import annotations
