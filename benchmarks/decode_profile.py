@@ -24,9 +24,9 @@ import time
 
 import numpy as np
 
-OPS = ("linear", "linears", "moe", "attention", "rope_attend", "nsa_attention", "rope_nsa", "nsa_step", "nsa_compress",
-       "wkv7", "rope", "rmsnorm", "layernorm", "add_rmsnorm", "add_layernorm", "embed", "sigmoid", "rwkv7_inputs",
-       "rwkv7_output", "rwkv7_step")
+OPS = ("attention_moe_step", "linear", "linears", "moe", "attention", "rope_attend", "nsa_attention", "rope_nsa",
+       "nsa_step", "nsa_compress", "wkv7", "rope", "rmsnorm", "layernorm", "add_rmsnorm", "add_layernorm", "embed",
+       "sigmoid", "rwkv7_inputs", "rwkv7_output", "rwkv7_step")
 
 
 def weight_label(W) -> str:
@@ -76,7 +76,7 @@ def instrument_kernels(clock):
             return out
         return timed
 
-    for name in ("attention", "linear", "moe", "norm", "quant", "rope", "rwkv7", "sparse_attention"):
+    for name in ("attention", "layer_step", "linear", "moe", "norm", "quant", "rope", "rwkv7", "sparse_attention"):
         mod = importlib.import_module(f"cogcore.kernels.{name}")
         for attr, obj in list(vars(mod).items()):
             if type(obj).__name__ == "CPUDispatcher" and getattr(obj, "py_func", None) is not None \

@@ -11,14 +11,15 @@ import functools
 import time
 import weakref
 
+import numba
 import numpy as np
 
 from .blocks import ReferenceOps, sparse_attention
 from .blocks.moe import grouped_experts
-from .blocks.rope import inv_freq
+from .blocks.rope import inv_freq, rope_tables
 from .blocks.sparse_attention import NSAShape
 from .dtypes import to_bf16
-from .kernels import attention, linear, moe, norm, quant, rope, rwkv7, sampling, threads
+from .kernels import attention, layer_step, linear, moe, norm, quant, rope, rwkv7, sampling, threads
 from .kernels import sparse_attention as nsa
 from .quant import QuantTensor, quantize_tensor
 
@@ -151,10 +152,90 @@ def _read_only_blocks(W) -> tuple:
     return blocks
 
 
+class _LayerPlan:
+    """What `kernels.layer_step.attention_moe_step` takes of one layer, prepared once (`_attention_moe_plan`)."""
+
+    def __init__(self, qkv, wo, post_w, next_w, eps, rope, router, experts, top_k, norm_topk, code, mode):
+        self.qkv, self.wo, self.post_w, self.next_w, self.eps = qkv, wo, post_w, next_w, eps
+        self.rope, self.router, self.experts, self.top_k, self.norm_topk = rope, router, experts, top_k, norm_topk
+        self.code, self.mode = code, mode
+        D, F, rows = router.shape[1], experts[2], sum(W.shape[0] for W in qkv)
+        self.work = rows * D, D * qkv[0].shape[0], 3 * F * D * top_k   # q/k/v, o, experts: as `pick` weighs
+        self.kv_work = 2 * qkv[1].shape[0]                                 # each alone; attention's per key
+
+
+class _RopeTable:
+    """cos, sin [hd/2] of the step's position, shared by the layers of one frequency table (computed
+    once a step, not once per layer and per q and k)."""
+
+    def __init__(self, inv_freq):
+        self.inv_freq, self.n, self.cos, self.sin = inv_freq, -1, None, None
+
+    def at(self, n: int):
+        if n != self.n:
+            cos, sin = rope_tables(np.array([n]), self.inv_freq)
+            self.n, self.cos, self.sin = n, cos[0], sin[0]
+        return self.cos, self.sin
+
+
+_ROPE_TABLES: dict[bytes, _RopeTable] = {}     # frequency table's dtype and bytes -> its step's cos, sin
+
+
+def _attention_moe_plan(wq, wk, wv, wo, inv_freq, router, gate_proj, up_proj, down_proj, top_k, norm_topk,
+                        post_w, next_w, eps, int8=False):
+    """A `_LayerPlan` when every matrix is quantized in one format, the router is float32 and each
+    expert stack's blocks live in one buffer (`_expert_buffer`); else None."""
+    mats = (wq, wk, wv, wo, *(W[e] for W in (gate_proj, up_proj, down_proj) for e in range(len(W))))
+    qtypes = {getattr(W, "qtype", None) for W in mats}
+    if len(qtypes) != 1 or None in qtypes or not (isinstance(router, np.ndarray) and router.dtype == np.float32):
+        return None
+    found = [_expert_buffer(W) for W in (gate_proj, up_proj, down_proj)]
+    if None in found:
+        return None
+    experts = tuple(buf for buf, _ in found), np.array([at for _, at in found], np.int64), gate_proj.shape[1]
+    numba.get_num_threads()   # starts Numba's thread pool: the step, loaded from the disk cache, calls parallel
+                              # kernels compiled into it without starting it (a crash when nothing else has)
+    rope = _ROPE_TABLES.setdefault(inv_freq.dtype.str.encode() + inv_freq.tobytes(), _RopeTable(inv_freq))
+    qkv = quant._packed(W.data for W in mats[:3])
+    return _LayerPlan(qkv, quant._packed((wo.data,))[0], np.ascontiguousarray(post_w, np.float32),
+                      np.ascontiguousarray(next_w, np.float32), np.float32(eps), rope,
+                      np.ascontiguousarray(router), experts, int(top_k), bool(norm_topk), quant.CODE[qtypes.pop()],
+                      quant.INT8_PATH if int8 else quant.FLOAT_PATH)
+
+
+def _expert_buffer(stack):
+    """(a 1-D read-only uint8 view of the memory that holds every expert's blocks of a quantized stack
+    [E, rows, cols], each expert's byte offset in it [E]): a stacked tensor's blocks, or the per-expert
+    tensors of one memory-mapped file. None when they live in different arrays or are not C-contiguous."""
+    parts = [stack[e].data for e in range(len(stack))]
+    root = parts[0]
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    if not root.flags.c_contiguous:
+        return None
+    start, end = root.ctypes.data, root.ctypes.data + root.nbytes
+    at = [p.ctypes.data - start for p in parts]
+    if not all(p.flags.c_contiguous and 0 <= a and a + p.nbytes <= end - start for p, a in zip(parts, at)):
+        return None
+    buf = root.reshape(-1).view(np.uint8)
+    buf.flags.writeable = False
+    return buf, at
+
+
+def _attention_moe_step(plan, x, xn, K, V, n):
+    """`kernels.layer_step.attention_moe_step` of a plan, each kernel on one thread or several as `pick` says."""
+    pick, (qkv_work, o_work, experts_work) = threads.pick, plan.work
+    cos, sin = plan.rope.at(n)
+    return layer_step.attention_moe_step(
+        x, xn, plan.qkv, plan.wo, plan.post_w, plan.next_w, plan.eps, cos, sin, K, V, n, plan.router,
+        *plan.experts, plan.top_k, plan.norm_topk, plan.code, quant.HALF_TO_FLOAT, plan.mode,
+        pick(False, True, qkv_work), pick(False, True, (n + 1) * plan.kv_work), pick(False, True, o_work),
+        pick(False, True, experts_work))
+
+
 class NumbaOps:
-    """`Ops`, `FusedResidualNorm`, `FusedLinears`, `FusedAttentionStep`, `FusedSparseStep`, `FusedRecurrent`
-    and `Compiled`
-    over the Numba kernels (backend "numba")."""
+    """`Ops`, `FusedResidualNorm`, `FusedLinears`, `FusedAttentionStep`, `FusedSparseStep`, `FusedLayerStep`,
+    `FusedRecurrent` and `Compiled` over the Numba kernels (backend "numba")."""
 
     name = "numba"
     int8_activations = False
@@ -178,6 +259,8 @@ class NumbaOps:
     rwkv7_output = staticmethod(rwkv7.time_mix_output)
     rwkv7_step = staticmethod(_rwkv7_step)
     moe = staticmethod(_moe)
+    attention_moe_plan = staticmethod(_attention_moe_plan)
+    attention_moe_step = staticmethod(_attention_moe_step)
     token_probabilities = staticmethod(sampling.token_probabilities)
 
     @staticmethod
@@ -208,6 +291,7 @@ class NumbaInt8Ops(NumbaOps):
     rwkv7_step = staticmethod(functools.partial(_rwkv7_step, int8=True))
     nsa_step = staticmethod(functools.partial(_nsa_step, int8=True))
     moe = staticmethod(functools.partial(_moe, int8=True))
+    attention_moe_plan = staticmethod(functools.partial(_attention_moe_plan, int8=True))
 
 
 def _exercise(ops):
@@ -232,6 +316,7 @@ def _exercise(ops):
                 _linears(xq, (Wq,) * n, int8)
             for k in (1, 2):                     # kernels take the chosen experts as a k-tuple
                 _moe(xq, rng.standard_normal((2, 32), np.float32), Eq, Eq, Eq, k, True, int8=int8)
+    _exercise_layer_step(rng)
     w = np.ones(16, np.float32)
     for n in (x, np.repeat(x, 64, 0)):
         ops.rmsnorm(n, w, 1e-5), ops.layernorm(n, w, w, 1e-5)
@@ -283,3 +368,23 @@ def _exercise(ops):
                             None if v_pair is None else v32, (Wq,) * 4, v_first, v32, v32, np.ones((4, 8), np.float32),
                             v32, v32, 1e-3, "clamp", np.zeros((4, 8, 8), np.float32), int8)
     ops.token_probabilities(rng.standard_normal(50).astype(np.float32), 1.0, 5, 0.9, 0.0)
+
+
+def _exercise_layer_step(rng):
+    """A decode token through a small attention + MoE layer (D 32, 4 heads over 2 of 8, 2 experts of 32)
+    in each arithmetic; and the step's own serial / parallel kernels called as the step calls them."""
+    w = np.ones(32, np.float32)
+    for int8 in (False, True):
+        mats = [quantize_tensor(rng.standard_normal(shape, np.float32), "q8_0")
+                for shape in ((32, 32), (16, 32), (16, 32), (32, 32), (2, 32, 32), (2, 32, 32), (2, 32, 32))]
+        plan = _attention_moe_plan(*mats[:4], inv_freq(8, 1e4), rng.standard_normal((2, 32), np.float32), *mats[4:],
+                                   1, True, w, w, 1e-5, int8)
+        x, K, V = rng.standard_normal((1, 32), np.float32), np.zeros((4, 2, 8), np.float32), np.zeros((4, 2, 8), np.float32)
+        _attention_moe_step(plan, x, x, K, V, 1)
+        cos, sin = plan.rope.at(1)
+        for rope_attend, experts in ((layer_step._rope_attend_one_1, layer_step._chosen_experts_1),
+                                     (layer_step._rope_attend_one_p, layer_step._chosen_experts_p)):
+            rope_attend(np.zeros((4, 8), np.float32), np.zeros((2, 8), np.float32), np.zeros((2, 8), np.float32),
+                        cos, sin, K, V, 1, np.float32(1))
+            experts(x, *plan.experts, np.zeros(1, np.int64), np.ones(1, np.float32), plan.code, quant.HALF_TO_FLOAT,
+                    plan.mode, np.zeros(32, np.float32))

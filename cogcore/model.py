@@ -23,12 +23,12 @@ from .blocks.moe import MoE
 from .blocks.norm import Norm
 from .blocks.rwkv7 import RecurrentMixer
 from .blocks.sparse_attention import SparseAttentionMixer
-from .cache import Cache
+from .cache import Cache, KVCache
 from .config import Config
 from .dtypes import f32
 from .errors import CogcoreError, ConfigError, InputError, WeightsError
 from .families import family_of, map_tensors
-from .ops import FusedResidualNorm, Ops, ops_for
+from .ops import FusedLayerStep, FusedResidualNorm, Ops, ops_for
 from .tensorfile import read_model_tensors
 from .weights import Weights
 
@@ -85,9 +85,28 @@ class Model:
         self.norm = norm("model.norm")
         self.lm_head = (self.embed_tokens if cfg.tie_word_embeddings
                         else weights.take("lm_head.weight", (V, D)))
+        self.layer_plans = self._layer_plans()
         self.last_pass: Pass | None = None
         self._tokenizer = None
         self._check_small_tensors_finite(weights)
+
+    def _layer_plans(self) -> list:
+        """Per layer, the ops table's plan for decoding it in one op (cogcore.ops.FusedLayerStep) when
+        it is a full-attention + MoE layer of the shape that op covers and the backend covers its
+        weights; else None (the layer runs op by op)."""
+        plans = [None] * len(self.layers)
+        if not (self.fused_norms and isinstance(self.ops, FusedLayerStep)):
+            return plans
+        for i, layer in enumerate(self.layers):
+            a, f, post = layer.mixer, layer.ffn, layer.post_norm
+            after = self.layers[i + 1].input_norm if i + 1 < len(self.layers) else self.norm
+            if (type(a) is AttentionMixer and not a.window and a.bias is None and not a.qk_norm
+                    and type(f) is MoE and f.shared is None
+                    and post.b is None and after.b is None and post.eps == after.eps):
+                plans[i] = self.ops.attention_moe_plan(a.wq, a.wk, a.wv, a.wo, a.inv_freq, f.router, f.gate_proj,
+                                                       f.up_proj, f.down_proj, f.k, f.norm_topk, post.w, after.w,
+                                                       post.eps)
+        return plans
 
     def _check_small_tensors_finite(self, weights: Weights) -> None:
         """NaN/Inf in a norm, vector or router weight is an error naming it, before it crashes a kernel.
@@ -189,14 +208,31 @@ class Model:
         sum next (this layer's post norm, the next layer's input norm); returns Norm(x; norm).
         Same results as the plain loop, one pass over each sum instead of two."""
         xn = self.layers[0].input_norm(x)
+        ops = self.ops
         for i, (layer, (mixer_state, ffn_state)) in enumerate(zip(self.layers, cache.layers)):
             ctx.layer = i
+            plan = self.layer_plans[i]
+            if (plan is not None and len(x) == 1 and type(mixer_state) is KVCache
+                    and layer.mixer.ops is ops and layer.ffn.ops is ops):    # (a tracer swaps a block's ops)
+                x, xn = self._layer_step(plan, i, x, xn, mixer_state, ctx)
+                continue
             h, hn = layer.post_norm.residual(x, layer.mixer(xn, mixer_state, ctx))
             self._check_finite(hn, self._mixer_name(i))             # the router's input
             next_norm = self.layers[i + 1].input_norm if i + 1 < len(self.layers) else self.norm
             x, xn = next_norm.residual(h, layer.ffn(hn, ffn_state, ctx))
             self._check_finite(xn, self._ffn_name(i))
         return xn
+
+    def _layer_step(self, plan, i: int, x: np.ndarray, xn: np.ndarray, kv: KVCache, ctx: Pass):
+        """One decode token through layer i as the one op of `FusedLayerStep`: the same (h, Norm(h))
+        as the loop above, the same NaN/Inf errors naming the layer."""
+        K, V, n = kv.room(1)
+        x, xn, counts, status = self.ops.attention_moe_step(plan, x, xn, K, V, n)
+        kv.commit(1)
+        ctx.expert_counts[i] = counts
+        if status:
+            self._check_finite(xn, self._mixer_name(i) if status == 1 else self._ffn_name(i))
+        return x, xn
 
     # ---- text -------------------------------------------------------------
     @property

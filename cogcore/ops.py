@@ -14,7 +14,8 @@ fuse each residual add with the norm that reads its sum (`Model.forward`; the
 results are the unfused ones, to the bit), `FusedLinears`, attention's q/k/v
 projections in one op, `FusedAttentionStep`, full attention's RoPE, cache write and
 attention in one op, `FusedSparseStep`, the same for sparse attention with its
-gates, `FusedRecurrent`, the RWKV-7 step with its
+gates, `FusedLayerStep`, a decode token through a whole full-attention + MoE
+layer in one op, `FusedRecurrent`, the RWKV-7 step with its
 projections in one op (decode's fast path), and `Compiled`, a table with kernels
 to compile (or load from Numba's cache) before timing anything.
 
@@ -159,6 +160,29 @@ class FusedSparseStep(Protocol):
         n..n+T-1, inv_freq [hd/2]; K, V as `rope_attend` takes them (rows n..n+T-1 become rope(k), v);
         kc, vc [B, Hkv, hd] every block complete by position n+T-1 -> (sigmoid(gate) as [3, H] times
         o_cmp, o_slc, o_win, summed: [T, H, hd] float32; the kept blocks [T, Hkv, n] int64)."""
+
+
+@runtime_checkable
+class FusedLayerStep(Protocol):
+    """One decode token through a whole full-attention + MoE layer as one op (optional): the residual
+    adds and norms, q/k/v, RoPE, the cache write, attention, o, routing and the chosen experts, with
+    no Python between them. For layers without biases, q/k norms, sliding window or shared expert,
+    with RMSNorms (the model checks that); the backend says which weights it covers. `Model.forward`'s
+    layer loop over `AttentionMixer` and `MoE` is the reference."""
+
+    def attention_moe_plan(self, wq, wk, wv, wo, inv_freq: np.ndarray, router, gate_proj, up_proj, down_proj,
+                           k: int, norm_topk: bool, post_w: np.ndarray, next_w: np.ndarray, eps: float) -> object:
+        """What `attention_moe_step` needs of one layer, prepared once, or None when the backend does not
+        cover these weights (the layer then runs op by op). Shapes as `moe`, `rope_attend`, `rmsnorm`;
+        post_w: the layer's post-attention norm, next_w: the next layer's input norm (or the final norm)."""
+
+    def attention_moe_step(self, plan, x: np.ndarray, xn: np.ndarray, K: np.ndarray, V: np.ndarray, n: int
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """x [1, D] the residual stream at position n, xn = rmsnorm(x) (this layer's input norm); K, V the
+        layer's KVCache buffers as `rope_attend` takes them -> (x', xn', the tokens each expert received
+        [E] int64, status): h = x + attention(xn), x' = h + moe(rmsnorm(h; post_w)), xn' = rmsnorm(x'; next_w);
+        status 0, 1 when rmsnorm(h) is not finite (x', xn' are then h and rmsnorm(h), the FFN not run),
+        2 when xn' is not finite. Row n of K and V is written."""
 
 
 @runtime_checkable

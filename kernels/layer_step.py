@@ -1,0 +1,165 @@
+"""Decode of one token through a whole full-attention + MoE layer in one compiled call.
+
+The twin of one turn of the model's layer loop (cogcore/model.py `_layers_fused`) for layers of
+one shape: full attention over a KV cache (no biases, no q/k norms), a top-k MoE with a float32
+router and no shared expert, RMSNorms, and every matrix quantized in one GGML format (q8_0 or
+q4_0). In this order, for x [1, D] (the residual stream) and xn = rmsnorm(x) [1, D]:
+
+    q | k | v = xn [Wq; Wk; Wv]^T                  one GEMV over the three (kernels.quant._gemv)
+    q, k      = rope(q), rope(k)                   by the step's cos / sin table [hd/2]
+    K[n], V[n] = k, v                              the cache rows of position n
+    o         = softmax(q K[0..n]^T / sqrt(hd)) V[0..n]   one task per kv head (attention.attend_task)
+    h         = x + o Wo^T;  hn = rmsnorm(h; post_w)       (kernels.norm)
+        -> status MIXER_NOT_FINITE if hn holds NaN/Inf (the FFN is not run)
+    top, wts  = top-k of softmax(hn router^T)      (kernels.moe.route_f32)
+    y         = sum_c wts_c down_c(silu(gate_c hn) * up_c hn)   only the chosen experts' blocks
+    x'        = h + y;  xn' = rmsnorm(x'; next_w)  (the next layer's input norm, or the final norm)
+        -> status FFN_NOT_FINITE if xn' holds NaN/Inf
+
+No Python runs between these steps (in the op-by-op path each is a wrapper call: ~5 us each in a
+decode step, where every call finds its code and objects evicted by the weights streamed before
+it). The GEMVs, the attention and the experts come in a serial and a parallel variant, chosen by
+the caller once per call (`par_*`); the rest runs on the calling thread. Imports nothing from
+cogcore.
+
+Two cautions from Numba's disk cache: a cached `attention_moe_step` holds the code of the kernels it
+calls (kernels.quant, .attention, .moe, .norm), so after editing one of those clear kernels/__pycache__;
+and loaded from the cache it does not start Numba's thread pool for the parallel kernels inside it
+(a crash when nothing else has started it): call `numba.get_num_threads()` once before the first call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .attention import attend_task
+from .linear import FAST
+from .moe import route_f32, silu_mul
+from .norm import _rms_1
+from .quant import BLOCK_BYTES, ROWS_PER_TASK, _gemv_1, _gemv_p, activation_row, activations, dot_rows_of
+from .threads import twins
+
+OK, MIXER_NOT_FINITE, FFN_NOT_FINITE = 0, 1, 2      # the step's status
+
+
+@njit(inline="always")
+def rotate_by(u, cos, sin, out):
+    """out[h] = u[h] rotated by the angles whose cos / sin [hd/2] are given (float32), for each head
+    h of u [heads, hd]: the pairs (j, j + hd/2), as kernels.rope.rotate."""
+    half = cos.shape[0]
+    for h in range(u.shape[0]):
+        for j in range(half):
+            a, b = u[h, j], u[h, j + half]
+            out[h, j] = a * cos[j] - b * sin[j]
+            out[h, j + half] = b * cos[j] + a * sin[j]
+
+
+def _rope_attend_one(q, k, v, cos, sin, K, V, n, scale):
+    """kernels.attention.rope_attend for one token at position n with its cos / sin table: q [H, hd]
+    rotated into a copy, k rotated into K[n], v copied into V[n], then attention over rows 0..n, one
+    task per kv head -> [1, H, hd]."""
+    H, hd = q.shape
+    qr = np.empty((1, H, hd), np.float32)
+    rotate_by(q, cos, sin, qr[0])
+    rotate_by(k, cos, sin, K[n])
+    V[n] = v
+    out = np.empty((1, H, hd), np.float32)
+    for g in prange(K.shape[1]):
+        attend_task(qr, 0, g, K, V, 0, n + 1, scale, out)
+    return out
+
+
+_rope_attend_one_1, _rope_attend_one_p = twins(_rope_attend_one, fastmath=FAST)
+
+
+@njit(inline="always")
+def packed_at(buf, at, rows, cols, code):
+    """The packed matrix [rows, cols // 32 * block bytes] that starts at byte `at` of buf (1-D uint8)."""
+    width = cols // 32 * BLOCK_BYTES[code]
+    return buf[at:at + rows * width].reshape((rows, width))
+
+
+def _chosen_experts(x, buffers, at, F, chosen, weights, code, table, mode, y):
+    """kernels.quant._experts with the experts found inside the compiled step: expert e's packed gate,
+    up [F, bytes] and down [D, bytes] start at bytes at[0, e], at[1, e], at[2, e] of buffers (gate, up,
+    down: 1-D uint8, the memory their blocks live in, e.g. one memory-mapped file), and chosen [k] names
+    the experts: y += sum over c of weights[c] * down_e(silu(gate_e x) * up_e x), e = chosen[c]. The
+    same tasks, dots and order of additions as there."""
+    k, D = chosen.shape[0], y.shape[0]
+    a = activation_row(activations(x, mode), 0)
+    g, u, h = np.empty((k, F), np.float32), np.empty((k, F), np.float32), np.empty((k, F), np.float32)
+    per_hidden = (F + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    for task in prange(k * per_hidden):
+        c = task // per_hidden
+        e = chosen[c]
+        r0 = (task - c * per_hidden) * ROWS_PER_TASK
+        r1 = min(F, r0 + ROWS_PER_TASK)
+        dot_rows_of(packed_at(buffers[0], at[0, e], F, D, code), r0, r1, a, code, table, g[c], r0)
+        dot_rows_of(packed_at(buffers[1], at[1, e], F, D, code), r0, r1, a, code, table, u[c], r0)
+        for o in range(r0, r1):
+            h[c, o] = silu_mul(g[c, o], u[c, o])
+    hidden = activations(h, mode)
+    out = np.empty((k, D), np.float32)
+    per_output = (D + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    for task in prange(k * per_output):
+        c = task // per_output
+        r0 = (task - c * per_output) * ROWS_PER_TASK
+        down = packed_at(buffers[2], at[2, chosen[c]], D, F, code)
+        dot_rows_of(down, r0, min(D, r0 + ROWS_PER_TASK), activation_row(hidden, c), code, table, out[c], r0)
+    for o in range(D):
+        for c in range(k):
+            y[o] += weights[c] * out[c, o]
+
+
+_chosen_experts_1, _chosen_experts_p = twins(_chosen_experts, fastmath=FAST)
+
+
+@njit(inline="always")
+def all_finite(row):
+    for j in range(row.shape[0]):
+        if not np.isfinite(row[j]):
+            return False
+    return True
+
+
+@njit(cache=True)
+def attention_moe_step(x, xn, qkv, wo, post_w, next_w, eps, cos, sin, K, V, n, router, expert_buffers, expert_at,
+                       F, top_k, norm_topk, code, table, mode, par_qkv, par_attention, par_o, par_experts):
+    """One decode token through the layer (the module docstring's steps) -> (x' [1, D], xn' [1, D],
+    the tokens each expert received [E] int64, status).
+
+    x, xn [1, D] float32; qkv (Wq, Wk, Wv) and wo packed [rows, bytes] (read-only C arrays, one
+    format: code of kernels.quant.CODE, table its HALF_TO_FLOAT, mode FLOAT_PATH or INT8_PATH);
+    post_w, next_w [D] float32, eps float32; cos, sin [hd/2] float32 of position n; K, V [> n, Hkv, hd]
+    float32, rows 0..n-1 the cache; router [E, D] float32; the experts' blocks (F hidden rows) where
+    `_chosen_experts` finds them: expert_buffers (gate, up, down) and the byte offsets expert_at [3, E]; par_*: the parallel variant of the GEMV of q/k/v, the attention, the GEMV of o, the experts."""
+    Hkv, hd = K.shape[1], K.shape[2]
+    H = qkv[0].shape[0] // hd
+    D = x.shape[1]
+    both = _gemv_p(xn, qkv, code, table, mode) if par_qkv else _gemv_1(xn, qkv, code, table, mode)
+    row = both[0]
+    q = row[:H * hd].reshape((H, hd))
+    k = row[H * hd:(H + Hkv) * hd].reshape((Hkv, hd))
+    v = row[(H + Hkv) * hd:].reshape((Hkv, hd))
+    scale = np.float32(1.0) / np.sqrt(np.float32(hd))
+    if par_attention:
+        o = _rope_attend_one_p(q, k, v, cos, sin, K, V, n, scale)
+    else:
+        o = _rope_attend_one_1(q, k, v, cos, sin, K, V, n, scale)
+    o2 = o.reshape((1, H * hd))
+    attn = _gemv_p(o2, (wo,), code, table, mode) if par_o else _gemv_1(o2, (wo,), code, table, mode)
+    h, hn = np.empty((1, D), np.float32), np.empty((1, D), np.float32)
+    _rms_1(x, h, hn, post_w, eps, True, attn)
+    counts = np.zeros(router.shape[0], np.int64)
+    if not all_finite(hn[0]):
+        return h, hn, counts, MIXER_NOT_FINITE
+    top, wts, counts = route_f32(hn, router, top_k, norm_topk)
+    y = np.zeros((1, D), np.float32)
+    if par_experts:
+        _chosen_experts_p(hn, expert_buffers, expert_at, F, top[0], wts[0], code, table, mode, y[0])
+    else:
+        _chosen_experts_1(hn, expert_buffers, expert_at, F, top[0], wts[0], code, table, mode, y[0])
+    x2, xn2 = np.empty((1, D), np.float32), np.empty((1, D), np.float32)
+    _rms_1(h, x2, xn2, next_w, eps, True, y)
+    return x2, xn2, counts, OK if all_finite(xn2[0]) else FFN_NOT_FINITE
