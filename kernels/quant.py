@@ -619,26 +619,12 @@ def dot_rows_of(data, r0, r1, a, code, table, out, at):
 
 def _gemv(x, mats, code, table, mode):
     """x [T, cols] times each packed matrix of the tuple mats, side by side: out [T, total rows]. One
-    parallel region for all of them (tasks of ROWS_PER_TASK rows of one matrix), x's rows quantized once
-    (INT8_PATH). No np.zeros here: in the parallel variant Numba makes each one a parallel region of its
-    own (~1 us a call at two threads), so each task finds its matrix by walking the few matrices."""
-    act = activations(x, mode)
-    tasks, rows = 0, 0
+    parallel region for all of them (`gemv_each_into`), x's rows quantized once (INT8_PATH)."""
+    rows = 0
     for m in range(len(mats)):
-        tasks += (mats[m].shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK
         rows += mats[m].shape[0]
     out = np.empty((x.shape[0], rows), np.float32)
-    for task in prange(tasks):
-        m, first_task, first_row = 0, 0, 0            # matrix m's first task and output row
-        while task >= first_task + (mats[m].shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK:
-            first_task += (mats[m].shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK
-            first_row += mats[m].shape[0]
-            m += 1
-        data = mats[m]
-        r0 = (task - first_task) * ROWS_PER_TASK
-        r1 = min(data.shape[0], r0 + ROWS_PER_TASK)
-        for t in range(x.shape[0]):                  # the task's rows stay in L1 across the rows of x
-            dot_rows_of(data, r0, r1, activation_row(act, t), code, table, out[t], first_row + r0)
+    gemv_each_into(activations(x, mode), x.shape[0], 0, mats, code, table, out)
     return out
 
 
@@ -685,21 +671,23 @@ def gemv_each_into(act, T, step, mats, code, table, out):
     """out[t, the rows of matrix m] = packed matrix m times row m * step + t of act (what `activations`
     made of the inputs: step 0, one input for all; step T, inputs stacked matrix by matrix), for every m
     and t < T: one parallel region (tasks of ROWS_PER_TASK rows of one matrix) when inlined into a
-    parallel kernel."""
-    n = len(mats)
-    first_task, first_row = np.zeros(n + 1, np.int64), np.zeros(n + 1, np.int64)
-    for m in range(n):
-        rows = mats[m].shape[0]
-        first_task[m + 1] = first_task[m] + (rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
-        first_row[m + 1] = first_row[m] + rows
-    for task in prange(first_task[n]):
-        m = 0
-        while task >= first_task[m + 1]:
+    parallel kernel. No np.zeros task tables: in a parallel kernel Numba makes each one a parallel
+    region of its own (~1 us a call at two threads), so each task finds its matrix by walking the few
+    matrices."""
+    tasks = 0
+    for m in range(len(mats)):
+        tasks += (mats[m].shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    for task in prange(tasks):
+        m, first_task, first_row = 0, 0, 0            # matrix m's first task and output row
+        while task >= first_task + (mats[m].shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK:
+            first_task += (mats[m].shape[0] + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+            first_row += mats[m].shape[0]
             m += 1
-        r0 = (task - first_task[m]) * ROWS_PER_TASK
-        r1 = min(mats[m].shape[0], r0 + ROWS_PER_TASK)
-        for t in range(T):
-            dot_rows_of(mats[m], r0, r1, activation_row(act, m * step + t), code, table, out[t], first_row[m] + r0)
+        data = mats[m]
+        r0 = (task - first_task) * ROWS_PER_TASK
+        r1 = min(data.shape[0], r0 + ROWS_PER_TASK)
+        for t in range(T):                           # the task's rows stay in L1 across the rows of x
+            dot_rows_of(data, r0, r1, activation_row(act, m * step + t), code, table, out[t], first_row + r0)
 
 
 def linear_i8(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndarray:
