@@ -165,7 +165,7 @@ class _LayerPlan:
 
 
 class _RopeTable:
-    """cos, sin [hd/2] of the step's position, shared by the layers of one frequency table (computed
+    """cos, sin [1, hd/2] of the step's position, shared by the layers of one frequency table (computed
     once a step, not once per layer and per q and k)."""
 
     def __init__(self, inv_freq):
@@ -174,7 +174,7 @@ class _RopeTable:
     def at(self, n: int):
         if n != self.n:
             cos, sin = rope_tables(np.array([n]), self.inv_freq)
-            self.n, self.cos, self.sin = n, cos[0], sin[0]
+            self.n, self.cos, self.sin = n, cos, sin
         return self.cos, self.sin
 
 

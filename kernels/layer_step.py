@@ -6,7 +6,7 @@ router and no shared expert, RMSNorms, and every matrix quantized in one GGML fo
 q4_0). In this order, for x [1, D] (the residual stream) and xn = rmsnorm(x) [1, D]:
 
     q | k | v = xn [Wq; Wk; Wv]^T                  one GEMV over the three (kernels.quant._gemv)
-    q, k      = rope(q), rope(k)                   by the step's cos / sin table [hd/2]
+    q, k      = rope(q), rope(k)                   by the step's cos / sin table [1, hd/2]
     K[n], V[n] = k, v                              the cache rows of position n
     o         = softmax(q K[0..n]^T / sqrt(hd)) V[0..n]   one task per kv head (attention.attend_task)
     h         = x + o Wo^T;  hn = rmsnorm(h; post_w)       (kernels.norm)
@@ -38,31 +38,20 @@ from .linear import FAST
 from .moe import route_f32, silu_mul
 from .norm import _rms_1
 from .quant import BLOCK_BYTES, ROWS_PER_TASK, _gemv_1, _gemv_p, activation_row, activations, dot_rows_of
+from .rope import rotate_by
 from .threads import twins
 
 OK, MIXER_NOT_FINITE, FFN_NOT_FINITE = 0, 1, 2      # the step's status
 
 
-@njit(inline="always")
-def rotate_by(u, cos, sin, out):
-    """out[h] = u[h] rotated by the angles whose cos / sin [hd/2] are given (float32), for each head
-    h of u [heads, hd]: the pairs (j, j + hd/2), as kernels.rope.rotate."""
-    half = cos.shape[0]
-    for h in range(u.shape[0]):
-        for j in range(half):
-            a, b = u[h, j], u[h, j + half]
-            out[h, j] = a * cos[j] - b * sin[j]
-            out[h, j + half] = b * cos[j] + a * sin[j]
-
-
 def _rope_attend_one(q, k, v, cos, sin, K, V, n, scale):
-    """kernels.attention.rope_attend for one token at position n with its cos / sin table: q [H, hd]
-    rotated into a copy, k rotated into K[n], v copied into V[n], then attention over rows 0..n, one
-    task per kv head -> [1, H, hd]."""
+    """kernels.attention.rope_attend for one token at position n with its cos / sin table [1, hd/2]
+    (kernels.rope.rotation_table's): q [H, hd] rotated into a copy, k rotated into K[n], v copied into
+    V[n], then attention over rows 0..n, one task per kv head -> [1, H, hd]."""
     H, hd = q.shape
     qr = np.empty((1, H, hd), np.float32)
-    rotate_by(q, cos, sin, qr[0])
-    rotate_by(k, cos, sin, K[n])
+    rotate_by(q.reshape((1, H, hd)), cos, sin, qr)
+    rotate_by(k.reshape((1, k.shape[0], hd)), cos, sin, K[n:n + 1])
     V[n] = v
     out = np.empty((1, H, hd), np.float32)
     for g in prange(K.shape[1]):
@@ -131,7 +120,7 @@ def attention_moe_step(x, xn, qkv, wo, post_w, next_w, eps, cos, sin, K, V, n, r
 
     x, xn [1, D] float32; qkv (Wq, Wk, Wv) and wo packed [rows, bytes] (read-only C arrays, one
     format: code of kernels.quant.CODE, table its HALF_TO_FLOAT, mode FLOAT_PATH or INT8_PATH);
-    post_w, next_w [D] float32, eps float32; cos, sin [hd/2] float32 of position n; K, V [> n, Hkv, hd]
+    post_w, next_w [D] float32, eps float32; cos, sin [1, hd/2] float32 of position n; K, V [> n, Hkv, hd]
     float32, rows 0..n-1 the cache; router [E, D] float32; the experts' blocks (F hidden rows) where
     `_chosen_experts` finds them: expert_buffers (gate, up, down) and the byte offsets expert_at [3, E]; par_*: the parallel variant of the GEMV of q/k/v, the attention, the GEMV of o, the experts."""
     Hkv, hd = K.shape[1], K.shape[2]
