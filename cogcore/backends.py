@@ -271,7 +271,8 @@ class NumbaOps:
     @classmethod
     def warm_up(cls) -> float:
         """Compile (or load from the cache) every kernel on tiny inputs, the serial and the
-        parallel variant of each threaded one; returns the seconds it took."""
+        parallel variant of each threaded one, quantized weights in this table's arithmetic;
+        returns the seconds it took."""
         from .model import freeze_live_objects
         t0 = time.perf_counter()
         for work in (1 << 62, 0):                # serial variants, then parallel ones
@@ -295,7 +296,8 @@ class NumbaInt8Ops(NumbaOps):
 
 
 def _exercise(ops):
-    """Call every op once per weight dtype and per decode / prefill path."""
+    """Call every op once per weight dtype and per decode / prefill path, in the table's arithmetic for
+    quantized weights (float, or int8 activations: the other one compiles when a table of it warms up)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 16), np.float32)
     W = rng.standard_normal((8, 16), np.float32)
@@ -308,15 +310,13 @@ def _exercise(ops):
     for qtype in ("q8_0", "q4_0"):               # (packed blocks are always read-only: cogcore.quant.QuantTensor)
         Wq = quantize_tensor(rng.standard_normal((3, 32), np.float32), qtype)
         Eq = quantize_tensor(rng.standard_normal((2, 32, 32), np.float32), qtype)
-        for int8 in (False, True):               # the float path, int8 activations
-            lin = _linear_int8 if int8 else _linear
-            lin(xq, Wq)
-            lin(np.repeat(xq, 8, 0), Wq)
-            for n in (3, 4):                     # attention's q, k, v in one call; sparse attention's gate too
-                _linears(xq, (Wq,) * n, int8)
-            for k in (1, 2):                     # kernels take the chosen experts as a k-tuple
-                _moe(xq, rng.standard_normal((2, 32), np.float32), Eq, Eq, Eq, k, True, int8=int8)
-    _exercise_layer_step(rng)
+        ops.linear(xq, Wq)
+        ops.linear(np.repeat(xq, 8, 0), Wq)
+        for n in (3, 4):                         # attention's q, k, v in one call; sparse attention's gate too
+            ops.linears(xq, (Wq,) * n)
+        for k in (1, 2):                         # kernels take the chosen experts as a k-tuple
+            ops.moe(xq, rng.standard_normal((2, 32), np.float32), Eq, Eq, Eq, k, True)
+    _exercise_layer_step(ops, rng)
     w = np.ones(16, np.float32)
     for n in (x, np.repeat(x, 64, 0)):
         ops.rmsnorm(n, w, 1e-5), ops.layernorm(n, w, w, 1e-5)
@@ -339,9 +339,8 @@ def _exercise(ops):
                      np.zeros((48, 2, 8), np.float32), np.zeros((48, 2, 8), np.float32), 37, kc, kc, shape)
         Ws = [quantize_tensor(rng.standard_normal((rows, 32), np.float32), "q4_0") for rows in (32, 16, 16, 12)]
         Ws.append(quantize_tensor(rng.standard_normal((32, 32), np.float32), "q4_0"))
-        for int8 in (False, True):               # the whole step over quantized projections
-            _nsa_step(rng.standard_normal((1, 32), np.float32), Ws, pos[:1], inv_freq(8, 1e4, angles=angles),
-                      np.zeros((48, 2, 8), np.float32), np.zeros((48, 2, 8), np.float32), 37, kc, kc, shape, int8)
+        ops.nsa_step(rng.standard_normal((1, 32), np.float32), Ws, pos[:1], inv_freq(8, 1e4, angles=angles),
+                     np.zeros((48, 2, 8), np.float32), np.zeros((48, 2, 8), np.float32), 37, kc, kc, shape)
     q16, pos16 = rng.standard_normal((16, 4, 8), np.float32), np.arange(24, 40)   # prefill: the BLAS paths
     ops.attention(q16, k, k, pos16, np.arange(40), 0)
     for union_ratio in (nsa.UNION_RATIO, 0):     # the selected branch by BLAS, and by the per-query kernel
@@ -363,28 +362,23 @@ def _exercise(ops):
     pair32 = (rng.standard_normal((32, 3), np.float32), rng.standard_normal((3, 32), np.float32))
     for pair in (pair32, tuple(map(to_bf16, pair32))):    # the whole step over quantized projections
         for v_pair, v_first in ((pair, x32), (None, None)):
-            for int8 in (False, True):
-                _rwkv7_step(x32, v32, np.ones((6, 32), np.float32), (pair, pair, v_pair, pair), v32, v32,
-                            None if v_pair is None else v32, (Wq,) * 4, v_first, v32, v32, np.ones((4, 8), np.float32),
-                            v32, v32, 1e-3, "clamp", np.zeros((4, 8, 8), np.float32), int8)
+            ops.rwkv7_step(x32, v32, np.ones((6, 32), np.float32), (pair, pair, v_pair, pair), v32, v32,
+                           None if v_pair is None else v32, (Wq,) * 4, v_first, v32, v32, np.ones((4, 8), np.float32),
+                           v32, v32, 1e-3, "clamp", np.zeros((4, 8, 8), np.float32))
     ops.token_probabilities(rng.standard_normal(50).astype(np.float32), 1.0, 5, 0.9, 0.0)
 
 
-def _exercise_layer_step(rng):
+def _exercise_layer_step(ops, rng):
     """A decode token through a small attention + MoE layer (D 32, 4 heads over 2 of 8, 2 experts of 32)
-    in each arithmetic; and the step's own serial / parallel kernels called as the step calls them."""
+    in the table's arithmetic; and the step's own serial / parallel expert kernels called as the step
+    calls them (a step loaded from the disk cache leaves them uncompiled)."""
     w = np.ones(32, np.float32)
-    for int8 in (False, True):
-        mats = [quantize_tensor(rng.standard_normal(shape, np.float32), "q8_0")
-                for shape in ((32, 32), (16, 32), (16, 32), (32, 32), (2, 32, 32), (2, 32, 32), (2, 32, 32))]
-        plan = _attention_moe_plan(*mats[:4], inv_freq(8, 1e4), rng.standard_normal((2, 32), np.float32), *mats[4:],
-                                   1, True, w, w, 1e-5, int8)
-        x, K, V = rng.standard_normal((1, 32), np.float32), np.zeros((4, 2, 8), np.float32), np.zeros((4, 2, 8), np.float32)
-        _attention_moe_step(plan, x, x, K, V, 1)
-        cos, sin = plan.rope.at(1)
-        for rope_attend, experts in ((layer_step._rope_attend_one_1, layer_step._chosen_experts_1),
-                                     (layer_step._rope_attend_one_p, layer_step._chosen_experts_p)):
-            rope_attend(np.zeros((4, 8), np.float32), np.zeros((2, 8), np.float32), np.zeros((2, 8), np.float32),
-                        cos, sin, K, V, 1, np.float32(1))
-            experts(x, *plan.experts, np.zeros(1, np.int64), np.ones(1, np.float32), plan.code, quant.HALF_TO_FLOAT,
-                    plan.mode, np.zeros(32, np.float32))
+    mats = [quantize_tensor(rng.standard_normal(shape, np.float32), "q8_0")
+            for shape in ((32, 32), (16, 32), (16, 32), (32, 32), (2, 32, 32), (2, 32, 32), (2, 32, 32))]
+    plan = ops.attention_moe_plan(*mats[:4], inv_freq(8, 1e4), rng.standard_normal((2, 32), np.float32), *mats[4:],
+                                  1, True, w, w, 1e-5)
+    x, K, V = rng.standard_normal((1, 32), np.float32), np.zeros((4, 2, 8), np.float32), np.zeros((4, 2, 8), np.float32)
+    ops.attention_moe_step(plan, x, x, K, V, 1)
+    for experts in (layer_step._chosen_experts_1, layer_step._chosen_experts_p):
+        experts(x, *plan.experts, np.zeros(1, np.int64), np.ones(1, np.float32), plan.code, quant.HALF_TO_FLOAT,
+                plan.mode, np.zeros(32, np.float32))

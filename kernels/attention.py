@@ -33,7 +33,7 @@ from numba.extending import intrinsic
 
 from .expf import divide, expf
 from .linear import FAST
-from .rope import rotate
+from .rope import rotate_by, rotation_tables
 from .threads import pick, twins
 
 CHUNK = 128              # keys per step of the running softmax; scratch buffers are [G, CHUNK]
@@ -132,7 +132,7 @@ def chunk_values(V, g, c0, n, G, sc, acc):
                 a[j] += e * vs[j]
 
 
-@njit(inline="always", fastmath=FAST)
+@njit(cache=True, fastmath=FAST)
 def attend_range(q, t, h0, G, K, V, g, lo, hi, scale, m, l, acc, sc):
     """Fold keys lo..hi-1 of kv head g into the running softmax of query heads h0..h0+G-1 of query t.
 
@@ -174,7 +174,7 @@ def first_after(k_pos, p):
     return lo
 
 
-@njit(inline="always", fastmath=FAST)
+@njit(cache=True, fastmath=FAST)
 def attend_task(q, t, g, K, V, lo, hi, scale, out):
     """out[t, heads of kv head g] = softmax attention of query t over keys lo..hi-1 of kv head g."""
     H, hd = q.shape[1], q.shape[2]
@@ -297,14 +297,14 @@ def attention(q, k, v, q_pos, k_pos, window=0):
     return kernel(q, k, v, q_pos, k_pos, window, scale)[0]
 
 
-def _rope_attend(q, k, v, angles, inv_freq, K, V, n, scale):
-    """`rope_attend` after its checks: q, k rotated (q into a copy, k into K), v copied into V, then
-    each query t (position n + t) attends to rows 0..n+t."""
+def _rope_attend(q, k, v, cos, sin, K, V, n, scale):
+    """`rope_attend` after its checks: q, k rotated by the table cos, sin [T, hd/2] (q into a copy, k
+    into K), v copied into V, then each query t (position n + t) attends to rows 0..n+t."""
     T, H, hd = q.shape
     Hkv = K.shape[1]
     qr = np.empty_like(q)
-    rotate(q, angles, inv_freq, qr)
-    rotate(k, angles, inv_freq, K[n:n + T])
+    rotate_by(q, cos, sin, qr)
+    rotate_by(k, cos, sin, K[n:n + T])
     V[n:n + T] = v
     out = np.empty((T, H, hd), np.float32)
     for task in prange(T * Hkv):
@@ -328,8 +328,8 @@ def rope_attend(q, k, v, positions, inv_freq, K, V, n):
             or not (K.dtype == V.dtype == np.float32 and K.flags.c_contiguous and V.flags.c_contiguous)):
         raise ValueError(f"rope_attend: q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}, {len(positions)} "
                          f"positions and buffers {list(K.shape)} for rows {n}..{n + T - 1} do not fit")
-    angles = np.asarray(positions).astype(inv_freq.dtype)
+    cos, sin = rotation_tables(positions, inv_freq)
     q, k = np.ascontiguousarray(q, np.float32), np.ascontiguousarray(k, np.float32)
     v = np.ascontiguousarray(v, np.float32)
     kernel = pick(_rope_attend_1, _rope_attend_p, T * (n + T) * k.shape[1] * hd * 2)
-    return kernel(q, k, v, angles, np.ascontiguousarray(inv_freq), K, V, n, np.float32(1.0 / math.sqrt(hd)))
+    return kernel(q, k, v, cos, sin, K, V, n, np.float32(1.0 / math.sqrt(hd)))

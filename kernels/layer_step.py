@@ -6,9 +6,10 @@ router and no shared expert, RMSNorms, and every matrix quantized in one GGML fo
 q4_0). In this order, for x [1, D] (the residual stream) and xn = rmsnorm(x) [1, D]:
 
     q | k | v = xn [Wq; Wk; Wv]^T                  one GEMV over the three (kernels.quant._gemv)
-    q, k      = rope(q), rope(k)                   by the step's cos / sin table [1, hd/2]
-    K[n], V[n] = k, v                              the cache rows of position n
-    o         = softmax(q K[0..n]^T / sqrt(hd)) V[0..n]   one task per kv head (attention.attend_task)
+    q, k      = rope(q), rope(k)                   by the step's cos / sin table [1, hd/2] ...
+    K[n], V[n] = k, v                              ... the cache rows of position n ...
+    o         = softmax(q K[0..n]^T / sqrt(hd)) V[0..n]   ... one task per kv head (kernels.attention's
+                                                   `_rope_attend`, the decode kernel of `rope_attend`)
     h         = x + o Wo^T;  hn = rmsnorm(h; post_w)       (kernels.norm)
         -> status MIXER_NOT_FINITE if hn holds NaN/Inf (the FFN is not run)
     top, wts  = top-k of softmax(hn router^T)      (kernels.moe.route_f32)
@@ -33,33 +34,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .attention import attend_task
+from .attention import _rope_attend_1, _rope_attend_p
 from .linear import FAST
 from .moe import route_f32, silu_mul
 from .norm import _rms_1
 from .quant import BLOCK_BYTES, ROWS_PER_TASK, _gemv_1, _gemv_p, activation_row, activations, dot_rows_of
-from .rope import rotate_by
 from .threads import twins
 
 OK, MIXER_NOT_FINITE, FFN_NOT_FINITE = 0, 1, 2      # the step's status
-
-
-def _rope_attend_one(q, k, v, cos, sin, K, V, n, scale):
-    """kernels.attention.rope_attend for one token at position n with its cos / sin table [1, hd/2]
-    (kernels.rope.rotation_table's): q [H, hd] rotated into a copy, k rotated into K[n], v copied into
-    V[n], then attention over rows 0..n, one task per kv head -> [1, H, hd]."""
-    H, hd = q.shape
-    qr = np.empty((1, H, hd), np.float32)
-    rotate_by(q.reshape((1, H, hd)), cos, sin, qr)
-    rotate_by(k.reshape((1, k.shape[0], hd)), cos, sin, K[n:n + 1])
-    V[n] = v
-    out = np.empty((1, H, hd), np.float32)
-    for g in prange(K.shape[1]):
-        attend_task(qr, 0, g, K, V, 0, n + 1, scale, out)
-    return out
-
-
-_rope_attend_one_1, _rope_attend_one_p = twins(_rope_attend_one, fastmath=FAST)
 
 
 @njit(inline="always")
@@ -128,14 +110,14 @@ def attention_moe_step(x, xn, qkv, wo, post_w, next_w, eps, cos, sin, K, V, n, r
     D = x.shape[1]
     both = _gemv_p(xn, qkv, code, table, mode) if par_qkv else _gemv_1(xn, qkv, code, table, mode)
     row = both[0]
-    q = row[:H * hd].reshape((H, hd))
-    k = row[H * hd:(H + Hkv) * hd].reshape((Hkv, hd))
-    v = row[(H + Hkv) * hd:].reshape((Hkv, hd))
+    q = row[:H * hd].reshape((1, H, hd))
+    k = row[H * hd:(H + Hkv) * hd].reshape((1, Hkv, hd))
+    v = row[(H + Hkv) * hd:].reshape((1, Hkv, hd))
     scale = np.float32(1.0) / np.sqrt(np.float32(hd))
     if par_attention:
-        o = _rope_attend_one_p(q, k, v, cos, sin, K, V, n, scale)
+        o = _rope_attend_p(q, k, v, cos, sin, K, V, n, scale)
     else:
-        o = _rope_attend_one_1(q, k, v, cos, sin, K, V, n, scale)
+        o = _rope_attend_1(q, k, v, cos, sin, K, V, n, scale)
     o2 = o.reshape((1, H * hd))
     attn = _gemv_p(o2, (wo,), code, table, mode) if par_o else _gemv_1(o2, (wo,), code, table, mode)
     h, hn = np.empty((1, D), np.float32), np.empty((1, D), np.float32)

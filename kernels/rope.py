@@ -48,6 +48,19 @@ def rotate(u, positions, inv_freq, out):
 
 
 @njit(cache=True)
+def _rotation_table(positions, inv_freq):
+    return rotation_table(positions, inv_freq)
+
+
+def rotation_tables(positions, inv_freq):
+    """cos, sin [T, hd/2] float32 of `rotation_table` for positions [T] (angles in the dtype of inv_freq),
+    computed apart from decode's fused steps (kernels.attention.rope_attend, kernels.sparse_attention's
+    rope_nsa and nsa_step), which take the table: the angles' dtype is then not part of their signature,
+    and those large kernels compile once, not once per dtype."""
+    return _rotation_table(np.asarray(positions).astype(inv_freq.dtype), np.ascontiguousarray(inv_freq))
+
+
+@njit(cache=True)
 def _rope(u, positions, inv_freq, out):
     rotate(u, positions, inv_freq, out)
 

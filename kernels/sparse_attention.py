@@ -33,7 +33,7 @@ from .attention import (CHUNK, PREFILL_MIN_T, QUERY_BLOCK, attend_range, attend_
 from .expf import divide, expf
 from .linear import FAST
 from .quant import BLOCK_BYTES, CODE, FLOAT_PATH, HALF_TO_FLOAT, INT8_PATH, activations, gemv_each_into
-from .rope import rotate_by, rotation_table
+from .rope import rotate_by, rotation_tables
 from .rwkv7 import sigmoid
 from .threads import pick, twins
 
@@ -83,7 +83,7 @@ def attend_kept(q, ti, h0, G, K, V, g, blocks, lsel, t, scale, m, lsum, acc, sc,
     write_normalized(acc, lsum, out, ti, h0)
 
 
-@njit(inline="always", fastmath=FAST)
+@njit(cache=True, fastmath=FAST)
 def nsa_task(q, ti, g, t, K, V, kc, vc, l, s, lsel, nsel, w, scale, o_cmp, o_slc, o_win, kept):
     """The three branches of query ti (at position t) and kv group g: o_cmp, o_slc, o_win [T, H, hd]
     rows ti, heads g*G.. written (o_cmp added to: it starts at zero), kept[ti, g] filled."""
@@ -158,14 +158,13 @@ _nsa_1, _nsa_p = twins(_nsa, fastmath=FAST)
 
 # ---- decode's whole step between the projections: RoPE, cache write, the branches, the gates --------
 @njit(inline="always", fastmath=FAST)
-def rope_nsa_into(q, k, v, gate, angles, inv_freq, K, V, n, kc, vc, l, s, lsel, nsel, w, scale):
-    """`rope_nsa` after its checks: q, k rotated (q into a copy, k into K) by one table of angles, v
+def rope_nsa_into(q, k, v, gate, cos, sin, K, V, n, kc, vc, l, s, lsel, nsel, w, scale):
+    """`rope_nsa` after its checks: q, k rotated (q into a copy, k into K) by the table cos, sin [T, hd/2], v
     copied into V, then `nsa_task` for each (query, kv group) and the gated sum of its heads (a
     parallel region when inlined into a parallel kernel)."""
     T, H, hd = q.shape
     Hkv = K.shape[1]
     G = H // Hkv
-    cos, sin = rotation_table(angles, inv_freq)
     qr = np.empty((T, H, hd), np.float32)
     rotate_by(q, cos, sin, qr)
     rotate_by(k, cos, sin, K[n:n + T])
@@ -185,8 +184,8 @@ def rope_nsa_into(q, k, v, gate, angles, inv_freq, K, V, n, kc, vc, l, s, lsel, 
     return out, kept
 
 
-def _rope_nsa(q, k, v, gate, angles, inv_freq, K, V, n, kc, vc, l, s, lsel, nsel, w, scale):
-    return rope_nsa_into(q, k, v, gate, angles, inv_freq, K, V, n, kc, vc, l, s, lsel, nsel, w, scale)
+def _rope_nsa(q, k, v, gate, cos, sin, K, V, n, kc, vc, l, s, lsel, nsel, w, scale):
+    return rope_nsa_into(q, k, v, gate, cos, sin, K, V, n, kc, vc, l, s, lsel, nsel, w, scale)
 
 
 _rope_nsa_1, _rope_nsa_p = twins(_rope_nsa, fastmath=FAST)
@@ -216,12 +215,12 @@ def rope_nsa(q, k, v, gate, positions, inv_freq, K, V, n, kc, vc, shape):
     work = T * H * hd * 2 * (min(last, shape.select_block * shape.select_count) + min(last, shape.window)
                              + last // shape.stride)
     return pick(_rope_nsa_1, _rope_nsa_p, work)(
-        c32(q), c32(k), c32(v), c32(gate), np.asarray(positions).astype(inv_freq.dtype), np.ascontiguousarray(inv_freq),
-        K, V, n, c32(kc), c32(vc), shape.block, shape.stride, shape.select_block, shape.select_count, shape.window,
+        c32(q), c32(k), c32(v), c32(gate), *rotation_tables(positions, inv_freq), K, V, n, c32(kc), c32(vc),
+        shape.block, shape.stride, shape.select_block, shape.select_count, shape.window,
         np.float32(1.0 / np.sqrt(hd)))
 
 
-def _nsa_step(x, mats, code, table, mode, H, hd, angles, inv_freq, K, V, n, kc, vc, l, s, lsel, nsel, w, scale):
+def _nsa_step(x, mats, code, table, mode, H, hd, cos, sin, K, V, n, kc, vc, l, s, lsel, nsel, w, scale):
     T = x.shape[0]
     Hkv = K.shape[1]
     proj = np.empty((T, (H + 2 * Hkv) * hd + 3 * H), np.float32)       # q, k, v, gate side by side
@@ -229,8 +228,8 @@ def _nsa_step(x, mats, code, table, mode, H, hd, angles, inv_freq, K, V, n, kc, 
     q = np.ascontiguousarray(proj[:, :H * hd]).reshape((T, H, hd))
     k = np.ascontiguousarray(proj[:, H * hd:(H + Hkv) * hd]).reshape((T, Hkv, hd))
     v = np.ascontiguousarray(proj[:, (H + Hkv) * hd:(H + 2 * Hkv) * hd]).reshape((T, Hkv, hd))
-    o, kept = rope_nsa_into(q, k, v, proj[:, (H + 2 * Hkv) * hd:], angles, inv_freq, K, V, n, kc, vc, l, s, lsel,
-                            nsel, w, scale)
+    o, kept = rope_nsa_into(q, k, v, proj[:, (H + 2 * Hkv) * hd:], cos, sin, K, V, n, kc, vc, l, s, lsel, nsel, w,
+                            scale)
     out = np.empty((T, mats[4].shape[0]), np.float32)
     gemv_each_into(activations(o.reshape((T, H * hd)), mode), T, 0, mats[4:], code, table, out)
     return out, kept
@@ -263,8 +262,8 @@ def nsa_step(x, mats, qtype, int8, H, positions, inv_freq, K, V, n, kc, vc, shap
                              + last // shape.stride) + sum(m.size for m in mats)
     return pick(_nsa_step_1, _nsa_step_p, work)(
         np.ascontiguousarray(x, np.float32), tuple(mats), code, HALF_TO_FLOAT, INT8_PATH if int8 else FLOAT_PATH, H, hd,
-        np.asarray(positions).astype(inv_freq.dtype), np.ascontiguousarray(inv_freq), K, V, n,
-        np.ascontiguousarray(kc, np.float32), np.ascontiguousarray(vc, np.float32), shape.block, shape.stride,
+        *rotation_tables(positions, inv_freq), K, V, n, np.ascontiguousarray(kc, np.float32),
+        np.ascontiguousarray(vc, np.float32), shape.block, shape.stride,
         shape.select_block, shape.select_count, shape.window, np.float32(1.0 / np.sqrt(hd)))
 
 
