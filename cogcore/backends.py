@@ -230,7 +230,7 @@ def _attention_moe_step(plan, x, xn, K, V, n):
         x, xn, plan.qkv, plan.wo, plan.post_w, plan.next_w, plan.eps, cos, sin, K, V, n, plan.router,
         *plan.experts, plan.top_k, plan.norm_topk, plan.code, quant.HALF_TO_FLOAT, plan.mode,
         pick(False, True, qkv_work), pick(False, True, (n + 1) * plan.kv_work), pick(False, True, o_work),
-        pick(False, True, experts_work))
+        pick(1, threads.parallel_threads(), experts_work))
 
 
 class NumbaOps:
@@ -379,6 +379,7 @@ def _exercise_layer_step(ops, rng):
                                   1, True, w, w, 1e-5)
     x, K, V = rng.standard_normal((1, 32), np.float32), np.zeros((4, 2, 8), np.float32), np.zeros((4, 2, 8), np.float32)
     ops.attention_moe_step(plan, x, x, K, V, 1)
-    for experts in (layer_step._chosen_experts_1, layer_step._chosen_experts_p):
-        experts(x, *plan.experts, np.zeros(1, np.int64), np.ones(1, np.float32), plan.code, quant.HALF_TO_FLOAT,
-                plan.mode, np.zeros(32, np.float32))
+    buffers, at, F = plan.experts
+    for experts in (quant._experts_1, quant._experts_p):
+        experts(x, buffers, at, np.zeros(1, np.int64), F, np.ones(1, np.float32), plan.code, quant.HALF_TO_FLOAT,
+                plan.mode, np.zeros(32, np.float32), 1)

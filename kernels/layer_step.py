@@ -20,7 +20,7 @@ q4_0). In this order, for x [1, D] (the residual stream) and xn = rmsnorm(x) [1,
 No Python runs between these steps (in the op-by-op path each is a wrapper call: ~5 us each in a
 decode step, where every call finds its code and objects evicted by the weights streamed before
 it). The GEMVs, the attention and the experts come in a serial and a parallel variant, chosen by
-the caller once per call (`par_*`); the rest runs on the calling thread. Imports nothing from
+the caller once per call (`par_*`, `expert_threads`); the rest runs on the calling thread. Imports nothing from
 cogcore.
 
 Two cautions from Numba's disk cache: a cached `attention_moe_step` holds the code of the kernels it
@@ -32,58 +32,14 @@ and loaded from the cache it does not start Numba's thread pool for the parallel
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .attention import _rope_attend_1, _rope_attend_p
-from .linear import FAST
-from .moe import route_f32, silu_mul
+from .moe import route_f32
 from .norm import _rms_1
-from .quant import BLOCK_BYTES, ROWS_PER_TASK, _gemv_1, _gemv_p, activation_row, activations, dot_rows_of
-from .threads import twins
+from .quant import _experts_1, _experts_p, _gemv_1, _gemv_p
 
 OK, MIXER_NOT_FINITE, FFN_NOT_FINITE = 0, 1, 2      # the step's status
-
-
-@njit(inline="always")
-def packed_at(buf, at, rows, cols, code):
-    """The packed matrix [rows, cols // 32 * block bytes] that starts at byte `at` of buf (1-D uint8)."""
-    width = cols // 32 * BLOCK_BYTES[code]
-    return buf[at:at + rows * width].reshape((rows, width))
-
-
-def _chosen_experts(x, buffers, at, F, chosen, weights, code, table, mode, y):
-    """kernels.quant._experts with the experts found inside the compiled step: expert e's packed gate,
-    up [F, bytes] and down [D, bytes] start at bytes at[0, e], at[1, e], at[2, e] of buffers (gate, up,
-    down: 1-D uint8, the memory their blocks live in, e.g. one memory-mapped file), and chosen [k] names
-    the experts: y += sum over c of weights[c] * down_e(silu(gate_e x) * up_e x), e = chosen[c]. The
-    same tasks, dots and order of additions as there."""
-    k, D = chosen.shape[0], y.shape[0]
-    a = activation_row(activations(x, mode), 0)
-    g, u, h = np.empty((k, F), np.float32), np.empty((k, F), np.float32), np.empty((k, F), np.float32)
-    per_hidden = (F + ROWS_PER_TASK - 1) // ROWS_PER_TASK
-    for task in prange(k * per_hidden):
-        c = task // per_hidden
-        e = chosen[c]
-        r0 = (task - c * per_hidden) * ROWS_PER_TASK
-        r1 = min(F, r0 + ROWS_PER_TASK)
-        dot_rows_of(packed_at(buffers[0], at[0, e], F, D, code), r0, r1, a, code, table, g[c], r0)
-        dot_rows_of(packed_at(buffers[1], at[1, e], F, D, code), r0, r1, a, code, table, u[c], r0)
-        for o in range(r0, r1):
-            h[c, o] = silu_mul(g[c, o], u[c, o])
-    hidden = activations(h, mode)
-    out = np.empty((k, D), np.float32)
-    per_output = (D + ROWS_PER_TASK - 1) // ROWS_PER_TASK
-    for task in prange(k * per_output):
-        c = task // per_output
-        r0 = (task - c * per_output) * ROWS_PER_TASK
-        down = packed_at(buffers[2], at[2, chosen[c]], D, F, code)
-        dot_rows_of(down, r0, min(D, r0 + ROWS_PER_TASK), activation_row(hidden, c), code, table, out[c], r0)
-    for o in range(D):
-        for c in range(k):
-            y[o] += weights[c] * out[c, o]
-
-
-_chosen_experts_1, _chosen_experts_p = twins(_chosen_experts, fastmath=FAST)
 
 
 @njit(inline="always")
@@ -96,7 +52,7 @@ def all_finite(row):
 
 @njit(cache=True)
 def attention_moe_step(x, xn, qkv, wo, post_w, next_w, eps, cos, sin, K, V, n, router, expert_buffers, expert_at,
-                       F, top_k, norm_topk, code, table, mode, par_qkv, par_attention, par_o, par_experts):
+                       F, top_k, norm_topk, code, table, mode, par_qkv, par_attention, par_o, expert_threads):
     """One decode token through the layer (the module docstring's steps) -> (x' [1, D], xn' [1, D],
     the tokens each expert received [E] int64, status).
 
@@ -104,7 +60,9 @@ def attention_moe_step(x, xn, qkv, wo, post_w, next_w, eps, cos, sin, K, V, n, r
     format: code of kernels.quant.CODE, table its HALF_TO_FLOAT, mode FLOAT_PATH or INT8_PATH);
     post_w, next_w [D] float32, eps float32; cos, sin [1, hd/2] float32 of position n; K, V [> n, Hkv, hd]
     float32, rows 0..n-1 the cache; router [E, D] float32; the experts' blocks (F hidden rows) where
-    `_chosen_experts` finds them: expert_buffers (gate, up, down) and the byte offsets expert_at [3, E]; par_*: the parallel variant of the GEMV of q/k/v, the attention, the GEMV of o, the experts."""
+    kernels.quant's `_experts` finds them: expert_buffers (gate, up, down) and the byte offsets expert_at [3, E];
+    par_*: the parallel variant of the GEMV of q/k/v, the attention, the GEMV of o; expert_threads: the
+    threads of the experts (1: the serial variant)."""
     Hkv, hd = K.shape[1], K.shape[2]
     H = qkv[0].shape[0] // hd
     D = x.shape[1]
@@ -127,10 +85,10 @@ def attention_moe_step(x, xn, qkv, wo, post_w, next_w, eps, cos, sin, K, V, n, r
         return h, hn, counts, MIXER_NOT_FINITE
     top, wts, counts = route_f32(hn, router, top_k, norm_topk)
     y = np.zeros((1, D), np.float32)
-    if par_experts:
-        _chosen_experts_p(hn, expert_buffers, expert_at, F, top[0], wts[0], code, table, mode, y[0])
+    if expert_threads > 1:
+        _experts_p(hn, expert_buffers, expert_at, top[0], F, wts[0], code, table, mode, y[0], expert_threads)
     else:
-        _chosen_experts_1(hn, expert_buffers, expert_at, F, top[0], wts[0], code, table, mode, y[0])
+        _experts_1(hn, expert_buffers, expert_at, top[0], F, wts[0], code, table, mode, y[0], 1)
     x2, xn2 = np.empty((1, D), np.float32), np.empty((1, D), np.float32)
     _rms_1(h, x2, xn2, next_w, eps, True, y)
     return x2, xn2, counts, OK if all_finite(xn2[0]) else FFN_NOT_FINITE

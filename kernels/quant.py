@@ -708,41 +708,85 @@ def linear_i8(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndar
 
 
 # ---- MoE decode: only the chosen experts' blocks are read ---------------------------------------
+# The experts kernel takes the k chosen experts in one of two forms, as three arguments (a parallel
+# loop's body cannot take a tuple of tuples):
+#   gates, ups, downs: tuples of the chosen experts' packed matrices (`experts_decode`), or
+#   buffers, at, chosen: the three 1-D uint8 buffers that hold every expert's gate, up and down blocks,
+#   each expert's byte offsets at [3, E] in them, the chosen experts' ids [k] (kernels.layer_step,
+#   which finds the chosen experts inside its compiled step).
+def expert_count(gates_or_buffers, ups_or_at, downs_or_chosen):
+    """k, the number of chosen experts."""
+
+
+@overload(expert_count)
+def _expert_count(gates_or_buffers, ups_or_at, downs_or_chosen):
+    if gates_or_buffers.dtype.ndim == 2:
+        return lambda gates_or_buffers, ups_or_at, downs_or_chosen: len(gates_or_buffers)
+    return lambda gates_or_buffers, ups_or_at, downs_or_chosen: downs_or_chosen.shape[0]
+
+
+def expert_matrix(gates_or_buffers, ups_or_at, downs_or_chosen, which, nth, F, D, code):
+    """The nth chosen expert's packed gate (which 0), up (1) [F, bytes] or down (2) [D, bytes]."""
+
+
+@overload(expert_matrix)
+def _expert_matrix(gates_or_buffers, ups_or_at, downs_or_chosen, which, nth, F, D, code):
+    if gates_or_buffers.dtype.ndim == 2:
+        def in_tuples(gates_or_buffers, ups_or_at, downs_or_chosen, which, nth, F, D, code):
+            if which == 0:
+                return gates_or_buffers[nth]
+            return ups_or_at[nth] if which == 1 else downs_or_chosen[nth]
+        return in_tuples
+
+    def in_buffers(gates_or_buffers, ups_or_at, downs_or_chosen, which, nth, F, D, code):
+        rows, cols = (F, D) if which < 2 else (D, F)
+        width = cols // 32 * BLOCK_BYTES[code]
+        start = ups_or_at[which, downs_or_chosen[nth]]
+        return gates_or_buffers[which][start:start + rows * width].reshape((rows, width))
+    return in_buffers
+
+
 @njit(inline="always")
-def _one_expert(c, a, gates, ups, downs, code, table, mode, g, u, h, out):
-    """out[c] = downs[c](silu(gates[c] x) * ups[c] x) for expert c of `_experts`, on one thread."""
-    F, D = gates[c].shape[0], out.shape[1]
+def _one_expert(c, a, gates_or_buffers, ups_or_at, downs_or_chosen, F, code, table, mode, g, u, h, out):
+    """out[c] = down_c(silu(gate_c x) * up_c x) for chosen expert c of `_experts`, on one thread."""
+    D = out.shape[1]
+    gate = expert_matrix(gates_or_buffers, ups_or_at, downs_or_chosen, 0, c, F, D, code)
+    up = expert_matrix(gates_or_buffers, ups_or_at, downs_or_chosen, 1, c, F, D, code)
+    down = expert_matrix(gates_or_buffers, ups_or_at, downs_or_chosen, 2, c, F, D, code)
     for r0 in range(0, F, ROWS_PER_TASK):
         r1 = min(F, r0 + ROWS_PER_TASK)
-        dot_rows_of(gates[c], r0, r1, a, code, table, g[c], r0)
-        dot_rows_of(ups[c], r0, r1, a, code, table, u[c], r0)
+        dot_rows_of(gate, r0, r1, a, code, table, g[c], r0)
+        dot_rows_of(up, r0, r1, a, code, table, u[c], r0)
         for o in range(r0, r1):
             h[c, o] = silu_mul(g[c, o], u[c, o])
-    dot_rows_of(downs[c], 0, D, activation_row(activations(h[c:c + 1], mode), 0), code, table, out[c], 0)
+    dot_rows_of(down, 0, D, activation_row(activations(h[c:c + 1], mode), 0), code, table, out[c], 0)
 
 
-def _experts(x, gates, ups, downs, weights, code, table, mode, y, threads):
-    """y += sum over c of weights[c] * downs[c](silu(gates[c] x) * ups[c] x) for one token x [1, D] and
-    the chosen experts' packed matrices (tuples of k), on `threads` threads (1 for the serial variant).
-    When the threads can take whole experts (k a multiple of their number: top-2 on two threads), one
-    parallel region, each thread its experts from gate to down (no barrier and no serial quantization of
-    the hidden between); otherwise one region for every expert's gate and up rows, one for their down
-    rows. Either way each row's dot is the same, and each output row adds the experts in order."""
-    k, F, D = len(gates), gates[0].shape[0], y.shape[0]
+def _experts(x, gates_or_buffers, ups_or_at, downs_or_chosen, F, weights, code, table, mode, y, threads):
+    """y += sum over c of weights[c] * down_c(silu(gate_c x) * up_c x) for one token x [1, D] and the
+    chosen experts (in either form above; F hidden rows each), on `threads` threads (1 for the serial
+    variant). When the threads can take whole experts (k a multiple of their number: top-2 on two
+    threads), one parallel region, each thread its experts from gate to down (no barrier and no serial
+    quantization of the hidden between); otherwise one region for every expert's gate and up rows, one
+    for their down rows. Either way each row's dot is the same, and each output row adds the experts in
+    order."""
+    k, D = expert_count(gates_or_buffers, ups_or_at, downs_or_chosen), y.shape[0]
     a = activation_row(activations(x, mode), 0)
     g, u, h = np.empty((k, F), np.float32), np.empty((k, F), np.float32), np.empty((k, F), np.float32)
     out = np.empty((k, D), np.float32)
     if threads > 1 and k % threads == 0:
         for c in prange(k):
-            _one_expert(c, a, gates, ups, downs, code, table, mode, g, u, h, out)
+            _one_expert(c, a, gates_or_buffers, ups_or_at, downs_or_chosen, F, code, table, mode, g, u, h, out)
     else:
         per_hidden = (F + ROWS_PER_TASK - 1) // ROWS_PER_TASK        # tasks per expert, gate and up rows
         for task in prange(k * per_hidden):
             c = task // per_hidden
             r0 = (task - c * per_hidden) * ROWS_PER_TASK
             r1 = min(F, r0 + ROWS_PER_TASK)
-            dot_rows_of(gates[c], r0, r1, a, code, table, g[c], r0)
-            dot_rows_of(ups[c], r0, r1, a, code, table, u[c], r0)
+            gate = expert_matrix(gates_or_buffers, ups_or_at, downs_or_chosen, 0, c, F, D, code)
+            up = expert_matrix(gates_or_buffers, ups_or_at, downs_or_chosen, 1, c, F, D, code)
+            dot_rows_of(gate, r0, r1, a, code, table, g[c], r0)
+            dot_rows_of(up, r0, r1, a, code, table, u[c], r0)
             for o in range(r0, r1):
                 h[c, o] = silu_mul(g[c, o], u[c, o])
         hidden = activations(h, mode)                # each expert's hidden quantized once (INT8_PATH)
@@ -750,7 +794,8 @@ def _experts(x, gates, ups, downs, weights, code, table, mode, y, threads):
         for task in prange(k * per_output):         # one expert's matrix after the other (reads faster
             c = task // per_output                    # than their rows interleaved: 23 against 17-20 GB/s)
             r0 = (task - c * per_output) * ROWS_PER_TASK
-            dot_rows_of(downs[c], r0, min(D, r0 + ROWS_PER_TASK), activation_row(hidden, c), code, table, out[c], r0)
+            down = expert_matrix(gates_or_buffers, ups_or_at, downs_or_chosen, 2, c, F, D, code)
+            dot_rows_of(down, r0, min(D, r0 + ROWS_PER_TASK), activation_row(hidden, c), code, table, out[c], r0)
     for o in range(D):
         for c in range(k):
             y[o] += weights[c] * out[c, o]
@@ -776,8 +821,8 @@ def experts_decode(xt, gates, ups, downs, weights, qtype: str, yt, int8: bool = 
     code, (F, D) = CODE[qtype], (gates[0].shape[0], xt.shape[0])
     for gate, up, down in zip(gates, ups, downs):
         _check_expert(gate, up, down, yt, code, F, D)
-    mats = [_packed(arrays) for arrays in (gates, ups, downs)]
-    experts_decode_packed(np.ascontiguousarray(xt, np.float32).reshape(1, D), *mats,
+    k, mats = len(gates), _packed((*gates, *ups, *downs))        # (all of one type: the kernel indexes them)
+    experts_decode_packed(np.ascontiguousarray(xt, np.float32).reshape(1, D), mats[:k], mats[k:2 * k], mats[2 * k:],
                           np.asarray(weights, np.float32), code, yt, int8)
 
 
@@ -785,5 +830,5 @@ def experts_decode_packed(x, gates, ups, downs, weights, code: int, yt, int8: bo
     """`experts_decode` without its checks, for a caller that made them once: x [1, D] float32, the
     chosen experts' blocks as tuples that `_packed` would return, weights [k] float32, code of CODE."""
     fn = pick(_experts_1, _experts_p, 3 * gates[0].shape[0] * x.shape[1] * len(gates))
-    fn(x, gates, ups, downs, weights, code, HALF_TO_FLOAT, INT8_PATH if int8 else FLOAT_PATH, yt,
+    fn(x, gates, ups, downs, gates[0].shape[0], weights, code, HALF_TO_FLOAT, INT8_PATH if int8 else FLOAT_PATH, yt,
        1 if fn is _experts_1 else parallel_threads())

@@ -188,7 +188,7 @@ def test_moe_kernel_matches_reference(qtype, T, int8):
         return                        # its kernels' twins: test_int8_serial_and_parallel_kernels_agree
     y = {fn: np.zeros(D, np.float32) for fn in (kq._experts_1, kq._experts_p)}
     for (fn, yt), threads in zip(y.items(), (1, 2)):
-        fn(x[:1], (gate.data[4], gate.data[1]), (up.data[4], up.data[1]), (down.data[4], down.data[1]),
+        fn(x[:1], (gate.data[4], gate.data[1]), (up.data[4], up.data[1]), (down.data[4], down.data[1]), F,
            np.float32([0.5, 0.25]), kq.CODE[qtype], kq.HALF_TO_FLOAT, kq.FLOAT_PATH, yt, threads)
     serial = y[kq._experts_1]
     np.testing.assert_allclose(y[kq._experts_p], serial, rtol=1e-5, atol=1e-5 * np.abs(serial).max())
@@ -693,7 +693,7 @@ def test_int8_serial_and_parallel_kernels_agree(qtype):
     x1 = rng.standard_normal((1, D)).astype(np.float32)
     y = [np.zeros(D, np.float32) for _ in range(2)]
     for fn, yt, threads in zip((kq._experts_1, kq._experts_p), y, (1, 2)):
-        fn(x1, (G, G), (G, G), (Dn, Dn), np.float32([0.5, 0.25]), kq.CODE[qtype], kq.HALF_TO_FLOAT, kq.INT8_PATH, yt,
+        fn(x1, (G, G), (G, G), (Dn, Dn), F, np.float32([0.5, 0.25]), kq.CODE[qtype], kq.HALF_TO_FLOAT, kq.INT8_PATH, yt,
            threads)
     np.testing.assert_array_equal(y[0], y[1])
 
@@ -717,7 +717,7 @@ def test_experts_by_whole_experts_or_by_rows_agree(qtype):
             got = []
             for fn, threads in ((kq._experts_1, 1), (kq._experts_p, 1), (kq._experts_p, 2), (kq._experts_1, 2)):
                 yt = np.zeros(D, np.float32)
-                fn(x, gates, ups, downs, w, kq.CODE[qtype], kq.HALF_TO_FLOAT, mode, yt, threads)
+                fn(x, gates, ups, downs, F, w, kq.CODE[qtype], kq.HALF_TO_FLOAT, mode, yt, threads)
                 got.append(yt)
             for g in got[1:]:
                 np.testing.assert_array_equal(g, got[0])
