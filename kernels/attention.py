@@ -195,6 +195,16 @@ def write_normalized(acc, l, out, t, h0):
             out[t, h0 + i, j] = divide(acc[i, j], l[i])
 
 
+@njit(inline="always")
+def copy_rows(v, V, n):
+    """V[n:n + T] = v (v [T, Hkv, hd]) by a plain loop (a slice assignment is a parallel region of its
+    own at the top of a parallel kernel)."""
+    for t in range(v.shape[0]):
+        for g in range(v.shape[1]):
+            for j in range(v.shape[2]):
+                V[n + t, g, j] = v[t, g, j]
+
+
 def _attention(q, K, V, q_pos, k_pos, window, scale):
     """(out [T, H, hd], True), or (an empty out, False) when k_pos is not ascending: the keys a query
     sees are then a range, found by binary search in each task."""
@@ -305,7 +315,7 @@ def _rope_attend(q, k, v, cos, sin, K, V, n, scale):
     qr = np.empty_like(q)
     rotate_by(q, cos, sin, qr)
     rotate_by(k, cos, sin, K[n:n + T])
-    V[n:n + T] = v
+    copy_rows(v, V, n)
     out = np.empty((T, H, hd), np.float32)
     for task in prange(T * Hkv):
         t, g = task // Hkv, task % Hkv

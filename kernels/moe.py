@@ -25,7 +25,7 @@ from numba import njit, prange
 
 from .expf import divide, expf
 from .linear import BF16, F16, F32, FAST, SMALL_T, dot, dot4, dot_bf16, kind_of, linear, raw, widen_into
-from .threads import pick, twins
+from .threads import filled, pick, twins
 
 
 @njit(inline="always", fastmath=FAST)
@@ -125,7 +125,7 @@ def _experts_decode(x, top, wts, Wg, Wu, Wd, kind):
     row helper vectorised the bfloat16 dot worse)."""
     T, D = x.shape
     k, F = top.shape[1], Wg.shape[1]
-    y = np.zeros((T, D), np.float32)
+    y = filled(np.empty((T, D), np.float32), 0)
     h = np.empty(F, np.float32)
     scratch = max(D, F) if kind == F16 else 1
     for t in range(T):

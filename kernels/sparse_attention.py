@@ -28,14 +28,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .attention import (CHUNK, PREFILL_MIN_T, QUERY_BLOCK, attend_range, attend_task, by_blas, softmax_rows,
-                        write_normalized)
+from .attention import (CHUNK, PREFILL_MIN_T, QUERY_BLOCK, attend_range, attend_task, by_blas, copy_rows,
+                        softmax_rows, write_normalized)
 from .expf import divide, expf
 from .linear import FAST
 from .quant import BLOCK_BYTES, CODE, FLOAT_PATH, HALF_TO_FLOAT, INT8_PATH, activations, gemv_each_into
 from .rope import rotate_by, rotation_tables
 from .rwkv7 import sigmoid
-from .threads import pick, twins
+from .threads import filled, pick, twins
 
 UNION_RATIO = 3          # prefill: kept-block unions up to this many times a query's keys go to BLAS
 
@@ -143,10 +143,10 @@ def nsa_task(q, ti, g, t, K, V, kc, vc, l, s, lsel, nsel, w, scale, o_cmp, o_slc
 def _nsa(q, K, V, kc, vc, q_pos, l, s, lsel, nsel, w, scale):
     T, H, hd = q.shape
     Hkv = K.shape[1]
-    o_cmp = np.zeros((T, H, hd), np.float32)
+    o_cmp = filled(np.empty((T, H, hd), np.float32), 0)
     o_slc = np.empty((T, H, hd), np.float32)
     o_win = np.empty((T, H, hd), np.float32)
-    kept = np.full((T, Hkv, nsel), -1, np.int64)
+    kept = filled(np.empty((T, Hkv, nsel), np.int64), -1)
     for task in prange(T * Hkv):
         ti, g = task // Hkv, task % Hkv
         nsa_task(q, ti, g, q_pos[ti], K, V, kc, vc, l, s, lsel, nsel, w, scale, o_cmp, o_slc, o_win, kept)
@@ -168,11 +168,11 @@ def rope_nsa_into(q, k, v, gate, cos, sin, K, V, n, kc, vc, l, s, lsel, nsel, w,
     qr = np.empty((T, H, hd), np.float32)
     rotate_by(q, cos, sin, qr)
     rotate_by(k, cos, sin, K[n:n + T])
-    V[n:n + T] = v
-    o_cmp = np.zeros((T, H, hd), np.float32)
+    copy_rows(v, V, n)
+    o_cmp = filled(np.empty((T, H, hd), np.float32), 0)
     o_slc = np.empty((T, H, hd), np.float32)
     o_win = np.empty((T, H, hd), np.float32)
-    kept = np.full((T, Hkv, nsel), -1, np.int64)
+    kept = filled(np.empty((T, Hkv, nsel), np.int64), -1)
     out = np.empty((T, H, hd), np.float32)
     for task in prange(T * Hkv):
         ti, g = task // Hkv, task % Hkv
