@@ -269,15 +269,18 @@ class NumbaOps:
         return sparse_attention.compress(X, first, last, pos, fc1, fc2, shape, linear=_linear)
 
     @classmethod
-    def warm_up(cls) -> float:
+    def warm_up(cls, quantized: bool = True) -> float:
         """Compile (or load from the cache) every kernel on tiny inputs, the serial and the
-        parallel variant of each threaded one, quantized weights in this table's arithmetic;
-        returns the seconds it took."""
+        parallel variant of each threaded one, quantized weights in this table's arithmetic
+        (quantized=False: not the kernels over quantized weights, which a float model never
+        calls; half of a first run's compile time); returns the seconds it took."""
         from .model import freeze_live_objects
         t0 = time.perf_counter()
         for work in (1 << 62, 0):                # serial variants, then parallel ones
             with threads.parallel_from(work):
                 _exercise(cls)
+                if quantized:
+                    _exercise_quantized(cls)
         freeze_live_objects()                    # the compiled state, out of the collector's way
         return time.perf_counter() - t0
 
@@ -296,8 +299,7 @@ class NumbaInt8Ops(NumbaOps):
 
 
 def _exercise(ops):
-    """Call every op once per weight dtype and per decode / prefill path, in the table's arithmetic for
-    quantized weights (float, or int8 activations: the other one compiles when a table of it warms up)."""
+    """Call every op over float weights once per weight dtype and per decode / prefill path."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 16), np.float32)
     W = rng.standard_normal((8, 16), np.float32)
@@ -306,17 +308,6 @@ def _exercise(ops):
         for xs in (x, np.repeat(x, 8, 0)):
             ops.linear(xs, Ws)
             ops.moe(xs, Ws[:2], E, E, Ed, 1, True)
-    xq = rng.standard_normal((2, 32), np.float32)
-    for qtype in ("q8_0", "q4_0"):               # (packed blocks are always read-only: cogcore.quant.QuantTensor)
-        Wq = quantize_tensor(rng.standard_normal((3, 32), np.float32), qtype)
-        Eq = quantize_tensor(rng.standard_normal((2, 32, 32), np.float32), qtype)
-        ops.linear(xq, Wq)
-        ops.linear(np.repeat(xq, 8, 0), Wq)
-        for n in (3, 4):                         # attention's q, k, v in one call; sparse attention's gate too
-            ops.linears(xq, (Wq,) * n)
-        for k in (1, 2):                         # kernels take the chosen experts as a k-tuple
-            ops.moe(xq, rng.standard_normal((2, 32), np.float32), Eq, Eq, Eq, k, True)
-    _exercise_layer_step(ops, rng)
     w = np.ones(16, np.float32)
     for n in (x, np.repeat(x, 64, 0)):
         ops.rmsnorm(n, w, 1e-5), ops.layernorm(n, w, w, 1e-5)
@@ -337,10 +328,6 @@ def _exercise(ops):
     for angles in ("float64", "float32"):        # decode's fused sparse step
         ops.rope_nsa(q, k[:3], k[:3], rng.standard_normal((3, 12), np.float32), pos, inv_freq(8, 1e4, angles=angles),
                      np.zeros((48, 2, 8), np.float32), np.zeros((48, 2, 8), np.float32), 37, kc, kc, shape)
-        Ws = [quantize_tensor(rng.standard_normal((rows, 32), np.float32), "q4_0") for rows in (32, 16, 16, 12)]
-        Ws.append(quantize_tensor(rng.standard_normal((32, 32), np.float32), "q4_0"))
-        ops.nsa_step(rng.standard_normal((1, 32), np.float32), Ws, pos[:1], inv_freq(8, 1e4, angles=angles),
-                     np.zeros((48, 2, 8), np.float32), np.zeros((48, 2, 8), np.float32), 37, kc, kc, shape)
     q16, pos16 = rng.standard_normal((16, 4, 8), np.float32), np.arange(24, 40)   # prefill: the BLAS paths
     ops.attention(q16, k, k, pos16, np.arange(40), 0)
     for union_ratio in (nsa.UNION_RATIO, 0):     # the selected branch by BLAS, and by the per-query kernel
@@ -357,6 +344,30 @@ def _exercise(ops):
         v_gate, v_first = (None, None) if v_pair is None else (v_gate, xv)
         ops.rwkv7_output(xr, w, xk, xv, a, g, v_gate, v_first, v8, v8, np.ones((2, 4), np.float32), v8, v8, 1e-3,
                          "clamp", np.zeros((2, 4, 4), np.float32))
+    ops.token_probabilities(rng.standard_normal(50).astype(np.float32), 1.0, 5, 0.9, 0.0)
+
+
+def _exercise_quantized(ops):
+    """Call every op over quantized weights (GGML blocks) once, in the table's arithmetic (float, or int8
+    activations: the other one compiles when a table of it warms up)."""
+    rng = np.random.default_rng(1)
+    xq = rng.standard_normal((2, 32), np.float32)
+    for qtype in ("q8_0", "q4_0"):               # (packed blocks are always read-only: cogcore.quant.QuantTensor)
+        Wq = quantize_tensor(rng.standard_normal((3, 32), np.float32), qtype)
+        Eq = quantize_tensor(rng.standard_normal((2, 32, 32), np.float32), qtype)
+        ops.linear(xq, Wq)
+        ops.linear(np.repeat(xq, 8, 0), Wq)
+        for n in (3, 4):                         # attention's q, k, v in one call; sparse attention's gate too
+            ops.linears(xq, (Wq,) * n)
+        for k in (1, 2):                         # kernels take the chosen experts as a k-tuple
+            ops.moe(xq, rng.standard_normal((2, 32), np.float32), Eq, Eq, Eq, k, True)
+    _exercise_layer_step(ops, rng)
+    shape, k = NSAShape(8, 4, 16, 3, 16), rng.standard_normal((40, 2, 8), np.float32)
+    kc = ops.nsa_compress(k, 0, 9, rng.standard_normal((8, 8), np.float32),
+                          rng.standard_normal((4, 64), np.float32), rng.standard_normal((8, 4), np.float32), shape)
+    Ws = [quantize_tensor(rng.standard_normal((rows, 32), np.float32), "q4_0") for rows in (32, 16, 16, 12, 32)]
+    ops.nsa_step(rng.standard_normal((1, 32), np.float32), Ws, np.arange(37, 38), inv_freq(8, 1e4),
+                 np.zeros((48, 2, 8), np.float32), np.zeros((48, 2, 8), np.float32), 37, kc, kc, shape)
     x32, v32, Wq = rng.standard_normal((1, 32), np.float32), np.ones(32, np.float32), quantize_tensor(
         rng.standard_normal((32, 32), np.float32), "q4_0")
     pair32 = (rng.standard_normal((32, 3), np.float32), rng.standard_normal((3, 32), np.float32))
@@ -365,7 +376,6 @@ def _exercise(ops):
             ops.rwkv7_step(x32, v32, np.ones((6, 32), np.float32), (pair, pair, v_pair, pair), v32, v32,
                            None if v_pair is None else v32, (Wq,) * 4, v_first, v32, v32, np.ones((4, 8), np.float32),
                            v32, v32, 1e-3, "clamp", np.zeros((4, 8, 8), np.float32))
-    ops.token_probabilities(rng.standard_normal(50).astype(np.float32), 1.0, 5, 0.9, 0.0)
 
 
 def _exercise_layer_step(ops, rng):

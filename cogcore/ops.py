@@ -219,8 +219,9 @@ class FusedRecurrent(Protocol):
 
 @runtime_checkable
 class Compiled(Protocol):
-    def warm_up(self) -> float:
-        """Compile (or load from the cache) every kernel of the table; returns the seconds it took."""
+    def warm_up(self, quantized: bool = True) -> float:
+        """Compile (or load from the cache) every kernel of the table (quantized=False: not those over
+        quantized weights); returns the seconds it took."""
 
 
 def members(protocol) -> list[str]:

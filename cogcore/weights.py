@@ -35,6 +35,11 @@ class Weights:
         self.used.add(name)
         return a
 
+    @property
+    def quantized(self) -> bool:
+        """Whether any tensor is in GGML blocks (a QuantTensor, or a stack of per-expert ones)."""
+        return any(hasattr(t[0] if isinstance(t, ExpertStack) else t, "qtype") for t in self.tensors.values())
+
     def check_all_used(self) -> None:
         unused = sorted(set(self.tensors) - self.used)
         if unused:

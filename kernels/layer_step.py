@@ -20,8 +20,8 @@ q4_0). In this order, for x [1, D] (the residual stream) and xn = rmsnorm(x) [1,
 No Python runs between these steps (in the op-by-op path each is a wrapper call: ~5 us each in a
 decode step, where every call finds its code and objects evicted by the weights streamed before
 it). The GEMVs, the attention and the experts come in a serial and a parallel variant, chosen by
-the caller once per call (`par_*`, `expert_threads`); the rest runs on the calling thread. Imports nothing from
-cogcore.
+the caller once per call (`par_*`, `expert_threads`); the rest runs on the calling thread. Imports
+nothing from cogcore.
 
 Two cautions from Numba's disk cache: a cached `attention_moe_step` holds the code of the kernels it
 calls (kernels.quant, .attention, .moe, .norm), so after editing one of those clear kernels/__pycache__;

@@ -821,7 +821,7 @@ def experts_decode(xt, gates, ups, downs, weights, qtype: str, yt, int8: bool = 
     code, (F, D) = CODE[qtype], (gates[0].shape[0], xt.shape[0])
     for gate, up, down in zip(gates, ups, downs):
         _check_expert(gate, up, down, yt, code, F, D)
-    k, mats = len(gates), _packed((*gates, *ups, *downs))        # (all of one type: the kernel indexes them)
+    k, mats = len(gates), _packed((*gates, *ups, *downs))    # one array type: `expert_matrix` returns any
     experts_decode_packed(np.ascontiguousarray(xt, np.float32).reshape(1, D), mats[:k], mats[k:2 * k], mats[2 * k:],
                           np.asarray(weights, np.float32), code, yt, int8)
 

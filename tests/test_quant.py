@@ -247,8 +247,10 @@ def test_quantized_model_equals_ggml_dequantized_float_path(float_dir, tmp_path,
     ids = [1, 5, 9, 200, 3, 3, 17, 42, 8, 99, 100, 7]
     want, _ = naive.forward(ggml, cfg, ids)
     tol = dict(rtol=1e-4, atol=1e-4 * np.abs(want).max())
-    for backend in ("numpy", "numba"):
+    assert not cogcore.load(float_dir).weights.quantized        # (a float model warms up without the
+    for backend in ("numpy", "numba"):                          # kernels over quantized weights)
         model = cogcore.load(out, backend=backend)
+        assert model.weights.quantized
         np.testing.assert_allclose(model.forward(ids), want, **tol)
         cache = model.new_cache()                                  # prefill then decode, token by token
         parts = [model.forward(ids[:9], cache)] + [model.forward([t], cache) for t in ids[9:]]
@@ -401,6 +403,7 @@ def test_a_quantized_family_directory_runs_on_both_backends(tmp_path, name):
     logits = {}
     for backend in ("numpy", "numba"):
         model = cogcore.load(tmp_path / "q", backend=backend)
+        assert model.weights.quantized                      # (a lazy stack of quantized experts counts)
         cache = model.new_cache()
         logits[backend] = np.concatenate([model.forward(ids[:2], cache)] + [model.forward([t], cache) for t in ids[2:]])
     want = logits["numpy"]
