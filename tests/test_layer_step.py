@@ -95,12 +95,13 @@ def test_int8_layer_step_equals_the_reference_on_the_same_inputs(qtype, monkeypa
     block, scale or row: 2e-2 to 0.3)."""
     tensors = quantized(qtype)
     ref, fused = make(tensors, "numpy", True), make(tensors, "numba", True)
-    fused_step, quantize, given, near, tight, loose = Model._layer_step, linear_module.quantize_activations, [], [], [], []
+    fused_step, quantize = Model._layer_step, linear_module.quantize_activations
+    step_input, near, tight, loose = [None], [], [], []
 
-    def quantize_activations(x):               # the reference's rounding: how near a half inside the step
-        if not np.array_equal(x, given[-1]):
+    def quantize_activations(x):     # the reference's: how near a half are the values made inside the step
+        if not np.array_equal(x, step_input[0]):
             v = np.abs(x.reshape(-1, 32).astype(np.float64))
-            v = v * 127 / np.maximum(v.max(axis=1, keepdims=True), 1e-30)
+            v = v * 127 / np.maximum(v.max(axis=1, keepdims=True), 1e-30)          # x / d, d = max|x| / 127
             near.append(np.abs(v - np.floor(v) - 0.5).min())
         return quantize(x)
 
@@ -108,12 +109,11 @@ def test_int8_layer_step_equals_the_reference_on_the_same_inputs(qtype, monkeypa
         keys, values, n = kv.room(1)
         cache = KVCache(keys.shape[1:])
         cache.extend(keys[:n].copy(), values[:n].copy(), None)
-        x_in, xn_in = x.copy(), xn.copy()
+        x_in, step_input[0] = x.copy(), xn.copy()
         got_x, got_xn = fused_step(self, plan, i, x, xn, kv, ctx)
         layer, at = ref.layers[i], Pass(positions=np.array([n]), layer=i)
-        given.append(xn_in)
         near.clear()
-        h = x_in + layer.mixer(xn_in, cache, at)
+        h = x_in + layer.mixer(step_input[0], cache, at)
         want_x = h + layer.ffn(layer.post_norm(h), None, at)
         want_xn = (ref.layers[i + 1].input_norm if i + 1 < len(ref.layers) else ref.norm)(want_x)
         flip_free = min(near) > 1e-4
@@ -128,7 +128,7 @@ def test_int8_layer_step_equals_the_reference_on_the_same_inputs(qtype, monkeypa
     monkeypatch.setattr(linear_module, "quantize_activations", quantize_activations)
     monkeypatch.setattr(Model, "_layer_step", step_against_the_reference)
     decode(fused)
-    assert len(tight) + len(loose) == 2 * (len(IDS) - PROMPT) and len(loose) <= 2
+    assert len(tight) + len(loose) == 2 * (len(IDS) - PROMPT) and len(loose) <= len(tight) // 3
 
 
 def test_layers_that_do_not_fit_run_op_by_op():
