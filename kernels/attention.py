@@ -33,6 +33,7 @@ from numba.extending import intrinsic
 
 from .expf import divide, expf
 from .linear import FAST
+from .quant import emit_prefetch
 from .rope import rotate_by, rotation_tables
 from .threads import pick, twins
 
@@ -55,11 +56,7 @@ def prefetch(typingctx, arr, i, j, c):
         ary = context.make_array(sig.args[0])(context, builder, args[0])
         index = [context.cast(builder, a, t, types.intp) for a, t in zip(args[1:], sig.args[1:])]
         ptr = cgutils.get_item_pointer(context, builder, sig.args[0], ary, index, wraparound=False)
-        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-        name = "llvm.prefetch.p0i8"
-        fn = builder.module.globals.get(name) or ir.Function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), name)
-        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        emit_prefetch(builder, builder.bitcast(ptr, ir.IntType(8).as_pointer()))
         return context.get_dummy_value()
 
     return types.none(arr, i, j, c), codegen

@@ -233,8 +233,8 @@ ROWS = 4                             # weight rows per pass over the activation 
 PREFETCH_BYTES = 8192                 # how far ahead the weight rows are prefetched (at least)
 
 
-def _prefetch(builder, ptr):
-    """Ask for the cache line at ptr (a read, kept close): llvm.prefetch, never faults."""
+def emit_prefetch(builder, ptr):
+    """Ask for the cache line at ptr (an i8*; a read, kept close): llvm.prefetch, which never faults."""
     name = "llvm.prefetch.p0i8"
     fn = builder.module.globals.get(name) or ir.Function(
         builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), name)
@@ -264,7 +264,7 @@ def _rows_codegen(context, builder, sig, args, qtype, nrows, loop):
     ahead = builder.mul(builder.udiv(builder.add(_const(_I64, PREFETCH_BYTES - 1), group), group), group)
     block_bytes = _const(_I64, int(BLOCK_BYTES[qtype]))
     accs = loop(builder, arrays[2:-3], lambda k, b: builder.gep(rows[k], [builder.mul(b, block_bytes)]),
-                lambda ptr: _prefetch(builder, builder.gep(ptr, [ahead])), table_)
+                lambda ptr: emit_prefetch(builder, builder.gep(ptr, [ahead])), table_)
     for k, acc in enumerate(accs):
         builder.store(_sum_lanes(builder, acc), builder.gep(out_.data, [builder.add(at, _const(_I64, k))]))
     return context.get_dummy_value()
