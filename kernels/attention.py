@@ -129,6 +129,9 @@ def chunk_values(V, g, c0, n, G, sc, acc):
                 a[j] += e * vs[j]
 
 
+# attend_range and attend_task are calls of their own, compiled once per signature and shared by the
+# attention kernels: inlined, each kernel and variant re-typed and re-lowered the chunked softmax (minutes of
+# cold compile; docs/performance.md, "Seventh session: cold compile time").
 @njit(cache=True, fastmath=FAST)
 def attend_range(q, t, h0, G, K, V, g, lo, hi, scale, m, l, acc, sc):
     """Fold keys lo..hi-1 of kv head g into the running softmax of query heads h0..h0+G-1 of query t.

@@ -83,7 +83,7 @@ def attend_kept(q, ti, h0, G, K, V, g, blocks, lsel, t, scale, m, lsum, acc, sc,
     write_normalized(acc, lsum, out, ti, h0)
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, fastmath=FAST)         # a call of its own, not inlined: see kernels.attention.attend_range
 def nsa_task(q, ti, g, t, K, V, kc, vc, l, s, lsel, nsel, w, scale, o_cmp, o_slc, o_win, kept):
     """The three branches of query ti (at position t) and kv group g: o_cmp, o_slc, o_win [T, H, hd]
     rows ti, heads g*G.. written (o_cmp added to: it starts at zero), kept[ti, g] filled."""
