@@ -18,10 +18,11 @@ When to split. A parallel region costs ~2 us when the other threads' cores are f
 another program holds one of them it waits for that core (~0.1 ms per region here, up to a
 scheduler time slice), and a decode step has dozens of regions: two threads then decode 2-3x
 slower than one. So `pick` splits a kernel when it has at least PARALLEL_MIN_WORK elements of
-work *and* the cores were free at the last probe: every PROBE_EVERY seconds it times an empty
-parallel region right after another one (so the workers are awake) and calls the cores busy
-when that took PROBE_BUSY seconds or more (free: 2-3 us; one core held by another program:
-~115 us). While they are busy every kernel runs on the calling thread.
+work *and* the cores were free at the last probe: every PROBE_EVERY seconds it reads how much
+CPU other programs used since the last probe (Linux's /proc: the busy time of all cores less
+this process's own) and calls the cores busy from OTHERS_BUSY of a core on (without /proc it
+times an empty parallel region instead, `_others_hold_a_core`). While they are busy every kernel
+runs on the calling thread.
 """
 
 from __future__ import annotations
@@ -39,9 +40,13 @@ import numpy as np
 PARALLEL_MIN_WORK = 1 << 18          # elements touched below which a kernel runs on one thread (256K:
                                      # a 256 x 1024 projection splits; a router, norms, short attention not)
 PROBE_EVERY = 0.1                    # seconds between two probes of whether the cores are free
-PROBE_BUSY = 25e-6                   # an awake empty parallel region this slow: a core is busy
+OTHERS_BUSY = 0.5                    # cores' worth of CPU that other programs used since the last probe:
+                                     # from this on a core is busy (/proc)
+PROBE_BUSY = 25e-6                   # without /proc: an awake empty parallel region this slow: a core is busy
 PARALLEL_KERNELS: list[tuple] = []      # (serial, parallel) dispatchers made by `twins`
-_probe = {"next": 0.0, "free": True, "on": True, "threads": 0}   # threads: Numba's count at the last probe
+_probe = {"next": 0.0, "free": True, "on": True, "threads": 0,   # threads: Numba's count at the last probe
+          "ticks": None}                                          # `_cpu_ticks` and the time, at the last probe
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 _BLAS_SYMBOLS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
                  "openblas_set_num_threads64_", "openblas_set_num_threads")
@@ -92,12 +97,43 @@ def cores_free() -> bool:
     if _probe["on"] and now >= _probe["next"]:
         n = _probe["threads"] = numba.get_num_threads()
         if n > 1:
-            thread_ids_parallel(n)                            # wakes the workers
-            t = time.perf_counter()
-            thread_ids_parallel(n)
-            _probe["free"] = time.perf_counter() - t < PROBE_BUSY
+            _probe["free"] = not _others_hold_a_core(n)
         _probe["next"] = now + PROBE_EVERY
     return _probe["free"]
+
+
+def _cpu_ticks():
+    """(clock ticks every core spent busy, including time the host took: /proc/stat; clock ticks this
+    process spent, all its threads: /proc/self/stat), or None without /proc."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            cpu = [int(v) for v in f.readline().split()[1:9]]   # user nice system idle iowait irq softirq steal
+        with open("/proc/self/stat", "rb") as f:
+            own = f.read().rsplit(b")", 1)[1].split()            # (the name may hold spaces) state ppid ...
+    except (OSError, ValueError, IndexError):
+        return None
+    return sum(cpu) - cpu[3] - cpu[4], int(own[11]) + int(own[12])   # utime + stime
+
+
+def _others_hold_a_core(n: int) -> bool:
+    """Whether other programs used OTHERS_BUSY cores' worth of CPU or more since the last probe: the
+    busy ticks of all cores less this process's own (/proc). Without /proc: whether an empty parallel
+    region of n threads, timed right after another (so the workers are awake), took PROBE_BUSY or more
+    (free: 2-3 us; one core held by another program: ~115 us). That timing misreads on this VM: a
+    quarter to a half of the probes of a plain two-thread decode, nothing else running, read ~110 us
+    three times in a row, and those windows ran on one thread (the step 15-22 % slower than with the
+    probe off; docs/performance.md, "Seventh session: the cores-free probe")."""
+    ticks, now = _cpu_ticks(), time.perf_counter()
+    last, _probe["ticks"] = _probe["ticks"], (ticks, now)
+    if ticks is not None:
+        if last is None or last[0] is None or now <= last[1]:
+            return False                                  # the first probe: no window yet
+        others = (ticks[0] - last[0][0]) - (ticks[1] - last[0][1])
+        return others >= OTHERS_BUSY * (now - last[1]) * _TICKS_PER_SECOND
+    thread_ids_parallel(n)                                # wakes the workers
+    t = time.perf_counter()
+    thread_ids_parallel(n)
+    return time.perf_counter() - t >= PROBE_BUSY
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ import inspect
 import os
 import subprocess
 import sys
+import time
 
 import numba
 import numpy as np
@@ -510,6 +511,7 @@ def test_numba_chunked_decoding_matches_whole():
 
 WARM_CACHE_PROBE = """
 import sys
+import time
 import numba
 from cogcore.kernels import threads
 # cold: the serial twin first, the order in which one shared cache entry served both twins serial code;
@@ -547,23 +549,50 @@ def test_parallel_variant_runs_on_two_threads_from_a_warm_cache(tmp_path):
 
 
 def test_kernels_stay_on_one_thread_while_a_core_is_busy(monkeypatch):
-    """`pick` splits a kernel only when the last probe (an empty parallel region timed right after
-    another) found the workers' cores free, and probes again only PROBE_EVERY seconds later."""
+    """`pick` splits a kernel only when the last probe found the workers' cores free, and probes again
+    only PROBE_EVERY seconds later."""
     assert numba.get_num_threads() >= 2
     serial, parallel = threads.thread_ids_serial, threads.thread_ids_parallel
+    busy = [True]
+    monkeypatch.setattr(threads, "_others_hold_a_core", lambda n: busy[0])
     monkeypatch.setattr(threads, "PROBE_EVERY", 1e9)           # the next probe only when asked below
     monkeypatch.setitem(threads._probe, "next", 0.0)
-    monkeypatch.setattr(threads, "PROBE_BUSY", 0.0)            # any region is "too slow": a busy core
     assert threads.pick(serial, parallel, 1 << 40) is serial
-    monkeypatch.setattr(threads, "PROBE_BUSY", 10.0)           # no region is
+    busy[0] = False
     assert threads.pick(serial, parallel, 1 << 40) is serial   # not probed again yet
     monkeypatch.setitem(threads._probe, "next", 0.0)
     assert threads.pick(serial, parallel, 1 << 40) is parallel
     assert threads.pick(serial, parallel, threads.PARALLEL_MIN_WORK - 1) is serial
-    monkeypatch.setattr(threads, "PROBE_BUSY", 0.0)
+    busy[0] = True
     with threads.parallel_from(0):                             # forced: the probe is not asked
         monkeypatch.setitem(threads._probe, "next", 0.0)
         assert threads.pick(serial, parallel, 1) is parallel
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="other programs' CPU time from Linux's /proc")
+def test_the_probe_sees_another_program_hold_a_core(monkeypatch):
+    """The probe reads other programs' CPU time since the last probe: a process spinning on a core is
+    one core's worth (OTHERS_BUSY is half of one), whatever this process's own threads do."""
+    monkeypatch.setitem(threads._probe, "ticks", None)
+    assert not threads._others_hold_a_core(2)                  # the first probe: no window yet
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() < t + 5: pass"])
+    try:
+        time.sleep(0.3)
+        threads._others_hold_a_core(2)                         # the window starts with the spinner running
+        time.sleep(0.4)
+        assert threads._others_hold_a_core(2)
+    finally:
+        spin.kill()
+        spin.wait()
+
+
+def test_without_proc_the_probe_times_an_empty_parallel_region(monkeypatch):
+    """Where /proc is missing the probe times an awake empty parallel region against PROBE_BUSY."""
+    monkeypatch.setattr(threads, "_cpu_ticks", lambda: None)
+    monkeypatch.setattr(threads, "PROBE_BUSY", 0.0)            # any region is "too slow": a busy core
+    assert threads._others_hold_a_core(2)
+    monkeypatch.setattr(threads, "PROBE_BUSY", 10.0)           # no region is
+    assert not threads._others_hold_a_core(2)
 
 
 def test_pick_sees_the_thread_count(monkeypatch):
@@ -572,7 +601,7 @@ def test_pick_sees_the_thread_count(monkeypatch):
     assert numba.get_num_threads() >= 2
     serial, parallel = threads.thread_ids_serial, threads.thread_ids_parallel
     monkeypatch.setattr(threads, "PROBE_EVERY", 1e9)
-    monkeypatch.setattr(threads, "PROBE_BUSY", 10.0)           # the cores count as free
+    monkeypatch.setattr(threads, "_others_hold_a_core", lambda n: False)   # the cores count as free
     monkeypatch.setitem(threads._probe, "next", 0.0)
     monkeypatch.setitem(threads._probe, "free", True)
     before = numba.get_num_threads()
