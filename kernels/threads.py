@@ -121,7 +121,7 @@ def _others_hold_a_core(n: int) -> bool:
     region of n threads, timed right after another (so the workers are awake), took PROBE_BUSY or more
     (free: 2-3 us; one core held by another program: ~115 us). That timing misreads on this VM: a
     quarter to a half of the probes of a plain two-thread decode, nothing else running, read ~110 us
-    three times in a row, and those windows ran on one thread (the step 15-22 % slower than with the
+    three times in a row, and those windows ran on one thread (the step 13-28 % longer than with the
     probe off; docs/performance.md, "Seventh session: the cores-free probe")."""
     ticks, now = _cpu_ticks(), time.perf_counter()
     last, _probe["ticks"] = _probe["ticks"], (ticks, now)
