@@ -91,7 +91,7 @@ class RoundingWatch:
     `start(*given)` begins a step whose inputs `given` both backends receive as the same arrays (rows of
     them round alike on both). `tolerance(tight)` then gives `tight` if no other value rounded since came
     within NEAR of a half of x / d, and no d within a relative NEAR_D of a half float16 ulp (the backends'
-    round-off is below 1e-5 of x / d, a few float32 ulps of d: they must agree to round-off), else LOOSE
+    round-off moves x / d by less than 1e-5, d by a few float32 ulps: they must agree to round-off), else LOOSE
     (one flip moves an output by about 1e-3, a wrong block, scale, row or expert by 2e-2 or more), and
     counts the step in `tight` or `loose`.
     """

@@ -770,8 +770,8 @@ class Twin:
 def test_int8_activations_option_runs_a_model(float_dir, tmp_path, qtype):
     """cogcore.load(..., int8_activations=True): both backends agree, prefill then decode token by token,
     and stay near the float path without equalling it. End to end a value rounded apart at a tie
-    (RoundingWatch) carries to later layers and tokens, so the Numba model's mixers, FFNs and products
-    (lm_head's among them) are each compared with the reference's on the same inputs and state."""
+    (RoundingWatch) carries to later layers and tokens, so the Numba model's embedding, mixers, FFNs and
+    products (lm_head's among them) are each compared with the reference's on the same inputs and state."""
     from cogcore.cli import build_parser, load_model
     out = tmp_path / qtype
     cogcore.quantize(float_dir, out, qtype)
@@ -787,7 +787,12 @@ def test_int8_activations_option_runs_a_model(float_dir, tmp_path, qtype):
             np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
             return got
 
-        fast.ops.linear = linear                       # the blocks' table too
+        def embed(table, ids):
+            got = type(fast.ops).embed(table, ids)
+            np.testing.assert_array_equal(got, ref.ops.embed(table, ids))
+            return got
+
+        fast.ops.linear, fast.ops.embed = linear, embed      # the blocks' table too
         for layer, twin in zip(fast.layers, ref.layers):
             layer.mixer, layer.ffn = Twin(layer.mixer, twin.mixer, watch), Twin(layer.ffn, twin.ffn, watch)
         cache = fast.new_cache()
