@@ -13,10 +13,13 @@ GEMVs by kernels.quant.gemv_each_into, r/k/v in one parallel region):
 
 - `time_mix_inputs`: token shift, the six mixes, and the low-rank branches
   w = exp(-e^-0.5 sigmoid(w0 + tanh(xw w1) w2)), a = sigmoid(a0 + xa a1 a2),
-  g = sigmoid(xg g1) g2, v_gate = sigmoid(v0 + xv v1 v2), one token at a time
-  (x A as a sum of A's rows, then h B as a sum of B's rows: both read row by row).
+  g = sigmoid(xg g1) g2, v_gate = sigmoid(v0 + xv v1 v2), one token at a time, the four
+  branches side by side on the threads (x A as a sum of A's rows, then h B as a sum of B's
+  rows: both read row by row; their float32 weights are as many bytes as the four q4_0
+  projections in the 4b preset, so at two threads they must not run on one).
 - `time_mix_output`: kk = l2_normalize(k k_k) per head, k = k (1 + (a - 1) k_a), the
-  value residual, the recurrence, the group norm, the r k r_k bonus and the gate g.
+  value residual, the recurrence, the group norm, the r k r_k bonus and the gate g; heads
+  side by side on the threads.
 """
 
 from __future__ import annotations
@@ -128,32 +131,50 @@ def low_rank(x, A, B, h, out, inner):
     rows_combination(h, B, out)
 
 
-@njit(cache=True, fastmath=FAST)
-def _time_mix_inputs(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0, has_v_gate, out):
+@njit(fastmath=FAST, inline="always")
+def time_mix_inputs_into(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0, has_v_gate, out):
+    """`time_mix_inputs` into out [7, T, D]: the token shift and mixes, then the four low-rank branches
+    as the tasks of one parallel region a token (when inlined into a parallel kernel; two threads take
+    w and a, then g and v: ranks 64 + 64 against 128 + 32 in the 4b preset)."""
     T, D = x.shape
-    xw, xa, xg = np.empty(D, np.float32), np.empty(D, np.float32), np.empty(D, np.float32)
-    h = np.empty(max(w1.shape[1], a1.shape[1], v1.shape[1], g1.shape[1]), np.float32)
+    mixed = np.empty((3, D), np.float32)             # xw, xa, xg: the branches' inputs not kept in out
+    h = np.empty((4, max(w1.shape[1], a1.shape[1], v1.shape[1], g1.shape[1])), np.float32)
     for t in range(T):
         prev = x_prev if t == 0 else x[t - 1]
         xt = x[t]
         for j in range(D):
             xx = prev[j] - xt[j]
             out[XR, t, j] = xt[j] + xx * mix[0, j]
-            xw[j] = xt[j] + xx * mix[1, j]
+            mixed[0, j] = xt[j] + xx * mix[1, j]
             out[XK, t, j] = xt[j] + xx * mix[2, j]
             out[XV, t, j] = xt[j] + xx * mix[3, j]
-            xa[j] = xt[j] + xx * mix[4, j]
-            xg[j] = xt[j] + xx * mix[5, j]
-        low_rank(xw, w1, w2, h[:w1.shape[1]], out[W, t], 1)
-        low_rank(xa, a1, a2, h[:a1.shape[1]], out[A, t], 0)
-        low_rank(xg, g1, g2, h[:g1.shape[1]], out[G, t], 2)
-        for j in range(D):
-            out[W, t, j] = expf(-DECAY_SCALE * sigmoid(w0[j] + out[W, t, j]))
-            out[A, t, j] = sigmoid(a0[j] + out[A, t, j])
-        if has_v_gate:
-            low_rank(out[XV, t], v1, v2, h[:v1.shape[1]], out[V_GATE, t], 0)
-            for j in range(D):
-                out[V_GATE, t, j] = sigmoid(v0[j] + out[V_GATE, t, j])
+            mixed[1, j] = xt[j] + xx * mix[4, j]
+            mixed[2, j] = xt[j] + xx * mix[5, j]
+        for branch in prange(4):
+            if branch == 0:
+                ow = out[W, t]
+                low_rank(mixed[0], w1, w2, h[0, :w1.shape[1]], ow, 1)
+                for j in range(D):
+                    ow[j] = expf(-DECAY_SCALE * sigmoid(w0[j] + ow[j]))
+            elif branch == 1:
+                oa = out[A, t]
+                low_rank(mixed[1], a1, a2, h[1, :a1.shape[1]], oa, 0)
+                for j in range(D):
+                    oa[j] = sigmoid(a0[j] + oa[j])
+            elif branch == 2:
+                low_rank(mixed[2], g1, g2, h[2, :g1.shape[1]], out[G, t], 2)
+            elif has_v_gate:
+                ov = out[V_GATE, t]
+                low_rank(out[XV, t], v1, v2, h[3, :v1.shape[1]], ov, 0)
+                for j in range(D):
+                    ov[j] = sigmoid(v0[j] + ov[j])
+
+
+def _time_mix_inputs(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0, has_v_gate, out):
+    time_mix_inputs_into(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0, has_v_gate, out)
+
+
+_time_mix_inputs_1, _time_mix_inputs_p = twins(_time_mix_inputs, fastmath=FAST)
 
 
 def time_mix_inputs(x, x_prev, mix, lora, w0, a0, v0):
@@ -167,21 +188,25 @@ def time_mix_inputs(x, x_prev, mix, lora, w0, a0, v0):
     (w1, w2), (a1, a2), v_pair, (g1, g2) = lora
     has_v = v_pair is not None
     v1, v2 = v_pair if has_v else (w1[:, :0], w2[:0])
-    _time_mix_inputs(np.ascontiguousarray(x, np.float32), x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2,
-                     w0, a0, v0 if has_v else w0, has_v, out)    # (w0, the empty v1, v2: unread)
+    low_rank_size = sum(m.size for pair in lora if pair is not None for m in pair)
+    fn = pick(_time_mix_inputs_1, _time_mix_inputs_p, T * low_rank_size)
+    fn(np.ascontiguousarray(x, np.float32), x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2,
+       w0, a0, v0 if has_v else w0, has_v, out)    # (w0, the empty v1, v2: unread)
     return out
 
 
-@njit(cache=True, fastmath=FAST)
-def _time_mix_output(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_b, gn_eps, kk_inside, residual,
-                     S, out):
+@njit(fastmath=FAST, inline="always")
+def time_mix_output_into(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_b, gn_eps, kk_inside, residual,
+                         S, out):
+    """`time_mix_output` into out [T, D]: one parallel task per head (inlined into a parallel kernel),
+    its tokens in order."""
     T, D = r.shape
     Hr, N = r_k.shape
-    scratch = np.empty((5, N), np.float32)
-    kk, kt, vt, y, b = scratch[0], scratch[1], scratch[2], scratch[3], scratch[4]
-    for t in range(T):
-        for hd in range(Hr):
-            o = hd * N
+    scratch = np.empty((Hr, 5, N), np.float32)
+    for hd in prange(Hr):
+        kk, kt, vt, y, b = scratch[hd, 0], scratch[hd, 1], scratch[hd, 2], scratch[hd, 3], scratch[hd, 4]
+        o = hd * N
+        for t in range(T):
             ss = np.float32(0.0)
             for j in range(N):
                 kk[j] = k[t, o + j] * k_k[o + j]
@@ -208,6 +233,15 @@ def _time_mix_output(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_
                 out[t, o + j] = ((y[j] - mu) * inv * ln_w[o + j] + ln_b[o + j] + bonus * vt[j]) * g[t, o + j]
 
 
+def _time_mix_output(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_b, gn_eps, kk_inside, residual, S,
+                     out):
+    time_mix_output_into(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_b, gn_eps, kk_inside, residual,
+                         S, out)
+
+
+_time_mix_output_1, _time_mix_output_p = twins(_time_mix_output, fastmath=FAST)
+
+
 def time_mix_output(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_b, eps, kk_norm, S):
     """r, k, v [T, D] projections, w, a, g, v_gate [T, D] from time_mix_inputs, v_first [T, D] (both
     None in the first layer: no value residual); k_k, k_a, ln_w, ln_b [D], r_k [Hr, N]; eps the group
@@ -220,8 +254,9 @@ def time_mix_output(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_b
     if not residual:
         v_gate = v_first = r
     out = np.empty(r.shape, np.float32)
-    _time_mix_output(c(r), c(w), c(k), c(v), c(a), c(g), c(v_gate), c(v_first), k_k, k_a, r_k, ln_w, ln_b,
-                     np.float32(eps), kk_norm == "epsilon", residual, S, out)
+    fn = pick(_time_mix_output_1, _time_mix_output_p, r.shape[0] * S.size)
+    fn(c(r), c(w), c(k), c(v), c(a), c(g), c(v_gate), c(v_first), k_k, k_a, r_k, ln_w, ln_b, np.float32(eps),
+       kk_norm == "epsilon", residual, S, out)
     return out, S
 
 
@@ -230,19 +265,19 @@ def _time_mix_step(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0, h
                    v_first, k_k, k_a, r_k, ln_w, ln_b, gn_eps, kk_inside, residual, S):
     T, D = x.shape
     inputs = np.empty((7, T, D), np.float32)
-    _time_mix_inputs(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0, has_v_gate, inputs)
+    time_mix_inputs_into(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0, has_v_gate, inputs)
     rkv = np.empty((T, 3 * D), np.float32)                  # r, k, v side by side
     gemv_each_into(activations(inputs[:3].reshape(3 * T, D), mode), T, T, mats[:3], code, table, rkv)
     r, k, v = rkv[:, :D].copy(), rkv[:, D:2 * D].copy(), rkv[:, 2 * D:].copy()
     y = np.empty((T, D), np.float32)
-    _time_mix_output(r, inputs[W], k, v, inputs[A], inputs[G], inputs[V_GATE] if residual else r,
+    time_mix_output_into(r, inputs[W], k, v, inputs[A], inputs[G], inputs[V_GATE] if residual else r,
                      v_first if residual else r, k_k, k_a, r_k, ln_w, ln_b, gn_eps, kk_inside, residual, S, y)
     out = np.empty((T, D), np.float32)
     gemv_each_into(activations(y, mode), T, 0, mats[3:], code, table, out)
     return out, v
 
 
-_time_mix_step_1, _time_mix_step_p = twins(_time_mix_step)
+_time_mix_step_1, _time_mix_step_p = twins(_time_mix_step, fastmath=FAST)
 
 
 def time_mix_step(x, x_prev, mix, lora, w0, a0, v0, mats, qtype, int8, v_first, k_k, k_a, r_k, ln_w, ln_b, eps,
