@@ -80,12 +80,16 @@ def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk, int8=False):
     if blocks is None or len(x) > linear.SMALL_T or x.shape[1] != blocks[0]:
         return grouped_experts(x, top, wts, counts, gate_proj, up_proj, down_proj,
                                _linear_int8 if int8 else _linear), counts
-    D, code, gates, ups, downs = blocks
+    D, code, gates, ups, downs, buffers = blocks
     y = np.zeros((len(x), D), np.float32)
     for t, experts in enumerate(top.tolist()):
-        quant.experts_decode_packed(x[t:t + 1], tuple([gates[e] for e in experts]),
-                                    tuple([ups[e] for e in experts]), tuple([downs[e] for e in experts]),
-                                    wts[t], code, y[t], int8)
+        if buffers is not None:                  # (one compiled kernel for every top-k: the layer step's)
+            bufs, at, F = buffers
+            quant.experts_decode_buffers(x[t:t + 1], bufs, at, top[t], F, wts[t], code, y[t], int8)
+        else:
+            quant.experts_decode_packed(x[t:t + 1], tuple([gates[e] for e in experts]),
+                                        tuple([ups[e] for e in experts]), tuple([downs[e] for e in experts]),
+                                        wts[t], code, y[t], int8)
     return y, counts
 
 
@@ -125,10 +129,10 @@ _DECODE_EXPERTS: dict[int, tuple] = {}   # id(gate stack) -> (weak references to
 
 def _decode_experts(gate_proj, up_proj, down_proj) -> tuple[bool, tuple | None]:
     """(whether any of the three stacks of experts [E, F, D], [E, F, D], [E, D, F] is quantized,
-    (D, format code, each expert's packed gate, up and down blocks) when all three are quantized in
-    one format, else None): the blocks as tuples of read-only C-contiguous arrays, what the decode
-    kernel indexes. Found once per MoE layer (a decode step would otherwise rebuild them for every
-    layer and token)."""
+    (D, format code, each expert's packed gate, up and down blocks, `_expert_buffers` or None) when all
+    three are quantized in one format, else None): the blocks as tuples of read-only C-contiguous arrays,
+    what the decode kernel indexes, or the buffers that hold them. Found once per MoE layer (a decode
+    step would otherwise rebuild them for every layer and token)."""
     hit = _DECODE_EXPERTS.get(id(gate_proj))
     if hit is not None and hit[0]() is gate_proj and hit[1]() is up_proj and hit[2]() is down_proj:
         return hit[3]
@@ -137,7 +141,8 @@ def _decode_experts(gate_proj, up_proj, down_proj) -> tuple[bool, tuple | None]:
     quantized, blocks = qtypes != {None}, None
     if len(qtypes) == 1 and None not in qtypes and up_proj.shape == gate_proj.shape and \
             down_proj.shape == (E, D, F):
-        blocks = (D, quant.CODE[qtypes.pop()], *map(_read_only_blocks, (gate_proj, up_proj, down_proj)))
+        blocks = (D, quant.CODE[qtypes.pop()], *map(_read_only_blocks, (gate_proj, up_proj, down_proj)),
+                  _expert_buffers(gate_proj, up_proj, down_proj))
     answer = quantized, blocks
     _DECODE_EXPERTS[id(gate_proj)] = (weakref.ref(gate_proj), weakref.ref(up_proj), weakref.ref(down_proj), answer)
     weakref.finalize(gate_proj, _DECODE_EXPERTS.pop, id(gate_proj), None)
@@ -189,10 +194,9 @@ def _attention_moe_plan(wq, wk, wv, wo, inv_freq, router, gate_proj, up_proj, do
     qtypes = {getattr(W, "qtype", None) for W in mats}
     if len(qtypes) != 1 or None in qtypes or not (isinstance(router, np.ndarray) and router.dtype == np.float32):
         return None
-    found = [_expert_buffer(W) for W in (gate_proj, up_proj, down_proj)]
-    if None in found:
+    experts = _expert_buffers(gate_proj, up_proj, down_proj)
+    if experts is None:
         return None
-    experts = tuple(buf for buf, _ in found), np.array([at for _, at in found], np.int64), gate_proj.shape[1]
     numba.get_num_threads()   # starts Numba's thread pool: the step, loaded from the disk cache, calls parallel
                               # kernels compiled into it without starting it (a crash when nothing else has)
     rope = _ROPE_TABLES.setdefault(inv_freq.dtype.str.encode() + inv_freq.tobytes(), _RopeTable(inv_freq))
@@ -201,6 +205,15 @@ def _attention_moe_plan(wq, wk, wv, wo, inv_freq, router, gate_proj, up_proj, do
                       np.ascontiguousarray(next_w, np.float32), np.float32(eps), rope,
                       np.ascontiguousarray(router), experts, int(top_k), bool(norm_topk), quant.CODE[qtypes.pop()],
                       quant.INT8_PATH if int8 else quant.FLOAT_PATH)
+
+
+def _expert_buffers(gate_proj, up_proj, down_proj):
+    """(the three `_expert_buffer` buffers, every expert's byte offsets in them [3, E] int64, F hidden rows):
+    the experts as kernels.quant's `_experts` finds them by id, or None where a stack is not in one buffer."""
+    found = [_expert_buffer(W) for W in (gate_proj, up_proj, down_proj)]
+    if None in found:
+        return None
+    return tuple(buf for buf, _ in found), np.array([at for _, at in found], np.int64), gate_proj.shape[1]
 
 
 def _expert_buffer(stack):
@@ -380,8 +393,8 @@ def _exercise_quantized(ops):
 
 def _exercise_layer_step(ops, rng):
     """A decode token through a small attention + MoE layer (D 32, 4 heads over 2 of 8, 2 experts of 32)
-    in the table's arithmetic; and the step's own serial / parallel expert kernels called as the step
-    calls them (a step loaded from the disk cache leaves them uncompiled)."""
+    in the table's arithmetic. (The kernels it calls are the op-by-op path's, of the same types: `ops.moe`
+    over stacked experts calls the same experts kernel.)"""
     w = np.ones(32, np.float32)
     mats = [quantize_tensor(rng.standard_normal(shape, np.float32), "q8_0")
             for shape in ((32, 32), (16, 32), (16, 32), (32, 32), (2, 32, 32), (2, 32, 32), (2, 32, 32))]
@@ -389,7 +402,3 @@ def _exercise_layer_step(ops, rng):
                                   1, True, w, w, 1e-5)
     x, K, V = rng.standard_normal((1, 32), np.float32), np.zeros((4, 2, 8), np.float32), np.zeros((4, 2, 8), np.float32)
     ops.attention_moe_step(plan, x, x, K, V, 1)
-    buffers, at, F = plan.experts
-    for experts in (quant._experts_1, quant._experts_p):
-        experts(x, buffers, at, np.zeros(1, np.int64), F, np.ones(1, np.float32), plan.code, quant.HALF_TO_FLOAT,
-                plan.mode, np.zeros(32, np.float32), 1)
