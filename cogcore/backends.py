@@ -282,18 +282,20 @@ class NumbaOps:
         return sparse_attention.compress(X, first, last, pos, fc1, fc2, shape, linear=_linear)
 
     @classmethod
-    def warm_up(cls, quantized: bool = True) -> float:
+    def warm_up(cls, quantized: bool = True, stored=None) -> float:
         """Compile (or load from the cache) every kernel on tiny inputs, the serial and the
         parallel variant of each threaded one, quantized weights in this table's arithmetic
         (quantized=False: not the kernels over quantized weights, which a float model never
-        calls; half of a first run's compile time); returns the seconds it took."""
+        calls; half of a first run's compile time); stored: the storage dtypes of a model's
+        float weights (`Weights.float_dtypes`): only the kernels over those (None: over every
+        one); returns the seconds it took."""
         from .model import freeze_live_objects
         t0 = time.perf_counter()
         for work in (1 << 62, 0):                # serial variants, then parallel ones
             with threads.parallel_from(work):
-                _exercise(cls)
+                _exercise(cls, stored)
                 if quantized:
-                    _exercise_quantized(cls)
+                    _exercise_quantized(cls, stored)
         freeze_live_objects()                    # the compiled state, out of the collector's way
         return time.perf_counter() - t0
 
@@ -311,12 +313,18 @@ class NumbaInt8Ops(NumbaOps):
     attention_moe_plan = staticmethod(functools.partial(_attention_moe_plan, int8=True))
 
 
-def _exercise(ops):
-    """Call every op over float weights once per weight dtype and per decode / prefill path."""
+def _stored_as(arrays, stored):
+    """The arrays (weights, or pairs of them) whose storage dtype is in stored (None: all)."""
+    return [a for a in arrays if stored is None or (a[0] if isinstance(a, tuple) else a).dtype in stored]
+
+
+def _exercise(ops, stored=None):
+    """Call every op over float weights once per weight dtype (those in stored, `warm_up`) and per
+    decode / prefill path."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 16), np.float32)
     W = rng.standard_normal((8, 16), np.float32)
-    for Ws in (W, to_bf16(W), W.astype(np.float16)):
+    for Ws in _stored_as((W, to_bf16(W), W.astype(np.float16)), stored):
         E, Ed = np.stack([Ws, Ws]), np.stack([Ws.T.copy()] * 2)
         for xs in (x, np.repeat(x, 8, 0)):
             ops.linear(xs, Ws)
@@ -349,7 +357,8 @@ def _exercise(ops):
     ops.wkv7(r, r, r, r, r, r, np.zeros((2, 4, 4), np.float32))
     x8, v8 = rng.standard_normal((1, 8), np.float32), np.ones(8, np.float32)
     f32_pair = (rng.standard_normal((8, 3), np.float32), rng.standard_normal((3, 8), np.float32))
-    cases = [(pair, v_pair) for pair in (f32_pair, tuple(map(to_bf16, f32_pair))) for v_pair in (pair, None)]
+    cases = [(pair, v_pair) for pair in _stored_as((f32_pair, tuple(map(to_bf16, f32_pair))), stored)
+             for v_pair in (pair, None)]
     for pair, v_pair in cases:                   # low-rank pairs as float32 / bfloat16; a later layer, the first
         v0 = None if v_pair is None else v8
         xr, xk, xv, w, a, g, v_gate = ops.rwkv7_inputs(x8, v8, np.ones((6, 8), np.float32),
@@ -360,9 +369,10 @@ def _exercise(ops):
     ops.token_probabilities(rng.standard_normal(50).astype(np.float32), 1.0, 5, 0.9, 0.0)
 
 
-def _exercise_quantized(ops):
+def _exercise_quantized(ops, stored=None):
     """Call every op over quantized weights (GGML blocks) once, in the table's arithmetic (float, or int8
-    activations: the other one compiles when a table of it warms up)."""
+    activations: the other one compiles when a table of it warms up); RWKV-7 low-rank pairs stored as in
+    stored."""
     rng = np.random.default_rng(1)
     xq = rng.standard_normal((2, 32), np.float32)
     for qtype in ("q8_0", "q4_0"):               # (packed blocks are always read-only: cogcore.quant.QuantTensor)
@@ -384,7 +394,7 @@ def _exercise_quantized(ops):
     x32, v32, Wq = rng.standard_normal((1, 32), np.float32), np.ones(32, np.float32), quantize_tensor(
         rng.standard_normal((32, 32), np.float32), "q4_0")
     pair32 = (rng.standard_normal((32, 3), np.float32), rng.standard_normal((3, 32), np.float32))
-    for pair in (pair32, tuple(map(to_bf16, pair32))):    # the whole step over quantized projections
+    for pair in _stored_as((pair32, tuple(map(to_bf16, pair32))), stored):   # the step over quantized projections
         for v_pair, v_first in ((pair, x32), (None, None)):
             ops.rwkv7_step(x32, v32, np.ones((6, 32), np.float32), (pair, pair, v_pair, pair), v32, v32,
                            None if v_pair is None else v32, (Wq,) * 4, v_first, v32, v32, np.ones((4, 8), np.float32),
