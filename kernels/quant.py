@@ -710,10 +710,12 @@ def linear_i8(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndar
 # ---- MoE decode: only the chosen experts' blocks are read ---------------------------------------
 # The experts kernel takes the k chosen experts in one of two forms, as three arguments (a parallel
 # loop's body cannot take a tuple of tuples):
-#   gates, ups, downs: tuples of the chosen experts' packed matrices (`experts_decode`), or
+#   gates, ups, downs: tuples of the chosen experts' packed matrices (`experts_decode`; compiled once per
+#   k, the tuples' length), or
 #   buffers, at, chosen: the three 1-D uint8 buffers that hold every expert's gate, up and down blocks,
 #   each expert's byte offsets at [3, E] in them, the chosen experts' ids [k] (kernels.layer_step,
-#   which finds the chosen experts inside its compiled step).
+#   which finds the chosen experts inside its compiled step, and `experts_decode_buffers`: one compile
+#   for every k, shared with the layer step).
 def expert_count(gates_or_buffers, ups_or_at, downs_or_chosen):
     """k, the number of chosen experts."""
 
