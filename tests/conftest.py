@@ -6,7 +6,8 @@
 layer kind available; `build_model(cfg, seed=0, dtype="float32", backend="numpy")`
 returns (model, tensors) for a config dict or Config, with random weights from
 `cogcore.create.random_weights`. The `tiny_dir` fixture is a `cogcore init --preset
-tiny` directory made once per session.
+tiny` directory made once per session. `RoundingWatch` tells a test comparing int8-activation
+runs of the two backends when a rounding tie may have parted them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ sys.path.insert(0, os.path.dirname(__file__))   # so that tests can `import naiv
 os.environ.setdefault("NUMBA_NUM_THREADS", str(max(2, os.cpu_count() or 1)))
 
 import cogcore                                   # noqa: E402
+from cogcore.blocks import linear as linear_module  # noqa: E402
 from cogcore.config import Config               # noqa: E402
 from cogcore.create import init_model, random_weights  # noqa: E402
 from cogcore.model import Model                  # noqa: E402
@@ -75,3 +77,58 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+class RoundingWatch:
+    """Whether the NumPy reference's int8 activations came near a rounding tie, step by step.
+
+    With int8 activations each backend rounds x / d to an integer, d = max|x| / 127 over a block of 32,
+    and d to float16. A value (or a block's d) that the two backends compute with different round-off and
+    that sits on a rounding half goes one way on one backend and the other way on the other: a step of d in
+    one value (or of one float16 ulp in d), which no kernel bug causes, and which the attention or a
+    recurrent state carries to later tokens (docs/quantization.md, "Numba against NumPy"). As a context
+    manager this watches what `ReferenceInt8Ops` rounds with (`cogcore.blocks.linear.quantize_activations`).
+    `start(*given)` begins a step whose inputs `given` both backends receive as the same arrays (rows of
+    them round alike on both). `tolerance(tight)` then gives `tight` if no other value rounded since came
+    within NEAR of a half of x / d, and no d within a relative NEAR_D of a half float16 ulp (the backends'
+    round-off moves x / d by less than 1e-5, d by a few float32 ulps: they must agree to round-off), else LOOSE
+    (one flip moves an output by about 1e-3, a wrong block, scale, row or expert by 2e-2 or more), and
+    counts the step in `tight` or `loose`.
+    """
+
+    NEAR, NEAR_D, LOOSE = 1e-4, 1e-6, 1e-2
+
+    def __init__(self):
+        self.tight = self.loose = 0
+        self.start()
+
+    def __enter__(self):
+        self._patch = pytest.MonkeyPatch()
+        self._patch.setattr(linear_module, "quantize_activations", self._quantize)
+        return self
+
+    def __exit__(self, *exc):
+        self._patch.undo()
+
+    def start(self, *given: np.ndarray) -> None:
+        self.given = {row.tobytes() for g in given for row in g.reshape(-1, g.shape[-1])}
+        self.ties = 0
+
+    def _quantize(self, x):
+        rows = x.reshape(-1, x.shape[-1])
+        made = np.array([row.tobytes() not in self.given for row in rows], bool)    # values made in the step
+        b = np.abs(rows[made].reshape(-1, 32).astype(np.float64))
+        d = b.max(axis=1) / 127
+        v = b / np.where(d > 0, d, 1)[:, None]                                        # x / d
+        d16 = d.astype(np.float16)
+        other = np.nextafter(d16, np.where(d > d16, np.inf, -np.inf).astype(np.float16))   # d's float16 neighbours
+        half_way = (d16.astype(np.float64) + other) / 2
+        self.ties += (np.abs(v - np.floor(v) - 0.5) < self.NEAR).sum() + (np.abs(d - half_way) < self.NEAR_D * d).sum()
+        return self._original(x)
+
+    _original = staticmethod(linear_module.quantize_activations)
+
+    def tolerance(self, tight: float) -> float:
+        self.tight += self.ties == 0
+        self.loose += self.ties > 0
+        return tight if self.ties == 0 else self.LOOSE
