@@ -80,12 +80,16 @@ def _moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk, int8=False):
     if blocks is None or len(x) > linear.SMALL_T or x.shape[1] != blocks[0]:
         return grouped_experts(x, top, wts, counts, gate_proj, up_proj, down_proj,
                                _linear_int8 if int8 else _linear), counts
-    D, code, gates, ups, downs = blocks
+    D, code, gates, ups, downs, buffers = blocks
     y = np.zeros((len(x), D), np.float32)
     for t, experts in enumerate(top.tolist()):
-        quant.experts_decode_packed(x[t:t + 1], tuple([gates[e] for e in experts]),
-                                    tuple([ups[e] for e in experts]), tuple([downs[e] for e in experts]),
-                                    wts[t], code, y[t], int8)
+        if buffers is not None:                  # (one compiled kernel for every top-k: the layer step's)
+            bufs, at, F = buffers
+            quant.experts_decode_buffers(x[t:t + 1], bufs, at, top[t], F, wts[t], code, y[t], int8)
+        else:
+            quant.experts_decode_packed(x[t:t + 1], tuple([gates[e] for e in experts]),
+                                        tuple([ups[e] for e in experts]), tuple([downs[e] for e in experts]),
+                                        wts[t], code, y[t], int8)
     return y, counts
 
 
@@ -125,10 +129,10 @@ _DECODE_EXPERTS: dict[int, tuple] = {}   # id(gate stack) -> (weak references to
 
 def _decode_experts(gate_proj, up_proj, down_proj) -> tuple[bool, tuple | None]:
     """(whether any of the three stacks of experts [E, F, D], [E, F, D], [E, D, F] is quantized,
-    (D, format code, each expert's packed gate, up and down blocks) when all three are quantized in
-    one format, else None): the blocks as tuples of read-only C-contiguous arrays, what the decode
-    kernel indexes. Found once per MoE layer (a decode step would otherwise rebuild them for every
-    layer and token)."""
+    (D, format code, each expert's packed gate, up and down blocks, `_expert_buffers` or None) when all
+    three are quantized in one format, else None): the blocks as tuples of read-only C-contiguous arrays,
+    what the decode kernel indexes, or the buffers that hold them. Found once per MoE layer (a decode
+    step would otherwise rebuild them for every layer and token)."""
     hit = _DECODE_EXPERTS.get(id(gate_proj))
     if hit is not None and hit[0]() is gate_proj and hit[1]() is up_proj and hit[2]() is down_proj:
         return hit[3]
@@ -137,7 +141,8 @@ def _decode_experts(gate_proj, up_proj, down_proj) -> tuple[bool, tuple | None]:
     quantized, blocks = qtypes != {None}, None
     if len(qtypes) == 1 and None not in qtypes and up_proj.shape == gate_proj.shape and \
             down_proj.shape == (E, D, F):
-        blocks = (D, quant.CODE[qtypes.pop()], *map(_read_only_blocks, (gate_proj, up_proj, down_proj)))
+        blocks = (D, quant.CODE[qtypes.pop()], *map(_read_only_blocks, (gate_proj, up_proj, down_proj)),
+                  _expert_buffers(gate_proj, up_proj, down_proj))
     answer = quantized, blocks
     _DECODE_EXPERTS[id(gate_proj)] = (weakref.ref(gate_proj), weakref.ref(up_proj), weakref.ref(down_proj), answer)
     weakref.finalize(gate_proj, _DECODE_EXPERTS.pop, id(gate_proj), None)
@@ -189,10 +194,9 @@ def _attention_moe_plan(wq, wk, wv, wo, inv_freq, router, gate_proj, up_proj, do
     qtypes = {getattr(W, "qtype", None) for W in mats}
     if len(qtypes) != 1 or None in qtypes or not (isinstance(router, np.ndarray) and router.dtype == np.float32):
         return None
-    found = [_expert_buffer(W) for W in (gate_proj, up_proj, down_proj)]
-    if None in found:
+    experts = _expert_buffers(gate_proj, up_proj, down_proj)
+    if experts is None:
         return None
-    experts = tuple(buf for buf, _ in found), np.array([at for _, at in found], np.int64), gate_proj.shape[1]
     numba.get_num_threads()   # starts Numba's thread pool: the step, loaded from the disk cache, calls parallel
                               # kernels compiled into it without starting it (a crash when nothing else has)
     rope = _ROPE_TABLES.setdefault(inv_freq.dtype.str.encode() + inv_freq.tobytes(), _RopeTable(inv_freq))
@@ -201,6 +205,15 @@ def _attention_moe_plan(wq, wk, wv, wo, inv_freq, router, gate_proj, up_proj, do
                       np.ascontiguousarray(next_w, np.float32), np.float32(eps), rope,
                       np.ascontiguousarray(router), experts, int(top_k), bool(norm_topk), quant.CODE[qtypes.pop()],
                       quant.INT8_PATH if int8 else quant.FLOAT_PATH)
+
+
+def _expert_buffers(gate_proj, up_proj, down_proj):
+    """(the three `_expert_buffer` buffers, every expert's byte offsets in them [3, E] int64, F hidden rows):
+    the experts as kernels.quant's `_experts` finds them by id, or None where a stack is not in one buffer."""
+    found = [_expert_buffer(W) for W in (gate_proj, up_proj, down_proj)]
+    if None in found:
+        return None
+    return tuple(buf for buf, _ in found), np.array([at for _, at in found], np.int64), gate_proj.shape[1]
 
 
 def _expert_buffer(stack):
@@ -269,18 +282,20 @@ class NumbaOps:
         return sparse_attention.compress(X, first, last, pos, fc1, fc2, shape, linear=_linear)
 
     @classmethod
-    def warm_up(cls, quantized: bool = True) -> float:
+    def warm_up(cls, quantized: bool = True, stored=None) -> float:
         """Compile (or load from the cache) every kernel on tiny inputs, the serial and the
         parallel variant of each threaded one, quantized weights in this table's arithmetic
         (quantized=False: not the kernels over quantized weights, which a float model never
-        calls; half of a first run's compile time); returns the seconds it took."""
+        calls; half of a first run's compile time); stored: the storage dtypes of a model's
+        float weights (`Weights.float_dtypes`): only the kernels over those (None: over every
+        one); returns the seconds it took."""
         from .model import freeze_live_objects
         t0 = time.perf_counter()
         for work in (1 << 62, 0):                # serial variants, then parallel ones
             with threads.parallel_from(work):
-                _exercise(cls)
+                _exercise(cls, stored)
                 if quantized:
-                    _exercise_quantized(cls)
+                    _exercise_quantized(cls, stored)
         freeze_live_objects()                    # the compiled state, out of the collector's way
         return time.perf_counter() - t0
 
@@ -298,12 +313,18 @@ class NumbaInt8Ops(NumbaOps):
     attention_moe_plan = staticmethod(functools.partial(_attention_moe_plan, int8=True))
 
 
-def _exercise(ops):
-    """Call every op over float weights once per weight dtype and per decode / prefill path."""
+def _stored_as(arrays, stored):
+    """The arrays (weights, or pairs of them) whose storage dtype is in stored (None: all)."""
+    return [a for a in arrays if stored is None or (a[0] if isinstance(a, tuple) else a).dtype in stored]
+
+
+def _exercise(ops, stored=None):
+    """Call every op over float weights once per weight dtype (those in stored, `warm_up`) and per
+    decode / prefill path."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 16), np.float32)
     W = rng.standard_normal((8, 16), np.float32)
-    for Ws in (W, to_bf16(W), W.astype(np.float16)):
+    for Ws in _stored_as((W, to_bf16(W), W.astype(np.float16)), stored):
         E, Ed = np.stack([Ws, Ws]), np.stack([Ws.T.copy()] * 2)
         for xs in (x, np.repeat(x, 8, 0)):
             ops.linear(xs, Ws)
@@ -336,7 +357,8 @@ def _exercise(ops):
     ops.wkv7(r, r, r, r, r, r, np.zeros((2, 4, 4), np.float32))
     x8, v8 = rng.standard_normal((1, 8), np.float32), np.ones(8, np.float32)
     f32_pair = (rng.standard_normal((8, 3), np.float32), rng.standard_normal((3, 8), np.float32))
-    cases = [(pair, v_pair) for pair in (f32_pair, tuple(map(to_bf16, f32_pair))) for v_pair in (pair, None)]
+    cases = [(pair, v_pair) for pair in _stored_as((f32_pair, tuple(map(to_bf16, f32_pair))), stored)
+             for v_pair in (pair, None)]
     for pair, v_pair in cases:                   # low-rank pairs as float32 / bfloat16; a later layer, the first
         v0 = None if v_pair is None else v8
         xr, xk, xv, w, a, g, v_gate = ops.rwkv7_inputs(x8, v8, np.ones((6, 8), np.float32),
@@ -347,9 +369,10 @@ def _exercise(ops):
     ops.token_probabilities(rng.standard_normal(50).astype(np.float32), 1.0, 5, 0.9, 0.0)
 
 
-def _exercise_quantized(ops):
+def _exercise_quantized(ops, stored=None):
     """Call every op over quantized weights (GGML blocks) once, in the table's arithmetic (float, or int8
-    activations: the other one compiles when a table of it warms up)."""
+    activations: the other one compiles when a table of it warms up); RWKV-7 low-rank pairs stored as in
+    stored."""
     rng = np.random.default_rng(1)
     xq = rng.standard_normal((2, 32), np.float32)
     for qtype in ("q8_0", "q4_0"):               # (packed blocks are always read-only: cogcore.quant.QuantTensor)
@@ -371,7 +394,7 @@ def _exercise_quantized(ops):
     x32, v32, Wq = rng.standard_normal((1, 32), np.float32), np.ones(32, np.float32), quantize_tensor(
         rng.standard_normal((32, 32), np.float32), "q4_0")
     pair32 = (rng.standard_normal((32, 3), np.float32), rng.standard_normal((3, 32), np.float32))
-    for pair in (pair32, tuple(map(to_bf16, pair32))):    # the whole step over quantized projections
+    for pair in _stored_as((pair32, tuple(map(to_bf16, pair32))), stored):   # the step over quantized projections
         for v_pair, v_first in ((pair, x32), (None, None)):
             ops.rwkv7_step(x32, v32, np.ones((6, 32), np.float32), (pair, pair, v_pair, pair), v32, v32,
                            None if v_pair is None else v32, (Wq,) * 4, v_first, v32, v32, np.ones((4, 8), np.float32),
@@ -380,8 +403,8 @@ def _exercise_quantized(ops):
 
 def _exercise_layer_step(ops, rng):
     """A decode token through a small attention + MoE layer (D 32, 4 heads over 2 of 8, 2 experts of 32)
-    in the table's arithmetic; and the step's own serial / parallel expert kernels called as the step
-    calls them (a step loaded from the disk cache leaves them uncompiled)."""
+    in the table's arithmetic. (The kernels it calls are the op-by-op path's, of the same types: `ops.moe`
+    over stacked experts calls the same experts kernel.)"""
     w = np.ones(32, np.float32)
     mats = [quantize_tensor(rng.standard_normal(shape, np.float32), "q8_0")
             for shape in ((32, 32), (16, 32), (16, 32), (32, 32), (2, 32, 32), (2, 32, 32), (2, 32, 32))]
@@ -389,7 +412,3 @@ def _exercise_layer_step(ops, rng):
                                   1, True, w, w, 1e-5)
     x, K, V = rng.standard_normal((1, 32), np.float32), np.zeros((4, 2, 8), np.float32), np.zeros((4, 2, 8), np.float32)
     ops.attention_moe_step(plan, x, x, K, V, 1)
-    buffers, at, F = plan.experts
-    for experts in (quant._experts_1, quant._experts_p):
-        experts(x, buffers, at, np.zeros(1, np.int64), F, np.ones(1, np.float32), plan.code, quant.HALF_TO_FLOAT,
-                plan.mode, np.zeros(32, np.float32), 1)

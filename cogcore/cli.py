@@ -101,7 +101,7 @@ def load_model(args):
         notice.start()           # says so only when loading from numba's cache takes long: a first run
         start = time.perf_counter()
         try:
-            model.ops.warm_up(quantized=model.weights.quantized)
+            model.ops.warm_up(quantized=model.weights.quantized, stored=model.weights.float_dtypes)
             cache = model.new_cache()   # this model's own dtypes and shapes: a prefill chunk, a decode step
             bos = model.config.bos_token_id
             model.forward([bos, bos], cache)

@@ -40,6 +40,16 @@ class Weights:
         """Whether any tensor is in GGML blocks (a QuantTensor, or a stack of per-expert ones)."""
         return any(hasattr(t[0] if isinstance(t, ExpertStack) else t, "qtype") for t in self.tensors.values())
 
+    @property
+    def float_dtypes(self) -> set:
+        """The storage dtypes of the tensors not in GGML blocks (float32, float16; bfloat16 as uint16 bits)."""
+        found = set()
+        for t in self.tensors.values():
+            t = t[0] if isinstance(t, ExpertStack) else t
+            if not hasattr(t, "qtype"):
+                found.add(np.dtype(t.dtype))
+        return found
+
     def check_all_used(self) -> None:
         unused = sorted(set(self.tensors) - self.used)
         if unused:

@@ -319,7 +319,7 @@ def _rope_attend(q, k, v, cos, sin, K, V, n, scale):
     out = np.empty((T, H, hd), np.float32)
     for task in prange(T * Hkv):
         t, g = task // Hkv, task % Hkv
-        attend_task(qr, t, g, K, V, 0, n + t + 1, scale, out)
+        attend_task(qr, t, g, K, V, np.int64(0), n + t + 1, scale, out)   # (a literal 0: a compile of its own)
     return out
 
 

@@ -79,7 +79,9 @@ def attention_moe_step(x, xn, qkv, wo, post_w, next_w, eps, cos, sin, K, V, n, r
     o2 = o.reshape((1, H * hd))
     attn = _gemv_p(o2, (wo,), code, table, mode) if par_o else _gemv_1(o2, (wo,), code, table, mode)
     h, hn = np.empty((1, D), np.float32), np.empty((1, D), np.float32)
-    _rms_1(x, h, hn, post_w, eps, True, attn)
+    # np.bool_(True), and expert_threads below, not the constants True and 1: a literal argument compiles the
+    # callee once more for that constant, beside the op-by-op path's plain-typed compile
+    _rms_1(x, h, hn, post_w, eps, np.bool_(True), attn)
     counts = np.zeros(router.shape[0], np.int64)
     if not all_finite(hn[0]):
         return h, hn, counts, MIXER_NOT_FINITE
@@ -88,7 +90,7 @@ def attention_moe_step(x, xn, qkv, wo, post_w, next_w, eps, cos, sin, K, V, n, r
     if expert_threads > 1:
         _experts_p(hn, expert_buffers, expert_at, top[0], F, wts[0], code, table, mode, y[0], expert_threads)
     else:
-        _experts_1(hn, expert_buffers, expert_at, top[0], F, wts[0], code, table, mode, y[0], 1)
+        _experts_1(hn, expert_buffers, expert_at, top[0], F, wts[0], code, table, mode, y[0], expert_threads)
     x2, xn2 = np.empty((1, D), np.float32), np.empty((1, D), np.float32)
-    _rms_1(h, x2, xn2, next_w, eps, True, y)
+    _rms_1(h, x2, xn2, next_w, eps, np.bool_(True), y)
     return x2, xn2, counts, OK if all_finite(xn2[0]) else FFN_NOT_FINITE

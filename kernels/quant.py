@@ -710,10 +710,12 @@ def linear_i8(x: np.ndarray, data: np.ndarray, qtype: str, cols: int) -> np.ndar
 # ---- MoE decode: only the chosen experts' blocks are read ---------------------------------------
 # The experts kernel takes the k chosen experts in one of two forms, as three arguments (a parallel
 # loop's body cannot take a tuple of tuples):
-#   gates, ups, downs: tuples of the chosen experts' packed matrices (`experts_decode`), or
+#   gates, ups, downs: tuples of the chosen experts' packed matrices (`experts_decode`; compiled once per
+#   k, the tuples' length), or
 #   buffers, at, chosen: the three 1-D uint8 buffers that hold every expert's gate, up and down blocks,
 #   each expert's byte offsets at [3, E] in them, the chosen experts' ids [k] (kernels.layer_step,
-#   which finds the chosen experts inside its compiled step).
+#   which finds the chosen experts inside its compiled step, and `experts_decode_buffers`: one compile
+#   for every k, shared with the layer step).
 def expert_count(gates_or_buffers, ups_or_at, downs_or_chosen):
     """k, the number of chosen experts."""
 
@@ -829,6 +831,17 @@ def experts_decode(xt, gates, ups, downs, weights, qtype: str, yt, int8: bool = 
 def experts_decode_packed(x, gates, ups, downs, weights, code: int, yt, int8: bool) -> None:
     """`experts_decode` without its checks, for a caller that made them once: x [1, D] float32, the
     chosen experts' blocks as tuples that `_packed` would return, weights [k] float32, code of CODE."""
-    fn = pick(_experts_1, _experts_p, 3 * gates[0].shape[0] * x.shape[1] * len(gates))
-    fn(x, gates, ups, downs, gates[0].shape[0], weights, code, HALF_TO_FLOAT, INT8_PATH if int8 else FLOAT_PATH, yt,
-       1 if fn is _experts_1 else parallel_threads())
+    _run_experts(x, gates, ups, downs, gates[0].shape[0], len(gates), weights, code, yt, int8)
+
+
+def experts_decode_buffers(x, buffers, at, chosen, F, weights, code: int, yt, int8: bool) -> None:
+    """`experts_decode_packed` over experts whose blocks lie where kernels.layer_step finds them: the
+    gate, up and down buffers (1-D read-only uint8), each expert's byte offsets at [3, E] int64 and the
+    chosen ids [k] int64; F hidden rows. One compiled kernel for every k (the tuples' type holds k)."""
+    _run_experts(x, buffers, at, chosen, F, len(chosen), weights, code, yt, int8)
+
+
+def _run_experts(x, gates_or_buffers, ups_or_at, downs_or_chosen, F, k, weights, code, yt, int8):
+    fn = pick(_experts_1, _experts_p, 3 * F * x.shape[1] * k)
+    fn(x, gates_or_buffers, ups_or_at, downs_or_chosen, F, weights, code, HALF_TO_FLOAT,
+       INT8_PATH if int8 else FLOAT_PATH, yt, 1 if fn is _experts_1 else parallel_threads())

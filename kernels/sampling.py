@@ -14,28 +14,50 @@ import numpy as np
 from numba import njit
 
 
+@njit(inline="always")
+def _before(p, i, j):
+    """Whether id i ranks before id j: more probable, or as probable and lower."""
+    return p[i] > p[j] or (p[i] == p[j] and i < j)
+
+
+@njit(inline="always")
+def _sift_down(p, heap, n, at):
+    """Restore the heap heap[:n] (every parent ranked after its children: the root is the last of
+    them) below position at."""
+    while True:
+        child = 2 * at + 1
+        if child >= n:
+            return
+        if child + 1 < n and _before(p, heap[child], heap[child + 1]):
+            child += 1
+        if not _before(p, heap[at], heap[child]):
+            return
+        heap[at], heap[child] = heap[child], heap[at]
+        at = child
+
+
 @njit(cache=True)
 def _top_m(p, m):
-    """Ids of the m most probable, ranked (p descending, ties to the lower id)."""
+    """Ids of the m most probable, ranked (p descending, ties to the lower id): a heap of the m best
+    ids seen so far whose root is the last of them, then emptied root first from the back. (Plain
+    loops rather than NumPy's partition and sorts, which took most of the sampler's compile time.)"""
     V = p.shape[0]
-    if m >= V:
-        return np.argsort(-p, kind="mergesort")
-    thr = np.partition(p.copy(), V - m)[V - m]
-    cand = np.empty(m, np.int64)
-    c = 0
-    for i in range(V):                      # strictly above the threshold: all of them
-        if p[i] > thr:
-            cand[c] = i
-            c += 1
-    for i in range(V):                      # at the threshold: the lowest ids first
-        if c >= m:
-            break
-        if p[i] == thr:
-            cand[c] = i
-            c += 1
-    cand = np.sort(cand[:c])
-    order = np.argsort(-p[cand], kind="mergesort")
-    return cand[order]
+    m = min(m, V)
+    heap = np.empty(m, np.int64)
+    for i in range(m):
+        heap[i] = i
+    for at in range(m // 2 - 1, -1, -1):
+        _sift_down(p, heap, m, at)
+    for i in range(m, V):
+        if _before(p, i, heap[0]):
+            heap[0] = i
+            _sift_down(p, heap, m, 0)
+    order = np.empty(m, np.int64)
+    for n in range(m, 0, -1):
+        order[n - 1] = heap[0]
+        heap[0] = heap[n - 1]
+        _sift_down(p, heap, n - 1, 0)
+    return order
 
 
 @njit(cache=True)
@@ -55,7 +77,11 @@ def _probs(logits, temperature, top_k, top_p, min_p):
             if top_p >= 1.0:
                 cut = n
                 break
-            denom = p[order].sum() if n < V else total
+            denom = total
+            if n < V:
+                denom = 0.0
+                for r in range(order.shape[0]):
+                    denom += p[order[r]]
             cum = 0.0
             cut = -1
             for r in range(order.shape[0]):
@@ -72,15 +98,21 @@ def _probs(logits, temperature, top_k, top_p, min_p):
             keep[order[r]] = True
         best = order[0]
     else:
-        keep[:] = True
-        best = np.argmax(p)
+        best = 0
+        for i in range(V):
+            keep[i] = True
+            if p[i] > p[best]:
+                best = i
     if min_p > 0:
         lim = min_p * p[best]
         for i in range(V):
             if p[i] < lim:
                 keep[i] = False
     keep[best] = True
-    out = np.where(keep, p, 0.0)
+    out = np.zeros(V)
+    for i in range(V):
+        if keep[i]:
+            out[i] = p[i]
     return out / out.sum()
 
 

@@ -18,7 +18,7 @@ as BLAS products masked per query (see its docstring).
 Decode's fused steps (a step that compresses no block): `rope_nsa`, RoPE of q and k, the
 cache write, the five steps per task (`nsa_task`) and the sigmoid gating of the three
 branches in one call; `nsa_step`, the same with the q/k/v/gate and output projections
-over weights quantized in one format (kernels.quant.gemv_each_into), the whole layer in
+over weights quantized in one format (kernels.quant's GEMV), the whole layer in
 one call. Block compression has no twin here: the backend runs the reference's
 `compress` over kernels.linear.
 """
@@ -32,7 +32,7 @@ from .attention import (CHUNK, PREFILL_MIN_T, QUERY_BLOCK, attend_range, attend_
                         softmax_rows, write_normalized)
 from .expf import divide, expf
 from .linear import FAST
-from .quant import BLOCK_BYTES, CODE, FLOAT_PATH, HALF_TO_FLOAT, INT8_PATH, activations, gemv_each_into
+from .quant import BLOCK_BYTES, CODE, FLOAT_PATH, HALF_TO_FLOAT, INT8_PATH, _gemv_1, _gemv_p
 from .rope import rotate_by, rotation_tables
 from .rwkv7 import sigmoid
 from .threads import filled, pick, twins
@@ -157,11 +157,9 @@ _nsa_1, _nsa_p = twins(_nsa, fastmath=FAST)
 
 
 # ---- decode's whole step between the projections: RoPE, cache write, the branches, the gates --------
-@njit(inline="always", fastmath=FAST)
-def rope_nsa_into(q, k, v, gate, cos, sin, K, V, n, kc, vc, l, s, lsel, nsel, w, scale):
+def _rope_nsa(q, k, v, gate, cos, sin, K, V, n, kc, vc, l, s, lsel, nsel, w, scale):
     """`rope_nsa` after its checks: q, k rotated (q into a copy, k into K) by the table cos, sin [T, hd/2], v
-    copied into V, then `nsa_task` for each (query, kv group) and the gated sum of its heads (a
-    parallel region when inlined into a parallel kernel)."""
+    copied into V, then `nsa_task` for each (query, kv group) and the gated sum of its heads."""
     T, H, hd = q.shape
     Hkv = K.shape[1]
     G = H // Hkv
@@ -182,10 +180,6 @@ def rope_nsa_into(q, k, v, gate, cos, sin, K, V, n, kc, vc, l, s, lsel, nsel, w,
             for j in range(hd):
                 out[ti, h, j] = g_cmp * o_cmp[ti, h, j] + g_slc * o_slc[ti, h, j] + g_win * o_win[ti, h, j]
     return out, kept
-
-
-def _rope_nsa(q, k, v, gate, cos, sin, K, V, n, kc, vc, l, s, lsel, nsel, w, scale):
-    return rope_nsa_into(q, k, v, gate, cos, sin, K, V, n, kc, vc, l, s, lsel, nsel, w, scale)
 
 
 _rope_nsa_1, _rope_nsa_p = twins(_rope_nsa, fastmath=FAST)
@@ -220,22 +214,24 @@ def rope_nsa(q, k, v, gate, positions, inv_freq, K, V, n, kc, vc, shape):
         np.float32(1.0 / np.sqrt(hd)))
 
 
-def _nsa_step(x, mats, code, table, mode, H, hd, cos, sin, K, V, n, kc, vc, l, s, lsel, nsel, w, scale):
+@njit(cache=True)
+def _nsa_step(x, mats, code, table, mode, H, hd, cos, sin, K, V, n, kc, vc, l, s, lsel, nsel, w, scale, parallel):
+    """`nsa_step` after its checks: calls of the kernels that `linears` and `rope_nsa` run (their parallel
+    variants when `parallel`), shared with them rather than inlined here: one compile of each."""
     T = x.shape[0]
     Hkv = K.shape[1]
-    proj = np.empty((T, (H + 2 * Hkv) * hd + 3 * H), np.float32)       # q, k, v, gate side by side
-    gemv_each_into(activations(x, mode), T, 0, mats[:4], code, table, proj)
+    proj = _gemv_p(x, mats[:4], code, table, mode) if parallel else _gemv_1(x, mats[:4], code, table, mode)
     q = np.ascontiguousarray(proj[:, :H * hd]).reshape((T, H, hd))
     k = np.ascontiguousarray(proj[:, H * hd:(H + Hkv) * hd]).reshape((T, Hkv, hd))
     v = np.ascontiguousarray(proj[:, (H + Hkv) * hd:(H + 2 * Hkv) * hd]).reshape((T, Hkv, hd))
-    o, kept = rope_nsa_into(q, k, v, proj[:, (H + 2 * Hkv) * hd:], cos, sin, K, V, n, kc, vc, l, s, lsel, nsel, w,
-                            scale)
-    out = np.empty((T, mats[4].shape[0]), np.float32)
-    gemv_each_into(activations(o.reshape((T, H * hd)), mode), T, 0, mats[4:], code, table, out)
+    gate = np.ascontiguousarray(proj[:, (H + 2 * Hkv) * hd:])
+    if parallel:
+        o, kept = _rope_nsa_p(q, k, v, gate, cos, sin, K, V, n, kc, vc, l, s, lsel, nsel, w, scale)
+    else:
+        o, kept = _rope_nsa_1(q, k, v, gate, cos, sin, K, V, n, kc, vc, l, s, lsel, nsel, w, scale)
+    o2 = o.reshape((T, H * hd))
+    out = _gemv_p(o2, mats[4:], code, table, mode) if parallel else _gemv_1(o2, mats[4:], code, table, mode)
     return out, kept
-
-
-_nsa_step_1, _nsa_step_p = twins(_nsa_step, fastmath=FAST)
 
 
 def nsa_step(x, mats, qtype, int8, H, positions, inv_freq, K, V, n, kc, vc, shape):
@@ -260,11 +256,11 @@ def nsa_step(x, mats, qtype, int8, H, positions, inv_freq, K, V, n, kc, vc, shap
     last = n + T
     work = T * H * hd * 2 * (min(last, shape.select_block * shape.select_count) + min(last, shape.window)
                              + last // shape.stride) + sum(m.size for m in mats)
-    return pick(_nsa_step_1, _nsa_step_p, work)(
+    return _nsa_step(
         np.ascontiguousarray(x, np.float32), tuple(mats), code, HALF_TO_FLOAT, INT8_PATH if int8 else FLOAT_PATH, H, hd,
         *rotation_tables(positions, inv_freq), K, V, n, np.ascontiguousarray(kc, np.float32),
         np.ascontiguousarray(vc, np.float32), shape.block, shape.stride,
-        shape.select_block, shape.select_count, shape.window, np.float32(1.0 / np.sqrt(hd)))
+        shape.select_block, shape.select_count, shape.window, np.float32(1.0 / np.sqrt(hd)), pick(False, True, work))
 
 
 # ---- prefill: the branches as BLAS products over blocks of queries ----------------------------------

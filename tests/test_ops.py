@@ -18,6 +18,7 @@ import pytest
 
 from conftest import RoundingWatch, build_model, small_config
 
+from cogcore import backends
 from cogcore.backends import NumbaOps
 from cogcore.blocks import ReferenceOps
 from cogcore.blocks.rope import inv_freq
@@ -676,6 +677,32 @@ def test_warm_up_compiles_or_loads_every_op():
         assert serial.signatures, serial.py_func.__qualname__
         if numba.get_num_threads() > 1:
             assert parallel.signatures, parallel.py_func.__qualname__
+
+
+def test_warm_up_calls_the_float_kernels_of_the_stored_dtypes_only():
+    """warm_up(stored=...) (the CLI passes the model's `Weights.float_dtypes`) exercises the linear and MoE
+    kernels over those weight dtypes only: the shipped float32 model's first run compiles no bfloat16 or
+    float16 kernel."""
+    seen = set()
+
+    class Recording(NumbaOps):
+        @staticmethod
+        def linear(x, W):
+            seen.add(W.dtype)
+            return NumbaOps.linear(x, W)
+
+        @staticmethod
+        def moe(x, router, gate_proj, *rest):
+            seen.add(gate_proj.dtype)
+            return NumbaOps.moe(x, router, gate_proj, *rest)
+
+    backends._exercise(Recording, {np.dtype(np.float32)})
+    assert seen == {np.dtype(np.float32)}
+    seen.clear()
+    backends._exercise(Recording)
+    assert seen == {np.dtype(np.float32), np.dtype(np.uint16), np.dtype(np.float16)}
+    shipped = cogcore.load(os.path.join(os.path.dirname(__file__), "..", "weights", "cogcore-tiny"), backend="numpy")
+    assert shipped.weights.float_dtypes == {np.dtype(np.float32)}
 
 
 def test_kernels_import_nothing_from_cogcore():

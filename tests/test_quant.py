@@ -212,7 +212,8 @@ def test_moe_decode_blocks_found_once_and_mixed_formats_grouped():
     one = [quantize_tensor(W, "q8_0") for W in floats]
     found = backends._decode_experts(*one)
     assert found is backends._decode_experts(*one)
-    quantized, (d, code, gates, ups, downs) = found
+    quantized, (d, code, gates, ups, downs, buffers) = found
+    assert buffers is not None                       # a stack's experts lie in one buffer: the kernel finds them by id
     assert quantized and d == D and code == kq.CODE["q8_0"] and len(gates) == len(ups) == len(downs) == E
     assert all(not b.flags.writeable and b.flags.c_contiguous for b in gates + ups + downs)
     assert backends._decode_experts(*floats) == (False, None)
