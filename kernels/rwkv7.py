@@ -117,18 +117,30 @@ def rows_combination(coef, M, out):
             out[j] += ci * widened(Mi[j])
 
 
-@njit(fastmath=FAST, inline="always")
-def low_rank(x, A, B, h, out, inner):
-    """out = f(x A) B with x [D], A [D, R], B [R, D], h [R] scratch; f: 0 none, 1 tanh, 2 sigmoid.
-    Both products as combinations of rows, so A and B are each read once, in order."""
+NO_MAP, TANH, DECAY, SIGMOID = np.int64(0), np.int64(1), np.int64(2), np.int64(3)   # low_rank's maps
+
+
+@njit(cache=True, fastmath=FAST)
+def low_rank(x, A, B, h, inner, bias, outer, out):
+    """out = g(bias + f(x A) B) with x [D], A [D, R], B [R, D], h [R] scratch, bias [D]; f: NO_MAP,
+    TANH or SIGMOID; g: NO_MAP (no bias either), DECAY exp(-e^-0.5 sigmoid(.)) or SIGMOID. Both
+    products as combinations of rows, so A and B are each read once, in order. (A compiled call, not
+    inlined: its four uses in one parallel loop would make the loop's body four times as long to
+    compile.)"""
     rows_combination(x, A, h)
-    if inner == 1:
+    if inner == TANH:
         for c in range(h.shape[0]):
             h[c] = np.tanh(h[c])
-    elif inner == 2:
+    elif inner == SIGMOID:
         for c in range(h.shape[0]):
             h[c] = sigmoid(h[c])
     rows_combination(h, B, out)
+    if outer == DECAY:
+        for j in range(out.shape[0]):
+            out[j] = expf(-DECAY_SCALE * sigmoid(bias[j] + out[j]))
+    elif outer == SIGMOID:
+        for j in range(out.shape[0]):
+            out[j] = sigmoid(bias[j] + out[j])
 
 
 @njit(fastmath=FAST, inline="always")
@@ -152,22 +164,13 @@ def time_mix_inputs_into(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0,
             mixed[2, j] = xt[j] + xx * mix[5, j]
         for branch in prange(4):
             if branch == 0:
-                ow = out[W, t]
-                low_rank(mixed[0], w1, w2, h[0, :w1.shape[1]], ow, 1)
-                for j in range(D):
-                    ow[j] = expf(-DECAY_SCALE * sigmoid(w0[j] + ow[j]))
+                low_rank(mixed[0], w1, w2, h[0, :w1.shape[1]], TANH, w0, DECAY, out[W, t])
             elif branch == 1:
-                oa = out[A, t]
-                low_rank(mixed[1], a1, a2, h[1, :a1.shape[1]], oa, 0)
-                for j in range(D):
-                    oa[j] = sigmoid(a0[j] + oa[j])
+                low_rank(mixed[1], a1, a2, h[1, :a1.shape[1]], NO_MAP, a0, SIGMOID, out[A, t])
             elif branch == 2:
-                low_rank(mixed[2], g1, g2, h[2, :g1.shape[1]], out[G, t], 2)
+                low_rank(mixed[2], g1, g2, h[2, :g1.shape[1]], SIGMOID, w0, NO_MAP, out[G, t])
             elif has_v_gate:
-                ov = out[V_GATE, t]
-                low_rank(out[XV, t], v1, v2, h[3, :v1.shape[1]], ov, 0)
-                for j in range(D):
-                    ov[j] = sigmoid(v0[j] + ov[j])
+                low_rank(out[XV, t], v1, v2, h[3, :v1.shape[1]], NO_MAP, v0, SIGMOID, out[V_GATE, t])
 
 
 def _time_mix_inputs(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0, has_v_gate, out):
