@@ -97,7 +97,7 @@ def load_model(args):
     model = load(args.model, backend=args.backend, int8_activations=args.int8_activations)
     if isinstance(model.ops, Compiled):   # compile (or load) the kernels now, so speeds reported later exclude it
         notice = threading.Timer(5.0, print, ("cogcore: compiling the kernels (once per install; "
-                                              "about two minutes)...",), {"file": sys.stderr, "flush": True})
+                                              "about a minute)...",), {"file": sys.stderr, "flush": True})
         notice.start()           # says so only when loading from numba's cache takes long: a first run
         start = time.perf_counter()
         try:

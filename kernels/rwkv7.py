@@ -143,10 +143,9 @@ def low_rank(x, A, B, h, inner, bias, outer, out):
             out[j] = sigmoid(bias[j] + out[j])
 
 
-@njit(fastmath=FAST, inline="always")
-def time_mix_inputs_into(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0, has_v_gate, out):
+def _time_mix_inputs(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0, has_v_gate, out):
     """`time_mix_inputs` into out [7, T, D]: the token shift and mixes, then the four low-rank branches
-    as the tasks of one parallel region a token (when inlined into a parallel kernel; two threads take
+    as the tasks of one parallel loop a token (in the parallel twin, two threads take
     w and a, then g and v: ranks 64 + 64 against 128 + 32 in the 4b preset)."""
     T, D = x.shape
     mixed = np.empty((3, D), np.float32)             # xw, xa, xg: the branches' inputs not kept in out
@@ -168,13 +167,9 @@ def time_mix_inputs_into(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0,
             elif branch == 1:
                 low_rank(mixed[1], a1, a2, h[1, :a1.shape[1]], NO_MAP, a0, SIGMOID, out[A, t])
             elif branch == 2:
-                low_rank(mixed[2], g1, g2, h[2, :g1.shape[1]], SIGMOID, w0, NO_MAP, out[G, t])
+                low_rank(mixed[2], g1, g2, h[2, :g1.shape[1]], SIGMOID, w0, NO_MAP, out[G, t])   # (w0 unread)
             elif has_v_gate:
                 low_rank(out[XV, t], v1, v2, h[3, :v1.shape[1]], NO_MAP, v0, SIGMOID, out[V_GATE, t])
-
-
-def _time_mix_inputs(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0, has_v_gate, out):
-    time_mix_inputs_into(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0, has_v_gate, out)
 
 
 _time_mix_inputs_1, _time_mix_inputs_p = twins(_time_mix_inputs, fastmath=FAST)
@@ -198,10 +193,9 @@ def time_mix_inputs(x, x_prev, mix, lora, w0, a0, v0):
     return out
 
 
-@njit(fastmath=FAST, inline="always")
-def time_mix_output_into(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_b, gn_eps, kk_inside, residual,
-                         S, out):
-    """`time_mix_output` into out [T, D]: one parallel task per head (inlined into a parallel kernel),
+def _time_mix_output(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_b, gn_eps, kk_inside, residual, S,
+                     out):
+    """`time_mix_output` into out [T, D]: one parallel task per head (in the parallel twin),
     its tokens in order."""
     T, D = r.shape
     Hr, N = r_k.shape
@@ -236,12 +230,6 @@ def time_mix_output_into(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w,
                 out[t, o + j] = ((y[j] - mu) * inv * ln_w[o + j] + ln_b[o + j] + bonus * vt[j]) * g[t, o + j]
 
 
-def _time_mix_output(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_b, gn_eps, kk_inside, residual, S,
-                     out):
-    time_mix_output_into(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_b, gn_eps, kk_inside, residual,
-                         S, out)
-
-
 _time_mix_output_1, _time_mix_output_p = twins(_time_mix_output, fastmath=FAST)
 
 
@@ -265,22 +253,31 @@ def time_mix_output(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_b
 
 # ---- the whole decode step over quantized projections -----------------------------------------------
 def _time_mix_step(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0, has_v_gate, mats, code, table, mode,
-                   v_first, k_k, k_a, r_k, ln_w, ln_b, gn_eps, kk_inside, residual, S):
+                   v_first, k_k, k_a, r_k, ln_w, ln_b, gn_eps, kk_inside, residual, S, parallel):
+    # The inputs and the output around the GEMVs are calls of their own kernels' twins (`parallel`: which),
+    # not inlined: compiled once, and with their own fastmath flags, not this kernel's.
     T, D = x.shape
     inputs = np.empty((7, T, D), np.float32)
-    time_mix_inputs_into(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0, has_v_gate, inputs)
+    if parallel:
+        _time_mix_inputs_p(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0, has_v_gate, inputs)
+    else:
+        _time_mix_inputs_1(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0, has_v_gate, inputs)
     rkv = np.empty((T, 3 * D), np.float32)                  # r, k, v side by side
     gemv_each_into(activations(inputs[:3].reshape(3 * T, D), mode), T, T, mats[:3], code, table, rkv)
     r, k, v = rkv[:, :D].copy(), rkv[:, D:2 * D].copy(), rkv[:, 2 * D:].copy()
     y = np.empty((T, D), np.float32)
-    time_mix_output_into(r, inputs[W], k, v, inputs[A], inputs[G], inputs[V_GATE] if residual else r,
-                     v_first if residual else r, k_k, k_a, r_k, ln_w, ln_b, gn_eps, kk_inside, residual, S, y)
+    if parallel:
+        _time_mix_output_p(r, inputs[W], k, v, inputs[A], inputs[G], inputs[V_GATE] if residual else r,
+                           v_first if residual else r, k_k, k_a, r_k, ln_w, ln_b, gn_eps, kk_inside, residual, S, y)
+    else:
+        _time_mix_output_1(r, inputs[W], k, v, inputs[A], inputs[G], inputs[V_GATE] if residual else r,
+                           v_first if residual else r, k_k, k_a, r_k, ln_w, ln_b, gn_eps, kk_inside, residual, S, y)
     out = np.empty((T, D), np.float32)
     gemv_each_into(activations(y, mode), T, 0, mats[3:], code, table, out)
     return out, v
 
 
-_time_mix_step_1, _time_mix_step_p = twins(_time_mix_step, fastmath=FAST)
+_time_mix_step_1, _time_mix_step_p = twins(_time_mix_step)
 
 
 def time_mix_step(x, x_prev, mix, lora, w0, a0, v0, mats, qtype, int8, v_first, k_k, k_a, r_k, ln_w, ln_b, eps,
@@ -306,5 +303,6 @@ def time_mix_step(x, x_prev, mix, lora, w0, a0, v0, mats, qtype, int8, v_first, 
     fn = pick(_time_mix_step_1, _time_mix_step_p, 4 * D * D)
     out, v = fn(x, x_prev, mix, w1, w2, a1, a2, v1, v2, g1, g2, w0, a0, v0 if has_v else w0, has_v, tuple(mats), code,
                 HALF_TO_FLOAT, INT8_PATH if int8 else FLOAT_PATH, np.ascontiguousarray(v_first, np.float32) if residual
-                else x, k_k, k_a, r_k, ln_w, ln_b, np.float32(eps), kk_norm == "epsilon", residual, S)
+                else x, k_k, k_a, r_k, ln_w, ln_b, np.float32(eps), kk_norm == "epsilon", residual, S,
+                fn is _time_mix_step_p)
     return out, v, S
