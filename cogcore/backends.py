@@ -382,7 +382,7 @@ def _exercise_quantized(ops, stored=None):
         ops.linear(np.repeat(xq, 8, 0), Wq)
         for n in (3, 4):                         # attention's q, k, v in one call; sparse attention's gate too
             ops.linears(xq, (Wq,) * n)
-        for k in (1, 2):                         # kernels take the chosen experts as a k-tuple
+        for k in (1, 2):                         # top-1 and top-2 routing over stacked experts
             ops.moe(xq, rng.standard_normal((2, 32), np.float32), Eq, Eq, Eq, k, True)
     _exercise_layer_step(ops, rng)
     shape, k = NSAShape(8, 4, 16, 3, 16), rng.standard_normal((40, 2, 8), np.float32)

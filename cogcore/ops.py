@@ -219,9 +219,10 @@ class FusedRecurrent(Protocol):
 
 @runtime_checkable
 class Compiled(Protocol):
-    def warm_up(self, quantized: bool = True) -> float:
+    def warm_up(self, quantized: bool = True, stored=None) -> float:
         """Compile (or load from the cache) every kernel of the table (quantized=False: not those over
-        quantized weights); returns the seconds it took."""
+        quantized weights; stored: only those over these float storage dtypes, None: every one);
+        returns the seconds it took."""
 
 
 def members(protocol) -> list[str]:
