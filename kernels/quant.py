@@ -767,16 +767,17 @@ def _one_expert(c, a, gates_or_buffers, ups_or_at, downs_or_chosen, F, code, tab
 def _experts(x, gates_or_buffers, ups_or_at, downs_or_chosen, F, weights, code, table, mode, y, threads):
     """y += sum over c of weights[c] * down_c(silu(gate_c x) * up_c x) for one token x [1, D] and the
     chosen experts (in either form above; F hidden rows each), on `threads` threads (1 for the serial
-    variant). When the threads can take whole experts (k a multiple of their number: top-2 on two
-    threads), one parallel region, each thread its experts from gate to down (no barrier and no serial
-    quantization of the hidden between); otherwise one region for every expert's gate and up rows, one
-    for their down rows. Either way each row's dot is the same, and each output row adds the experts in
-    order."""
+    variant). When the threads can take whole experts (k a multiple of their number: any k on one thread,
+    top-2 on two), each thread its experts from gate to down (one parallel region, no barrier and no
+    serial quantization of the hidden between); otherwise one region for every expert's gate and up rows,
+    one for their down rows (each task finds its matrices again: ~0.1 us, which on one thread made the
+    experts ~20 % slower than their whole matrices). Either way each row's dot is the same, and each
+    output row adds the experts in order."""
     k, D = expert_count(gates_or_buffers, ups_or_at, downs_or_chosen), y.shape[0]
     a = activation_row(activations(x, mode), 0)
     g, u, h = np.empty((k, F), np.float32), np.empty((k, F), np.float32), np.empty((k, F), np.float32)
     out = np.empty((k, D), np.float32)
-    if threads > 1 and k % threads == 0:
+    if k % threads == 0:
         for c in prange(k):
             _one_expert(c, a, gates_or_buffers, ups_or_at, downs_or_chosen, F, code, table, mode, g, u, h, out)
     else:
