@@ -33,6 +33,10 @@ from .threads import pick, twins
 
 F32, BF16, F16 = 0, 1, 2
 FAST = {"nsz", "arcp", "contract", "reassoc"}    # free reduction order; no finite-math assumptions
+# Under FAST a loop that sums must not also store: LLVM vectorises such a loop behind a run-time check that
+# its arrays do not overlap and falls back to the scalar loop where they lie close together, and the two sum
+# in different orders, so a result would depend on where the heap put the buffers (a q4_0 decode gave
+# logits a few ulp apart run to run). Such loops store in one loop and sum in the next.
 SMALL_T = 8                                      # up to this many rows of x: GEMV kernel
 TASK_ROWS = 64                                   # output rows per prange task of a GEMV
 BLOCK_ROWS = 256                                 # weight rows widened per BLAS block (prefill)

@@ -36,9 +36,10 @@ def top_k(logits, k, norm_topk, p, top, wts):
     mx = -np.inf
     for e in range(E):
         mx = max(mx, logits[e])
-    tot = np.float32(0.0)
     for e in range(E):
         p[e] = expf(logits[e] - mx)
+    tot = np.float32(0.0)
+    for e in range(E):                    # a loop of its own: see FAST in kernels.linear
         tot += p[e]
     for e in range(E):
         p[e] = divide(p[e], tot)

@@ -18,11 +18,11 @@ from .threads import pick, twins
 def _rms(x, h, out, w, eps, add, y):
     T, D = x.shape
     for t in prange(T):
-        ss = np.float32(0.0)
         for j in range(D):
-            v = x[t, j] + y[t, j] if add else x[t, j]
-            h[t, j] = v
-            ss += v * v
+            h[t, j] = x[t, j] + y[t, j] if add else x[t, j]
+        ss = np.float32(0.0)
+        for j in range(D):                       # a loop of its own: see FAST in kernels.linear
+            ss += h[t, j] * h[t, j]
         r = np.float32(1.0) / np.sqrt(ss / np.float32(D) + eps)
         for j in range(D):
             out[t, j] = h[t, j] * r * w[j]
@@ -31,11 +31,11 @@ def _rms(x, h, out, w, eps, add, y):
 def _ln(x, h, out, w, b, eps, add, y):
     T, D = x.shape
     for t in prange(T):
+        for j in range(D):
+            h[t, j] = x[t, j] + y[t, j] if add else x[t, j]
         s = np.float32(0.0)
         for j in range(D):
-            v = x[t, j] + y[t, j] if add else x[t, j]
-            h[t, j] = v
-            s += v
+            s += h[t, j]
         mu = s / np.float32(D)
         var = np.float32(0.0)
         for j in range(D):

@@ -54,9 +54,9 @@ def wkv7_head(Sh, r, w, k, v, kk, a, y, b):
         vi = v[i]
         yi = np.float32(0.0)
         for j in range(N):
-            s = Si[j] * w[j] + (sa * b[j] + vi * k[j])
-            Si[j] = s
-            yi += s * r[j]
+            Si[j] = Si[j] * w[j] + (sa * b[j] + vi * k[j])
+        for j in range(N):                  # a loop of its own: see FAST in kernels.linear
+            yi += Si[j] * r[j]
         y[i] = yi
 
 
@@ -204,18 +204,20 @@ def _time_mix_output(r, w, k, v, a, g, v_gate, v_first, k_k, k_a, r_k, ln_w, ln_
         kk, kt, vt, y, b = scratch[hd, 0], scratch[hd, 1], scratch[hd, 2], scratch[hd, 3], scratch[hd, 4]
         o = hd * N
         for t in range(T):
-            ss = np.float32(0.0)
             for j in range(N):
                 kk[j] = k[t, o + j] * k_k[o + j]
+            ss = np.float32(0.0)
+            for j in range(N):               # the sums in loops of their own: see FAST in kernels.linear
                 ss += kk[j] * kk[j]
             inv = np.float32(1.0) / (np.sqrt(ss + L2_EPS_INSIDE) if kk_inside else max(np.sqrt(ss), L2_EPS))
-            bonus = np.float32(0.0)
             for j in range(N):
                 kk[j] *= inv
                 kt[j] = k[t, o + j] * (np.float32(1.0) + (a[t, o + j] - np.float32(1.0)) * k_a[o + j])
                 vt[j] = v[t, o + j]
                 if residual:
                     vt[j] += (v_first[t, o + j] - vt[j]) * v_gate[t, o + j]
+            bonus = np.float32(0.0)
+            for j in range(N):
                 bonus += r[t, o + j] * kt[j] * r_k[hd, j]
             wkv7_head(S[hd], r[t, o:o + N], w[t, o:o + N], kt, vt, kk, a[t, o:o + N], y, b)
             mu = np.float32(0.0)
