@@ -3,6 +3,7 @@
     python benchmarks/decode_profile.py DIR [--threads 1] [--steps 20] [--context 32]
     python benchmarks/decode_profile.py --bench q4_0          # the 8 x 1024 model of `cogcore bench`
     python benchmarks/decode_profile.py DIR --int8-activations   # quantized weights, GGML's arithmetic
+    python benchmarks/decode_profile.py --bench q4_0 --threads 2 --no-probe   # parallel whatever others do
 
 Every op of the model's ops table (`cogcore.ops.Ops`: linear, moe, wkv7, nsa_attention, ...)
 is wrapped by a timer; `linear` is split by weight format and shape (lm_head shows on its
@@ -18,6 +19,7 @@ CPU time does not. A benchmark, not a test.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import collections
 import statistics
 import time
@@ -115,6 +117,7 @@ def profile(model, steps: int, context: int, clock, kernels: bool = False) -> tu
 def main(argv=None) -> None:
     import cogcore
     from cogcore.backends import NumbaOps
+    from cogcore.kernels import threads
     from cogcore.kernels.threads import set_threads
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -124,6 +127,9 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--context", type=int, default=32)
     ap.add_argument("--int8-activations", action="store_true", help="quantized weights dotted with int8 activations")
+    ap.add_argument("--no-probe", action="store_true",
+                    help="do not ask whether other programs hold a core: on a shared machine a busy moment would "
+                         "run some steps on one thread (kernels.threads)")
     args = ap.parse_args(argv)
     set_threads(args.threads)
     NumbaOps.warm_up()
@@ -136,6 +142,12 @@ def main(argv=None) -> None:
         model = Model(cfg, Weights(bench_weights(cfg, args.bench)), backend=ops_for("numba", args.int8_activations))
     else:
         model = cogcore.load(args.dir, int8_activations=args.int8_activations)
+    with threads.parallel_from(threads.PARALLEL_MIN_WORK) if args.no_probe else contextlib.nullcontext():
+        report(model, args)
+
+
+def report(model, args) -> None:
+    """Profile the step (op by op, then the compiled kernels alone) and print where its time goes."""
     for clock_name, clock in (("wall clock", time.perf_counter), ("CPU time", time.process_time)):
         spent, times = profile(model, args.steps, args.context, clock)
         step = statistics.median(times)

@@ -1,6 +1,6 @@
 """Run-to-run determinism of the Numba backend: the same model, inputs and thread count give bitwise the
 same logits every time, wherever the heap puts a kernel's buffers and whichever twin (serial or parallel)
-`threads.pick` takes (docs/performance.md, "Ninth session: determinism")."""
+`threads.pick` takes (docs/performance.md, "Ninth and tenth sessions", "Determinism")."""
 
 from __future__ import annotations
 
