@@ -19,8 +19,8 @@ CPU time does not. A benchmark, not a test.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import collections
+import contextlib
 import statistics
 import time
 
@@ -118,7 +118,6 @@ def main(argv=None) -> None:
     import cogcore
     from cogcore.backends import NumbaOps
     from cogcore.kernels import threads
-    from cogcore.kernels.threads import set_threads
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dir", nargs="?", help="a model directory")
@@ -131,7 +130,7 @@ def main(argv=None) -> None:
                     help="do not ask whether other programs hold a core: on a shared machine a busy moment would "
                          "run some steps on one thread (kernels.threads)")
     args = ap.parse_args(argv)
-    set_threads(args.threads)
+    threads.set_threads(args.threads)
     NumbaOps.warm_up()
     if args.bench:
         from cogcore.bench import bench_config, bench_weights

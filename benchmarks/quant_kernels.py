@@ -36,22 +36,8 @@ def rate(fns: dict, items: list, nbytes: int, rounds: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in res.items()}
 
 
-def read_rate(reps: int) -> float:
-    """One core's best read rate, GB/s: a Numba sum over 1 GiB (cogcore.bench's serial sum)."""
-    from cogcore.bench import _sums
-
-    serial_sum, _ = _sums()
-    a = np.ones(2**28, np.float32)
-    serial_sum(a[:64])
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        serial_sum(a)
-        best = min(best, time.perf_counter() - t)
-    return a.nbytes / best / 1e9
-
-
 def main(argv=None) -> None:
+    from cogcore.bench import read_bandwidth
     from cogcore.kernels import linear as lk
     from cogcore.kernels import quant as kq
     from cogcore.kernels.threads import set_threads
@@ -63,7 +49,9 @@ def main(argv=None) -> None:
     set_threads(1)
     rng = np.random.default_rng(0)
     table = kq.HALF_TO_FLOAT
-    print(f"one core's read rate (Numba sum over 1 GiB, best of 5): {read_rate(5):.1f} GB/s\n")
+    read, method, _ = read_bandwidth(2**30, 5, threads=(1,))
+    print(f"one core's read rate (cogcore.bench.read_bandwidth over 1 GiB, one thread): {read / 1e9:.1f} GB/s "
+          f"({method})\n")
     x = {n: rng.standard_normal((1, n), np.float32) for n in (1024, 2048)}      # by the matrix's columns
     print("| one thread, GB/s of stored bytes | default (float arithmetic) | int8 activations |")
     print("|---|---|---|")
