@@ -6,8 +6,9 @@
   dots and the count of tokens per expert.
 - decode (a few tokens): the k chosen experts run as fused GEMVs straight over
   the stored expert slices: silu(gate_e x) * (up_e x) with the gate and up rows
-  read together, then down_e with the routing weight folded into the scatter;
-  rows split across threads; float32 dots four rows per pass over the input,
+  read together, then down_e, the experts added with their routing weights; each
+  thread whole experts where they split evenly (top-2 on two threads), else rows
+  split across threads; float32 dots four rows per pass over the input,
   bfloat16 is widened in registers inside the dot, float16 rows one at a time.
 - prefill: tokens grouped by expert with one stable sort, each expert runs once
   on its tokens through kernels.linear (BLAS, block-widened for narrow dtypes),
@@ -25,7 +26,7 @@ from numba import njit, prange
 
 from .expf import divide, expf
 from .linear import BF16, F16, F32, FAST, SMALL_T, dot, dot4, dot_bf16, kind_of, linear, raw, widen_into
-from .threads import filled, pick, twins
+from .threads import filled, parallel_threads, pick, twins
 
 
 @njit(inline="always", fastmath=FAST)
@@ -119,61 +120,90 @@ def f16_dot(a, row, bu, bf):
 EXPERT_TASK_ROWS = 32     # output rows per prange task
 
 
-def _experts_decode(x, top, wts, Wg, Wu, Wd, kind):
-    """For each token and chosen expert e: h = silu(Wg[e] x) * (Wu[e] x), then y += wt * Wd[e] h.
-    float32 reads four weight rows per pass over the input (gate and up of two rows; four down
-    rows); bfloat16 one row per pass, widened in registers (explicit branches: a generic inlined
-    row helper vectorised the bfloat16 dot worse)."""
+@njit(cache=True, fastmath=FAST)
+def hidden_rows(xt, Wg, Wu, r0, r1, kind, h):
+    """h[r] = silu(Wg[r] . xt) * (Wu[r] . xt) for rows r0 <= r < r1 of one expert's gate and up. float32
+    reads two rows of each per pass over the input; bfloat16 one row, widened in registers (explicit
+    branches: a generic inlined row helper vectorised the bfloat16 dot worse). A compiled call, not
+    inlined: `_experts_decode` calls it from two parallel loops."""
+    o = r0
+    if kind == F32:
+        while o + 2 <= r1:
+            g0, g1, u0, u1 = dot4(xt, Wg[o], Wg[o + 1], Wu[o], Wu[o + 1])
+            h[o], h[o + 1] = silu_mul(g0, u0), silu_mul(g1, u1)
+            o += 2
+    bu = np.empty(xt.shape[0] if kind == F16 else 1, np.uint32)     # float16 rows are widened into bf
+    bf = bu.view(np.float32)
+    for r in range(o, r1):
+        if kind == F32:
+            g, u = dot(xt, Wg[r]), dot(xt, Wu[r])
+        elif kind == BF16:
+            g, u = dot_bf16(xt, Wg[r]), dot_bf16(xt, Wu[r])
+        else:
+            g, u = f16_dot(xt, Wg[r], bu, bf), f16_dot(xt, Wu[r], bu, bf)
+        h[r] = silu_mul(g, u)
+
+
+@njit(cache=True, fastmath=FAST)
+def output_rows(h, Wd, r0, r1, kind, out):
+    """out[r] = Wd[r] . h for rows r0 <= r < r1 of one expert's down (float32: four rows per pass)."""
+    o = r0
+    if kind == F32:
+        while o + 4 <= r1:
+            out[o], out[o + 1], out[o + 2], out[o + 3] = dot4(h, Wd[o], Wd[o + 1], Wd[o + 2], Wd[o + 3])
+            o += 4
+    bu = np.empty(h.shape[0] if kind == F16 else 1, np.uint32)
+    bf = bu.view(np.float32)
+    for r in range(o, r1):
+        if kind == F32:
+            out[r] = dot(h, Wd[r])
+        elif kind == BF16:
+            out[r] = dot_bf16(h, Wd[r])
+        else:
+            out[r] = f16_dot(h, Wd[r], bu, bf)
+
+
+def _experts_decode(x, top, wts, Wg, Wu, Wd, kind, threads):
+    """For each token and chosen expert e: h = silu(Wg[e] x) * (Wu[e] x), then y += wt * Wd[e] h, on
+    `threads` threads (1 for the serial variant). When the threads can take whole experts (k a multiple
+    of their number: any k on one thread, top-2 on two), each thread its experts from gate to down (one
+    parallel region a token, no barrier between gate and down); otherwise one region for every expert's
+    gate and up rows, one for their down rows. Either way each row's dot is the same, and each output
+    row adds the experts in order (as kernels.quant's `_experts`)."""
     T, D = x.shape
     k, F = top.shape[1], Wg.shape[1]
     y = filled(np.empty((T, D), np.float32), 0)
-    h = np.empty(F, np.float32)
-    scratch = max(D, F) if kind == F16 else 1
+    h, out = np.empty((k, F), np.float32), np.empty((k, D), np.float32)
+    per_hidden = (F + EXPERT_TASK_ROWS - 1) // EXPERT_TASK_ROWS        # tasks per expert, gate and up rows
+    per_output = (D + EXPERT_TASK_ROWS - 1) // EXPERT_TASK_ROWS        # tasks per expert, down rows
     for t in range(T):
         xt = x[t]
-        for c in range(k):
-            e, wt = top[t, c], wts[t, c]
-            for task in prange((F + EXPERT_TASK_ROWS - 1) // EXPERT_TASK_ROWS):
-                bu = np.empty(scratch, np.uint32)
-                bf = bu.view(np.float32)
-                o, end = task * EXPERT_TASK_ROWS, min(F, task * EXPERT_TASK_ROWS + EXPERT_TASK_ROWS)
-                if kind == F32:
-                    while o + 2 <= end:
-                        g0, g1, u0, u1 = dot4(xt, Wg[e, o], Wg[e, o + 1], Wu[e, o], Wu[e, o + 1])
-                        h[o], h[o + 1] = silu_mul(g0, u0), silu_mul(g1, u1)
-                        o += 2
-                for r in range(o, end):
-                    if kind == F32:
-                        g, u = dot(xt, Wg[e, r]), dot(xt, Wu[e, r])
-                    elif kind == BF16:
-                        g, u = dot_bf16(xt, Wg[e, r]), dot_bf16(xt, Wu[e, r])
-                    else:
-                        g, u = f16_dot(xt, Wg[e, r], bu, bf), f16_dot(xt, Wu[e, r], bu, bf)
-                    h[r] = silu_mul(g, u)
-            for task in prange((D + EXPERT_TASK_ROWS - 1) // EXPERT_TASK_ROWS):
-                bu = np.empty(scratch, np.uint32)
-                bf = bu.view(np.float32)
-                o, end = task * EXPERT_TASK_ROWS, min(D, task * EXPERT_TASK_ROWS + EXPERT_TASK_ROWS)
-                if kind == F32:
-                    while o + 4 <= end:
-                        s0, s1, s2, s3 = dot4(h, Wd[e, o], Wd[e, o + 1], Wd[e, o + 2], Wd[e, o + 3])
-                        y[t, o] += wt * s0
-                        y[t, o + 1] += wt * s1
-                        y[t, o + 2] += wt * s2
-                        y[t, o + 3] += wt * s3
-                        o += 4
-                for r in range(o, end):
-                    if kind == F32:
-                        s = dot(h, Wd[e, r])
-                    elif kind == BF16:
-                        s = dot_bf16(h, Wd[e, r])
-                    else:
-                        s = f16_dot(h, Wd[e, r], bu, bf)
-                    y[t, r] += wt * s
+        if k % threads == 0:
+            for c in prange(k):
+                e = top[t, c]
+                hidden_rows(xt, Wg[e], Wu[e], 0, F, kind, h[c])
+                output_rows(h[c], Wd[e], 0, D, kind, out[c])
+        else:
+            for task in prange(k * per_hidden):
+                c = task // per_hidden
+                r0 = (task - c * per_hidden) * EXPERT_TASK_ROWS
+                hidden_rows(xt, Wg[top[t, c]], Wu[top[t, c]], r0, min(F, r0 + EXPERT_TASK_ROWS), kind, h[c])
+            for task in prange(k * per_output):
+                c = task // per_output
+                r0 = (task - c * per_output) * EXPERT_TASK_ROWS
+                output_rows(h[c], Wd[top[t, c]], r0, min(D, r0 + EXPERT_TASK_ROWS), kind, out[c])
+        for o in range(D):
+            for c in range(k):
+                y[t, o] += wts[t, c] * out[c, o]
     return y
 
 
 _experts_1, _experts_p = twins(_experts_decode, fastmath=FAST)
+
+
+def threads_of(fn) -> int:
+    """The `threads` argument of `_experts_decode` for the variant `pick` chose."""
+    return 1 if fn is _experts_1 else parallel_threads()
 
 
 def silu(x):
@@ -188,7 +218,7 @@ def moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk):
     if T <= SMALL_T and isinstance(gate_proj, np.ndarray):
         kind = kind_of(gate_proj)
         fn = pick(_experts_1, _experts_p, 3 * gate_proj[0].size)
-        return fn(x, top, wts, raw(gate_proj), raw(up_proj), raw(down_proj), kind), counts
+        return fn(x, top, wts, raw(gate_proj), raw(up_proj), raw(down_proj), kind, threads_of(fn)), counts
     if T <= SMALL_T:                                         # a lazy stack of per-expert arrays
         return _decode_each_expert(x, top, wts, counts, gate_proj, up_proj, down_proj), counts
     y = np.zeros_like(x)
@@ -213,5 +243,6 @@ def _decode_each_expert(x, top, wts, counts, gate_proj, up_proj, down_proj):
         rows = np.flatnonzero(hit.any(axis=1))
         one = [raw(W[e])[None] for W in (gate_proj, up_proj, down_proj)]
         fn = pick(_experts_1, _experts_p, 3 * gate_proj[e].size)
-        y[rows] += fn(x[rows], np.zeros((len(rows), 1), np.int64), wts[hit][:, None], *one, kind_of(gate_proj[e]))
+        y[rows] += fn(x[rows], np.zeros((len(rows), 1), np.int64), wts[hit][:, None], *one, kind_of(gate_proj[e]),
+                      threads_of(fn))
     return y

@@ -101,3 +101,35 @@ def test_router_softmax_over_all_experts(rng):
         expert = naive.swiglu(x[t].astype(np.float64), W["model.layers.0.mlp.experts.gate_proj"][e],
                               W["model.layers.0.mlp.experts.up_proj"][e], W["model.layers.0.mlp.experts.down_proj"][e])
         np.testing.assert_allclose(got[t], p * expert, **TOL)
+
+
+@pytest.mark.parametrize("tag", ["F32", "BF16", "F16"])
+def test_float_experts_by_whole_experts_or_by_rows_agree(tag):
+    """The float experts decode's two splits (each thread whole experts when their number divides k;
+    else every expert's rows shared out) give the same output to the bit, serial and parallel, k = 2
+    and 3, sizes that end inside a task and inside a pass of several rows; and equal a float64 loop
+    over the stored (rounded) weights."""
+    from cogcore.dtypes import f32, to_storage
+    from cogcore.kernels import moe as km
+    from cogcore.kernels.linear import kind_of, raw
+
+    rng = np.random.default_rng(4)
+    T, D, F, E = 2, 37, 45, 5                    # 37 and 45 rows: a task of 32 and a rest; odd for the 2- and 4-row dots
+    x = rng.standard_normal((T, D)).astype(np.float32)
+    Wg, Wu, Wd = (to_storage(rng.standard_normal(s).astype(np.float32) * .3, tag)
+                  for s in ((E, F, D), (E, F, D), (E, D, F)))
+    g64, u64, d64 = (f32(W).astype(np.float64) for W in (Wg, Wu, Wd))
+    for k in (2, 3):
+        top = np.array([[4, 1, 2][:k], [0, 3, 1][:k]], np.int64)
+        wts = rng.uniform(.1, 1, (T, k)).astype(np.float32)
+        got = [fn(x, top, wts, raw(Wg), raw(Wu), raw(Wd), kind_of(Wg), threads)
+               for fn, threads in ((km._experts_1, 1), (km._experts_p, 1), (km._experts_p, 2), (km._experts_1, 2))]
+        for g in got[1:]:
+            np.testing.assert_array_equal(g, got[0])
+        want = np.zeros((T, D))
+        for t in range(T):
+            for c in range(k):
+                e = top[t, c]
+                gate, up = g64[e] @ x[t], u64[e] @ x[t]
+                want[t] += wts[t, c] * (d64[e] @ (gate / (1 + np.exp(-gate)) * up))
+        np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
