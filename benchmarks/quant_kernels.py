@@ -38,6 +38,7 @@ def rate(fns: dict, items: list, nbytes: int, rounds: int) -> dict[str, float]:
 
 def main(argv=None) -> None:
     from cogcore.bench import read_bandwidth
+    from cogcore.dtypes import to_storage
     from cogcore.kernels import linear as lk
     from cogcore.kernels import quant as kq
     from cogcore.kernels.threads import set_threads
@@ -57,7 +58,7 @@ def main(argv=None) -> None:
     print("|---|---|---|")
     for kind, name in ((lk.F32, "float32"), (lk.BF16, "bfloat16")):
         W = rng.standard_normal((2048, 2048), np.float32)
-        W = W if kind == lk.F32 else (W.view(np.uint32) >> 16).astype(np.uint16)
+        W = W if kind == lk.F32 else to_storage(W, "BF16")
         out = np.empty((1, 2048), np.float32)
         gemv = {"default": lambda m: lk.GEMV[kind][0](x[m.shape[1]], m, out[:, :m.shape[0]])}
         small = np.ascontiguousarray(W[:128 if kind == lk.F32 else 256, :1024])

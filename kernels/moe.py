@@ -26,7 +26,7 @@ from numba import njit, prange
 
 from .expf import divide, expf
 from .linear import BF16, F16, F32, FAST, SMALL_T, dot, dot4, dot_bf16, kind_of, linear, raw, widen_into
-from .threads import filled, parallel_threads, pick, twins
+from .threads import filled, pick, threads_of, twins
 
 
 @njit(inline="always", fastmath=FAST)
@@ -201,11 +201,6 @@ def _experts_decode(x, top, wts, Wg, Wu, Wd, kind, threads):
 _experts_1, _experts_p = twins(_experts_decode, fastmath=FAST)
 
 
-def threads_of(fn) -> int:
-    """The `threads` argument of `_experts_decode` for the variant `pick` chose."""
-    return 1 if fn is _experts_1 else parallel_threads()
-
-
 def silu(x):
     return x / (np.float32(1.0) + np.exp(-x))
 
@@ -218,7 +213,8 @@ def moe(x, router, gate_proj, up_proj, down_proj, k, norm_topk):
     if T <= SMALL_T and isinstance(gate_proj, np.ndarray):
         kind = kind_of(gate_proj)
         fn = pick(_experts_1, _experts_p, 3 * gate_proj[0].size)
-        return fn(x, top, wts, raw(gate_proj), raw(up_proj), raw(down_proj), kind, threads_of(fn)), counts
+        return (fn(x, top, wts, raw(gate_proj), raw(up_proj), raw(down_proj), kind, threads_of(fn, _experts_1)),
+                counts)
     if T <= SMALL_T:                                         # a lazy stack of per-expert arrays
         return _decode_each_expert(x, top, wts, counts, gate_proj, up_proj, down_proj), counts
     y = np.zeros_like(x)
@@ -244,5 +240,5 @@ def _decode_each_expert(x, top, wts, counts, gate_proj, up_proj, down_proj):
         one = [raw(W[e])[None] for W in (gate_proj, up_proj, down_proj)]
         fn = pick(_experts_1, _experts_p, 3 * gate_proj[e].size)
         y[rows] += fn(x[rows], np.zeros((len(rows), 1), np.int64), wts[hit][:, None], *one, kind_of(gate_proj[e]),
-                      threads_of(fn))
+                      threads_of(fn, _experts_1))
     return y

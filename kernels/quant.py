@@ -48,7 +48,7 @@ from numba.extending import intrinsic, overload
 
 from .linear import FAST, SMALL_T, as_float32
 from .moe import silu_mul
-from .threads import parallel_threads, pick, twins
+from .threads import pick, threads_of, twins
 
 Q8_0, Q4_0 = 0, 1
 CODE = {"q8_0": Q8_0, "q4_0": Q4_0}
@@ -845,4 +845,4 @@ def experts_decode_buffers(x, buffers, at, chosen, F, weights, code: int, yt, in
 def _run_experts(x, gates_or_buffers, ups_or_at, downs_or_chosen, F, k, weights, code, yt, int8):
     fn = pick(_experts_1, _experts_p, 3 * F * x.shape[1] * k)
     fn(x, gates_or_buffers, ups_or_at, downs_or_chosen, F, weights, code, HALF_TO_FLOAT,
-       INT8_PATH if int8 else FLOAT_PATH, yt, 1 if fn is _experts_1 else parallel_threads())
+       INT8_PATH if int8 else FLOAT_PATH, yt, threads_of(fn, _experts_1))

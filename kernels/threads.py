@@ -86,6 +86,12 @@ def parallel_threads() -> int:
     return _probe["threads"]
 
 
+def threads_of(chosen, serial) -> int:
+    """The number of threads the variant `pick` returned runs on: 1 if it is `serial`, else
+    `parallel_threads()` (for kernels that split their work by it)."""
+    return 1 if chosen is serial else parallel_threads()
+
+
 def cores_free() -> bool:
     """Whether the worker threads' cores were free at the last probe (probed every PROBE_EVERY s).
 
